@@ -59,14 +59,23 @@ def resolve_backend(name: str, device: torch.device) -> ModuleType:
     CUDA then Triton on a GPU, the C++ kernel on the CPU."""
     candidates = (("cuda", "triton") if device.type == "cuda" else ("cpu",)) if name == "auto" else (name,)
     for candidate in candidates:
-        module = load_backend(candidate)
-        if module.is_available(device):
+        module = _try_load(candidate)
+        if module is not None and module.is_available(device):
             return module
     if name == "auto":
         return load_backend("reference")
     raise RuntimeError(f"backend {name!r} cannot run on {device}: {unavailable_reason(name, device)}")
 
 
+def _try_load(name: str) -> ModuleType | None:
+    try:
+        return load_backend(name)
+    except ImportError:
+        return None
+
+
 def unavailable_reason(name: str, device: torch.device) -> str:
-    module = load_backend(name)
+    module = _try_load(name)
+    if module is None:
+        return f"the {name} backend could not be imported"
     return getattr(module, "UNAVAILABLE_REASON", None) or f"it does not support {device.type} tensors"
