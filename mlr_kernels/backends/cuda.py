@@ -1,0 +1,121 @@
+"""CUDA C++ backend: the kernel of ``csrc/adamw_cuda.cu``, called through ctypes.
+
+``setup.py`` compiles that file with nvcc into ``mlr_kernels/_adamw_cuda.so`` when nvcc exists. The
+library is loaded on the first call with a CUDA tensor, never at import, so this module imports
+anywhere. Arguments are checked here, at the boundary: the kernel trusts its pointers. It launches
+on the current stream of the buffers' device and reads ``grad_mult``/``found_inf``/``hyper`` on
+the device, so a step neither syncs nor breaks a CUDA-graph capture.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from mlr_kernels.backends.checks import check_step_args
+
+TILE_SIZE = 1 << 14
+LIBRARY_PATH = Path(__file__).resolve().parent.parent / "_adamw_cuda.so"
+
+# Codes of the `dtype` argument of mlr_adamw_cuda_step.
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+# The kernel moves 16 bytes per access; tiles start on 16-element boundaries, so aligned buffers
+# keep every vector access aligned.
+_VECTOR_BYTES = 16
+_MAX_GRID_BLOCKS = 2**31 - 1
+
+UNAVAILABLE_REASON: str | None = None
+
+_library: ctypes.CDLL | None = None
+_load_error: str | None = None
+
+
+def _load_library() -> ctypes.CDLL | None:
+    """The kernel library, loaded once; None (and ``_load_error`` set) when it cannot be."""
+    global _library, _load_error
+    if _library is not None or _load_error is not None:
+        return _library
+    if not LIBRARY_PATH.exists():
+        _load_error = "the CUDA kernel library was not built (nvcc missing at install time)"
+        return None
+    try:
+        library = ctypes.CDLL(str(LIBRARY_PATH))
+    except OSError as error:
+        _load_error = f"the CUDA kernel library {LIBRARY_PATH} cannot be loaded ({error})"
+        return None
+    pointer = ctypes.c_void_p
+    library.mlr_adamw_cuda_step.argtypes = [
+        pointer, pointer, pointer, pointer, pointer, pointer,  # param .. max_exp_avg_sq
+        pointer, pointer, ctypes.c_int64,  # hyper, tiles, num_tiles
+        pointer, pointer, ctypes.c_int, pointer,  # grad_mult, found_inf, dtype, stream
+    ]
+    library.mlr_adamw_cuda_step.restype = ctypes.c_int
+    library.mlr_adamw_cuda_error_string.argtypes = [ctypes.c_int]
+    library.mlr_adamw_cuda_error_string.restype = ctypes.c_char_p
+    _library = library
+    return _library
+
+
+def is_available(device: torch.device) -> bool:
+    """True for CUDA tensors when torch sees a GPU and the kernel library loads."""
+    global UNAVAILABLE_REASON
+    device = torch.device(device)
+    if device.type != "cuda":
+        UNAVAILABLE_REASON = f"the CUDA kernel runs on CUDA tensors only, not {device.type}"
+    elif not torch.cuda.is_available():
+        UNAVAILABLE_REASON = "torch sees no CUDA device"
+    elif _load_library() is None:
+        UNAVAILABLE_REASON = _load_error
+    else:
+        UNAVAILABLE_REASON = None
+    return UNAVAILABLE_REASON is None
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def adamw_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    master: torch.Tensor | None,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None,
+    hyper: torch.Tensor,
+    tiles: torch.Tensor,
+    grad_mult: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+) -> None:
+    """One AdamW step over every active tile, in one launch. See ``mlr_kernels.backends``.
+
+    With ``max_exp_avg_sq`` None the AMSGRAD column is not read: checking it would sync."""
+    if not is_available(param.device):
+        raise RuntimeError(f"the CUDA backend cannot run on {param.device}: {UNAVAILABLE_REASON}")
+    check_step_args(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
+                    grad_mult, found_inf)
+    vectors = {"param": param, "grad": grad, "master": master, "exp_avg": exp_avg,
+               "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": max_exp_avg_sq}
+    misaligned = [name for name, t in vectors.items() if t is not None and t.data_ptr() % _VECTOR_BYTES]
+    if misaligned:
+        raise ValueError(f"{', '.join(misaligned)} must start on a {_VECTOR_BYTES}-byte boundary "
+                         "for the kernel's vector accesses (a view at an offset?)")
+    num_tiles = tiles.shape[0]
+    if num_tiles > _MAX_GRID_BLOCKS:
+        raise ValueError(f"{num_tiles} tiles exceed one launch's {_MAX_GRID_BLOCKS} blocks; "
+                         "use a larger tile size")
+    if num_tiles == 0:
+        return
+    library = _load_library()
+    with torch.cuda.device(param.device):
+        error = library.mlr_adamw_cuda_step(
+            _address(param), _address(grad), _address(master), _address(exp_avg),
+            _address(exp_avg_sq), _address(max_exp_avg_sq), _address(hyper), _address(tiles),
+            num_tiles, _address(grad_mult), _address(found_inf), _DTYPE_CODES[param.dtype],
+            torch.cuda.current_stream(param.device).cuda_stream,
+        )
+    if error:
+        message = library.mlr_adamw_cuda_error_string(error).decode()
+        raise RuntimeError(f"the AdamW CUDA kernel failed to launch: {message} (cudaError {error})")

@@ -1,0 +1,231 @@
+"""Random AdamW kernel inputs, and the checks every backend must pass against the reference.
+
+Shared by the ``tests/test_kernel_*.py`` files::
+
+    case = make_case([1, 17, 300], param_dtype=torch.bfloat16, device="cpu", amsgrad=True)
+    got = check_against_reference(backend_module, case, steps=2)
+    got = check_cuda_graph_replay(backend_module, cuda_case)  # GPU only
+
+``make_case`` builds flat buffers of random values (never zeros) with every padding element set
+to a signalling-NaN sentinel, a random per-segment ``hyper`` table and the tile list.
+``check_against_reference`` runs the backend and :mod:`mlr_kernels.backends.reference` (on CPU
+copies: the oracle) for a few steps; ``assert_step_result`` then asserts that the results agree
+within ``STATE_TOLERANCE``/``PARAM_TOLERANCE``, that a low-precision param is its master copy
+rounded to nearest even, and that nothing outside the active tiles changed, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+
+import torch
+
+from mlr_kernels import segments
+from mlr_kernels.backends import reference
+
+# float32 results. The kernels round where torch does; what remains is the last bit of a weight:
+# torch's CPU sqrt is not correctly rounded (the kernels' is) and the kernels' pow differs from
+# Python's. Measured with the Triton interpreter: moments bit-identical, ~0.6% of weights one
+# unit in the last place apart (at most 2.4e-7 absolute).
+STATE_TOLERANCE = {"rtol": 1e-6, "atol": 1e-7}
+# A low-precision param is rounded from a float32 master that may differ in its last bit, so two
+# correct kernels can land one unit in the last place apart.
+PARAM_TOLERANCE = {
+    torch.float32: STATE_TOLERANCE,
+    torch.bfloat16: {"rtol": 2.0**-7, "atol": 0.0},
+    torch.float16: {"rtol": 2.0**-10, "atol": 0.0},
+}
+
+# Signalling NaNs: any arithmetic on them (a write of a computed value) changes their bits.
+_SENTINEL_BITS = {torch.float32: 0x7FA5A5A5, torch.bfloat16: 0x7FA5, torch.float16: 0x7D5A}
+_BITS_DTYPE = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+# The buffers a step writes (grad is read-only).
+WRITTEN = ("param", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+@dataclasses.dataclass
+class AdamWCase:
+    """Arguments of one ``adamw_step`` call, plus the layout they were built from."""
+
+    numels: list[int]
+    offsets: list[int]
+    param: torch.Tensor
+    grad: torch.Tensor
+    master: torch.Tensor | None
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    max_exp_avg_sq: torch.Tensor | None
+    hyper: torch.Tensor
+    tiles: torch.Tensor
+    grad_mult: torch.Tensor | None = None
+    found_inf: torch.Tensor | None = None
+
+    def step_kwargs(self) -> dict[str, torch.Tensor | None]:
+        """Keyword arguments for ``backend.adamw_step``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("numels", "offsets")}
+
+    def to(self, device: torch.device | str) -> AdamWCase:
+        """A copy with every tensor cloned onto ``device``."""
+        def move(value):
+            return value.detach().to(device, copy=True) if isinstance(value, torch.Tensor) else value
+        return dataclasses.replace(self, **{k: move(v) for k, v in self.step_kwargs().items()})
+
+    def advance_step(self) -> None:
+        """Count one more step for every segment, as an optimizer does between calls."""
+        self.hyper[:, segments.STEP] += 1
+
+    def updated_mask(self) -> torch.Tensor:
+        """Bool mask of the flat elements a step may write: tiles of active segments."""
+        mask = torch.zeros(self.param.numel(), dtype=torch.bool)
+        if self.found_inf is not None and float(self.found_inf.reshape(-1)[0]) != 0.0:
+            return mask
+        active = self.hyper[:, segments.ACTIVE].cpu() != 0
+        for seg, start, end in self.tiles.tolist():
+            if active[seg]:
+                mask[start:end] = True
+        return mask
+
+
+def make_case(
+    numels: list[int],
+    *,
+    param_dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    tile_size: int = 64,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    inactive: tuple[int, ...] = (),
+    grad_mult: float | None = None,
+    found_inf: float | None = None,
+    seed: int = 0,
+) -> AdamWCase:
+    """Random buffers for segments of ``numels`` elements, with sentinel-filled padding.
+
+    ``amsgrad`` allocates ``max_exp_avg_sq`` and turns AMSGrad on for every even segment,
+    ``maximize`` turns it on for every odd one, so each case mixes both settings; ``inactive``
+    lists segments with ACTIVE = 0. ``grad_mult``/``found_inf`` become one-element tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    offsets, total = segments.segment_offsets(numels)
+    in_segment = torch.zeros(total, dtype=torch.bool)
+    for start, n in zip(offsets, numels):
+        in_segment[start:start + n] = True
+
+    def buffer(dtype: torch.dtype, values: torch.Tensor) -> torch.Tensor:
+        sentinel = torch.full((total,), _SENTINEL_BITS[dtype], dtype=_BITS_DTYPE[dtype])
+        out = sentinel.view(dtype)
+        out[in_segment] = values[in_segment].to(dtype)
+        return out
+
+    def normal(scale: float) -> torch.Tensor:
+        return torch.randn(total, generator=gen) * scale
+
+    def positive(scale: float) -> torch.Tensor:
+        return (torch.rand(total, generator=gen) + 0.05) * scale
+
+    master_values = normal(1.0)
+    exp_avg_sq = positive(1e-2)
+    case = AdamWCase(
+        numels=list(numels),
+        offsets=offsets,
+        param=buffer(param_dtype, master_values),
+        grad=buffer(param_dtype, normal(0.3)),
+        master=None if param_dtype == torch.float32 else buffer(torch.float32, master_values),
+        exp_avg=buffer(torch.float32, normal(0.1)),
+        exp_avg_sq=buffer(torch.float32, exp_avg_sq),
+        # Around exp_avg_sq, so the running max is sometimes kept and sometimes replaced.
+        max_exp_avg_sq=buffer(torch.float32, exp_avg_sq * (0.5 + torch.rand(total, generator=gen)))
+        if amsgrad else None,
+        hyper=_random_hyper(len(numels), gen, amsgrad, maximize, inactive),
+        tiles=segments.make_tiles(offsets, numels, tile_size),
+        grad_mult=None if grad_mult is None else torch.tensor([grad_mult], dtype=torch.float32),
+        found_inf=None if found_inf is None else torch.tensor([found_inf], dtype=torch.float32),
+    )
+    return case.to(device)
+
+
+def _random_hyper(num_segments: int, gen: torch.Generator, amsgrad: bool, maximize: bool,
+                  inactive: tuple[int, ...]) -> torch.Tensor:
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(num_segments, generator=gen, dtype=torch.float64)
+
+    index = torch.arange(num_segments)
+    hyper = torch.zeros(num_segments, segments.NUM_HYPER_COLUMNS, dtype=torch.float64)
+    hyper[:, segments.LR] = 10.0 ** uniform(-4, -1)
+    hyper[:, segments.WEIGHT_DECAY] = uniform(0.0, 0.2)
+    hyper[:, segments.BETA1] = uniform(0.8, 0.95)
+    hyper[:, segments.BETA2] = uniform(0.95, 0.999)
+    hyper[:, segments.EPS] = 10.0 ** uniform(-8, -6)
+    hyper[:, segments.STEP] = torch.randint(1, 1000, (num_segments,), generator=gen).double()
+    hyper[:, segments.ACTIVE] = 1.0
+    hyper[list(inactive), segments.ACTIVE] = 0.0
+    hyper[:, segments.MAXIMIZE] = float(maximize) * (index % 2 == 1).double()
+    hyper[:, segments.AMSGRAD] = float(amsgrad) * (index % 2 == 0).double()
+    return hyper
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.view(_BITS_DTYPE[tensor.dtype])
+
+
+def check_against_reference(backend: ModuleType, case: AdamWCase, steps: int = 2) -> AdamWCase:
+    """Run ``steps`` steps of ``backend`` and of the reference from the same ``case``; assert
+    they agree and that nothing outside the active tiles changed. Returns the backend's result
+    on the CPU (``case`` itself is left as it was)."""
+    got = case.to(case.param.device)
+    expected = case.to("cpu")
+    for step in range(steps):
+        if step:
+            got.advance_step()
+            expected.advance_step()
+        backend.adamw_step(**got.step_kwargs())
+        reference.adamw_step(**expected.step_kwargs())
+    return assert_step_result(case, got, expected)
+
+
+def check_cuda_graph_replay(backend: ModuleType, case: AdamWCase, steps: int = 2) -> AdamWCase:
+    """Capture one step of ``backend`` in a CUDA graph and replay it ``steps`` times, advancing
+    the step count on the device in between: the kernel must read everything it needs on the
+    device. Compared with the reference like ``check_against_reference``."""
+    warmup = case.to(case.param.device)
+    backend.adamw_step(**warmup.step_kwargs())  # compile and load outside the capture
+    torch.cuda.synchronize()
+    got = case.to(case.param.device)
+    expected = case.to("cpu")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        backend.adamw_step(**got.step_kwargs())
+    for step in range(steps):
+        if step:
+            got.advance_step()
+            expected.advance_step()
+        graph.replay()
+        reference.adamw_step(**expected.step_kwargs())
+    torch.cuda.synchronize()
+    return assert_step_result(case, got, expected)
+
+
+def assert_step_result(before: AdamWCase, got: AdamWCase, expected: AdamWCase) -> AdamWCase:
+    """Assert that ``got`` (a backend's result from ``before``) matches ``expected`` (the
+    reference's) and changed nothing outside the active tiles. Returns ``got`` on the CPU."""
+    before, got = before.to("cpu"), got.to("cpu")
+    updated = before.updated_mask()
+    for name in WRITTEN:
+        old, new, ref = getattr(before, name), getattr(got, name), getattr(expected, name)
+        if old is None:
+            continue
+        assert torch.equal(_bits(new)[~updated], _bits(old)[~updated]), (
+            f"{name} changed outside the active tiles")
+        tolerance = PARAM_TOLERANCE[new.dtype] if name == "param" else STATE_TOLERANCE
+        torch.testing.assert_close(new[updated], ref[updated], **tolerance,
+                                   msg=lambda message, name=name: f"{name}: {message}")
+    assert torch.equal(_bits(got.grad), _bits(before.grad)), "grad was written"
+    assert torch.equal(got.hyper, expected.hyper) and torch.equal(got.tiles, before.tiles), (
+        "the hyper table or the tile list was written")
+    if got.master is not None:
+        rounded = got.master[updated].to(got.param.dtype)
+        assert torch.equal(_bits(got.param[updated]), _bits(rounded)), (
+            "param is not its master copy rounded to nearest even")
+    return got

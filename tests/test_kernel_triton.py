@@ -1,0 +1,128 @@
+"""The Triton AdamW kernel against the reference.
+
+On CUDA when there is a GPU; otherwise on CPU tensors through Triton's interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1), which is slow, so the buffers stay small.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from kernel_cases import check_against_reference, check_cuda_graph_replay, make_case
+
+from mlr_kernels.backends import triton as triton_backend
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(not triton_backend.is_available(DEVICE),
+                                reason=f"Triton backend: {triton_backend.UNAVAILABLE_REASON}")
+
+# Tails shorter than a vector, exactly one 16-element unit, and segments spanning several whole
+# BLOCK chunks; segment 2 is the one made inactive below.
+NUMELS = [1, 15, 16, 17, 100, 2500]
+# Tail-only tiles, tiles of one whole chunk plus a 16-element tail, and the backend's own size.
+TILE_SIZES = [48, triton_backend.BLOCK + 16, triton_backend.TILE_SIZE]
+PARAM_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def case(**options):
+    return make_case(NUMELS, device=DEVICE, **options)
+
+
+@pytest.mark.parametrize("tile_size", TILE_SIZES)
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_matches_reference(param_dtype, tile_size):
+    check_against_reference(triton_backend, case(param_dtype=param_dtype, tile_size=tile_size,
+                                                 amsgrad=True, maximize=True, inactive=(2,)))
+
+
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_plain_adamw_without_amsgrad_buffer(param_dtype):
+    check_against_reference(triton_backend, case(param_dtype=param_dtype))
+
+
+def test_amsgrad():
+    check_against_reference(triton_backend, case(amsgrad=True))
+
+
+def test_maximize():
+    check_against_reference(triton_backend, case(maximize=True))
+
+
+def test_inactive_segments_untouched():
+    check_against_reference(triton_backend, case(inactive=(0, 3, 5), amsgrad=True))
+
+
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_grad_mult(param_dtype):
+    check_against_reference(triton_backend, case(param_dtype=param_dtype, grad_mult=0.37))
+
+
+@pytest.mark.parametrize("found_inf", [0.0, 1.0])
+def test_found_inf(found_inf):
+    """Nonzero: nothing is written (the check compares every buffer bit for bit)."""
+    check_against_reference(triton_backend, case(param_dtype=torch.bfloat16, amsgrad=True,
+                                                 grad_mult=0.5, found_inf=found_inf))
+
+
+def test_empty_tile_list_is_a_no_op():
+    empty = case()
+    empty.tiles = empty.tiles[:0]
+    check_against_reference(triton_backend, empty)
+
+
+@pytest.mark.parametrize(("field", "bad", "message"), [
+    ("grad", lambda c: c.grad.to(torch.float16), "grad must be torch.float32"),
+    ("exp_avg", lambda c: c.exp_avg[:-16], "exp_avg has"),
+    ("hyper", lambda c: c.hyper.float(), "hyper must be a torch.float64"),
+    ("tiles", lambda c: c.tiles.int(), "tiles must be a torch.int64"),
+    ("found_inf", lambda c: torch.zeros(2, device=c.param.device), "found_inf has 2 elements"),
+])
+def test_rejects_bad_arguments(field, bad, message):
+    bad_case = case()
+    setattr(bad_case, field, bad(bad_case))
+    with pytest.raises(ValueError, match=message):
+        triton_backend.adamw_step(**bad_case.step_kwargs())
+
+
+def test_low_precision_param_needs_master():
+    bad_case = case(param_dtype=torch.bfloat16)
+    bad_case.master = None
+    with pytest.raises(ValueError, match="master copy is required"):
+        triton_backend.adamw_step(**bad_case.step_kwargs())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_cuda_graph_replay(param_dtype):
+    check_cuda_graph_replay(triton_backend, case(param_dtype=param_dtype, amsgrad=True,
+                                                 maximize=True, grad_mult=0.37, found_inf=0.0))
+
+
+@pytest.fixture(scope="module")
+def sm90_ptx_counts():
+    """Compile the kernel for sm_90 in a process without the interpreter (see the script)."""
+    pytest.importorskip("triton.backends.nvidia")
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    script = root / "tests" / "compile_triton_kernel.py"
+    result = subprocess.run([sys.executable, str(script), "fp32", "bf16", "fp16"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("param", ["fp32", "bf16", "fp16"])
+def test_compiles_for_sm90_with_vector_accesses(sm90_ptx_counts, param):
+    """The GPU compiler accepts the kernel, the whole-chunk path uses 16-byte accesses, the sqrt
+    and division are the IEEE ones, and no tensor changes layout through shared memory."""
+    counts = sm90_ptx_counts[param]
+    assert counts["load_v4"] > 0 and counts["store_v4"] > 0, counts
+    assert counts["sqrt_rn"] > 0 and counts["div_rn"] > 0, counts
+    assert counts["barriers"] == 0, counts
