@@ -17,6 +17,7 @@ import torch
 from torch.optim import Optimizer
 
 from mlr_kernels.backends import resolve_backend
+from mlr_kernels.dtensor import all_reduce_norm, sharding_key
 from mlr_kernels.flat import SUPPORTED_DTYPES, FlatBucket, check_dense
 from mlr_kernels.segments import (
     ACTIVE,
@@ -55,6 +56,10 @@ class MLRAdamW(Optimizer):
     parameter that backward does not reach before the next ``step()`` is left alone exactly as
     ``torch.optim.AdamW`` leaves a parameter whose grad is None. Low-precision (bf16/fp16)
     parameters get float32 master weights, kept in the state under ``"master_param"``.
+
+    DTensor parameters (FSDP2's ``fully_shard``) are stepped on each rank's local shard, with no
+    communication; their state is DTensors, as torch's AdamW keeps it, so
+    ``torch.distributed.checkpoint`` saves and restores it (see :mod:`mlr_kernels.dtensor`).
     """
 
     _step_supports_amp_scaling = True  # GradScaler hands us grad_scale / found_inf tensors
@@ -110,11 +115,11 @@ class MLRAdamW(Optimizer):
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-        by_key: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        amsgrad: dict[tuple[torch.device, torch.dtype], bool] = {}
+        by_key: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        amsgrad: dict[tuple[Any, ...], bool] = {}
         for group in self.param_groups:
             for p in group["params"]:
-                key = (p.device, p.dtype)
+                key = (p.device, p.dtype, sharding_key(p))
                 by_key.setdefault(key, []).append(p)
                 amsgrad[key] = amsgrad.get(key, False) or bool(group["amsgrad"])
         self._buckets = []
@@ -170,6 +175,7 @@ class MLRAdamW(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         for bucket in self._buckets:
             bucket.sync_grads()
+            bucket.pull_params()
             bucket.upload_active()
             self._refresh_table(bucket)
             dev = bucket.device
@@ -181,6 +187,7 @@ class MLRAdamW(Optimizer):
                 bucket.max_exp_avg_sq, bucket.hyper, bucket.tiles(bucket.backend.TILE_SIZE),
                 self._grad_mult(dev, grad_scale), skip,
             )
+            bucket.push_params()
         self._clip_coef = {}
         return loss
 
@@ -238,7 +245,8 @@ class MLRAdamW(Optimizer):
         norms = []
         for bucket in self._buckets:
             bucket.sync_grads()
-            norms.append(torch.linalg.vector_norm(bucket.grad, norm_type, dtype=torch.float32))
+            local = torch.linalg.vector_norm(bucket.grad, norm_type, dtype=torch.float32)
+            norms.append(all_reduce_norm(local, norm_type, bucket.sharding))
         if not norms:
             return torch.tensor(0.0)
         home = norms[0].device

@@ -83,3 +83,10 @@ def train_both(pairs, steps: int, seed: int, step_fn: Callable | None = None, us
 def assert_same_params(a: torch.nn.Module, b: torch.nn.Module, rtol=1e-5, atol=1e-6):
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def torch_adamw_for(groups: list[dict], lr: float, **extra) -> torch.optim.AdamW:
+    """torch AdamW equivalent to MLRAdamW over ``groups`` (dicts with ``lr_mult``): each group's
+    multiplier folded into its learning rate."""
+    return torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"],
+                               "lr": lr * g["lr_mult"]} for g in groups], **extra)

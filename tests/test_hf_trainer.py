@@ -1,0 +1,65 @@
+"""``mlr_optimizers`` in a Hugging Face ``Trainer``: a few steps on a tiny Llama equal the same
+Trainer run with torch AdamW at lr × multiplier per group, under Trainer's warm-up + cosine
+schedule, gradient clipping and ``model.zero_grad()``."""
+
+from __future__ import annotations
+
+import torch
+from mlr.integrations.hf_trainer import mlr_optimizers
+from mlr.ml_lr import module_lr_multipliers, param_groups
+from transformers import Trainer, TrainingArguments, default_data_collator, get_scheduler
+
+from tests.optim_cases import assert_same_params, torch_adamw_for
+from tests.tiny_models import VOCAB, tiny_llama
+
+ROBUST = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+STEPS = 4
+
+
+def _token_dataset(examples: int = 16, length: int = 12) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, VOCAB, (examples, length), generator=gen)
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def _args(output_dir) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=STEPS, per_device_train_batch_size=4,
+        learning_rate=1e-2, weight_decay=0.1, lr_scheduler_type="cosine", warmup_steps=1,
+        max_grad_norm=0.5, seed=0, use_cpu=True, report_to=[], save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+    )
+
+
+def _torch_optimizers(model, args: TrainingArguments, multipliers: dict[str, float]):
+    """torch AdamW equivalent to mlr_optimizers, with the same schedule."""
+    optimizer = torch_adamw_for(param_groups(model, multipliers, args.weight_decay), args.learning_rate,
+                                betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                              num_warmup_steps=args.get_warmup_steps(STEPS), num_training_steps=STEPS)
+    return optimizer, scheduler
+
+
+def test_trainer_with_mlr_optimizers_matches_torch_adamw(tmp_path):
+    ours, ref = tiny_llama(layers=2), tiny_llama(layers=2)
+    multipliers = module_lr_multipliers(ours, ROBUST, ratio=0.1)
+    args = _args(tmp_path)
+    runs = [(ours, mlr_optimizers(ours, args, multipliers, backend="reference")),
+            (ref, _torch_optimizers(ref, args, multipliers))]
+    for model, optimizers in runs:
+        Trainer(model=model, args=args, train_dataset=_token_dataset(),
+                data_collator=default_data_collator, optimizers=optimizers).train()
+    assert_same_params(ours, ref)
+    before = tiny_llama(layers=2)
+    assert not torch.equal(ours.model.layers[0].self_attn.q_proj.weight,
+                           before.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_multiplier_zero_freezes_the_parameter(tmp_path):
+    model = tiny_llama(layers=2)
+    multipliers = module_lr_multipliers(model, ROBUST, ratio=0.0)
+    optimizer, _ = mlr_optimizers(model, _args(tmp_path), multipliers, backend="reference")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    stepped = {name for group in optimizer.param_groups for name in group["param_names"]}
+    assert trainable == stepped == {name for name, mult in multipliers.items() if mult > 0}
+    assert {name.rsplit(".", 1)[0] for name in stepped} == set(ROBUST)
