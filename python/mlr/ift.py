@@ -1,0 +1,65 @@
+"""Instruction examples as token ids and labels, and the gradient of their loss, for the
+``ift-grad`` perturbation (``mlr.sft`` builds the trainer's data on the same encoding).
+
+Examples are (prompt, response) pairs formatted with the chat template; the loss covers the
+response tokens only (the usual supervised fine-tuning loss), or the whole text for an example
+without a response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlr.features import tokenize_chat
+from mlr.modules import ModuleRef
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class InstructionExample:
+    prompt: str
+    response: str | None = None
+
+
+@dataclass(frozen=True)
+class LossBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def encode_example(tokenizer, example: InstructionExample) -> tuple[list[int], list[int]]:
+    """Token ids and labels (prompt tokens masked when there is a response and the formatted
+    prompt is a token prefix of the formatted exchange; else the whole text is the target)."""
+    full = tokenize_chat(tokenizer, example.prompt, example.response)
+    if example.response is None:
+        return full, list(full)
+    prompt = tokenize_chat(tokenizer, example.prompt)
+    masked = len(prompt) if full[:len(prompt)] == prompt else 0
+    return full, [IGNORE_INDEX] * masked + full[masked:]
+
+
+def instruction_gradients(model: nn.Module, batch: LossBatch,
+                          refs: Sequence[ModuleRef]) -> dict[str, torch.Tensor]:
+    """Each module's block of the loss gradient (float32, keyed by module name), from one
+    forward and backward with gradients enabled only on the modules' weights."""
+    wanted = {id(ref.parameter) for ref in refs}
+    requires_grad = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in wanted)
+            parameter.grad = None
+        with torch.enable_grad():
+            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         labels=batch.labels, use_cache=False).loss
+            loss.backward()
+        return {ref.name: ref.view(ref.parameter.grad).detach().float().clone() for ref in refs}
+    finally:
+        for parameter, flag in requires_grad.items():
+            parameter.grad = None
+            parameter.requires_grad_(flag)

@@ -1,0 +1,141 @@
+"""The security proxy: a logistic-regression probe per layer on last-token features.
+
+Fit: features standardized with the training mean and std, L2-regularized logistic loss minimized
+by full-batch L-BFGS in float64 from a zero start, so the fit has no randomness at all; the
+standardization is then folded into the weight so the stored probe reads raw features.
+
+Layer choice: the highest held-out accuracy, ties broken by the higher AUC, then by the *deeper*
+layer. Deeper is the honest tie-break for the robustness analysis: a module can only move the
+probe's verdict if it sits at or below the probe layer, so a deeper probe sees more modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+L2_PENALTY = 1e-2
+MAX_ITERATIONS = 200
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """``logit = features @ weight + bias``; positive means harmful."""
+
+    weight: torch.Tensor  # float32 [hidden]
+    bias: float
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return features.float() @ self.weight + self.bias
+
+    def to_dict(self) -> dict:
+        return {"weight": self.weight.tolist(), "bias": self.bias}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LinearProbe:
+        return cls(torch.tensor(data["weight"], dtype=torch.float32), float(data["bias"]))
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    layer: int
+    accuracy: float
+    auc: float
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    scores: list[LayerScore]
+    layer: int
+    probe: LinearProbe
+
+    def to_json(self, config: dict) -> dict:
+        """The ``probe.json`` record; ``config`` says what produced it (model, data, options)."""
+        return {
+            "layers": [asdict(s) for s in self.scores],
+            "layer": self.layer,
+            "probe": self.probe.to_dict(),
+            "config": config,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ProbeResult:
+        scores = [LayerScore(s["layer"], s["accuracy"], s["auc"]) for s in data["layers"]]
+        return cls(scores, data["layer"], LinearProbe.from_dict(data["probe"]))
+
+
+def fit_logistic(features: torch.Tensor, labels: torch.Tensor, l2: float = L2_PENALTY,
+                 max_iter: int = MAX_ITERATIONS) -> LinearProbe:
+    """Logistic regression of ``labels`` (0/1) on ``features`` ``[rows, hidden]``."""
+    x = features.double()
+    mean = x.mean(dim=0)
+    std = x.std(dim=0).clamp_min(1e-6)
+    z = (x - mean) / std
+    y = labels.double()
+    weight = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, tolerance_grad=1e-9,
+                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ weight + bias, y)
+        loss = loss + 0.5 * l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    raw_weight = weight.detach() / std
+    raw_bias = bias.detach() - (raw_weight * mean).sum()
+    return LinearProbe(raw_weight.float(), float(raw_bias))
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return ((logits > 0).long() == labels).double().mean().item()
+
+
+def signed_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logit times ±1 (+1 harmful): positive when the verdict is right, larger when surer."""
+    return logits * (2 * labels - 1).to(logits.dtype)
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve from ranks (Mann–Whitney U); tied scores share their mean rank."""
+    scores = scores.double()
+    positives = labels.bool()
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs both classes")
+    order = torch.argsort(scores)
+    _, inverse, counts = torch.unique_consecutive(scores[order], return_inverse=True,
+                                                  return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2  # 1-based mean rank of each tie group
+    ranks = torch.empty_like(scores)
+    ranks[order] = mean_rank[inverse]
+    u = ranks[positives].sum().item() - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def choose_layer(scores: list[LayerScore]) -> int:
+    """Best held-out accuracy, then AUC, then the deeper layer."""
+    return max(scores, key=lambda s: (s.accuracy, s.auc, s.layer)).layer
+
+
+def train_probes(train_features: torch.Tensor, train_labels: torch.Tensor,
+                 heldout_features: torch.Tensor, heldout_labels: torch.Tensor,
+                 layers: list[int], layer: int | None = None) -> ProbeResult:
+    """Fit one probe per layer (``*_features`` are ``[len(layers), rows, hidden]``), score each on
+    the held-out rows, and keep the probe of ``layer`` (or of the chosen layer when ``None``)."""
+    probes, scores = {}, []
+    for row, index in enumerate(layers):
+        probe = fit_logistic(train_features[row], train_labels)
+        logits = probe.logits(heldout_features[row])
+        probes[index] = probe
+        scores.append(LayerScore(index, accuracy(logits, heldout_labels), auc(logits, heldout_labels)))
+    chosen = choose_layer(scores) if layer is None else layer
+    if chosen not in probes:
+        raise ValueError(f"layer {chosen} was not probed (probed: {layers})")
+    return ProbeResult(scores, chosen, probes[chosen])

@@ -1,0 +1,123 @@
+"""``mlr probe|analyze|search`` end to end on a tiny model, output schemas, reuse, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlr import cli
+from mlr.commands import analyze
+from mlr.modules import MODULE_TYPES
+from tiny_models import tiny_llama, word_tokenizer
+from torch import nn
+
+HARMFUL = [f"{verb} a {thing} to hurt {who}" for verb in ("build", "make", "hide", "buy")
+           for thing in ("bomb", "poison", "weapon") for who in ("people", "them")]
+BENIGN = [f"{verb} a {thing} to help {who}" for verb in ("build", "make", "hide", "buy")
+          for thing in ("birdhouse", "cake", "garden") for who in ("people", "them")]
+INSTRUCTIONS = [{"instruction": "add the numbers", "input": "2 3", "output": "5"},
+                {"instruction": "repeat the word", "input": "cake", "output": "cake"}]
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "harmful.txt").write_text("\n".join(HARMFUL))
+    (tmp_path / "benign.txt").write_text("\n".join(BENIGN))
+    (tmp_path / "ift.json").write_text(json.dumps(INSTRUCTIONS))
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_loader(monkeypatch):
+    """``load_model`` returns a 2-layer Llama with a word-level tokenizer over the test's words."""
+    texts = HARMFUL + BENIGN + [" ".join(r.values()) for r in INSTRUCTIONS]
+    tokenizer = word_tokenizer(texts)
+
+    def load_model(path, dtype="float32", device="cpu"):
+        return tiny_llama(layers=2, vocab=len(tokenizer)), tokenizer
+
+    monkeypatch.setattr("mlr.commands.common.load_model", load_model)
+    monkeypatch.setattr("mlr.commands.probe.default_model_dir", lambda: "tiny-test-model")
+
+
+def run(files, command, *extra):
+    args = [command, "--harmful", str(files / "harmful.txt"), "--benign", str(files / "benign.txt"),
+            "--out", str(files / "out"), "--batch-size", "8", *extra]
+    try:
+        return cli.main(args)
+    except SystemExit as exit:  # argparse's usage errors end the process, as in a real run
+        return exit.code
+
+
+def test_probe_analyze_search_write_their_outputs(files, tiny_loader, capsys, monkeypatch):
+    assert run(files, "search", "--layer", "1", "--seeds", "2", "--alpha", "0.3") == 0
+    out = files / "out"
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["layer"] == 1 and [s["layer"] for s in probe["layers"]] == [0, 1]
+    assert {"accuracy", "auc"} <= set(probe["layers"][0])
+    robustness = json.loads((out / "robustness.json").read_text())
+    modules = robustness["modules"]
+    assert [(m["layer"], m["type"]) for m in modules] == [(i, t) for i in range(2)
+                                                         for t in MODULE_TYPES]
+    assert all({"name", "type", "layer", "score", "seeds"} <= set(m) for m in modules)
+    assert all(len(m["seeds"]) == 2 for m in modules)
+    assert 0 < robustness["cost"]["fraction_of_naive"] < 1
+    result = json.loads((out / "mods_robust.json").read_text())
+    assert set(result["modules"]) <= {m["name"] for m in modules}
+    assert 0 <= result["param_fraction"] <= 1 and result["curve"][0]["step"] == 0
+    for picture in ("robustness.png", "search.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG"
+    assert "Mods_Robust:" in capsys.readouterr().out
+
+    def no_recompute(*args):
+        raise AssertionError("robustness.json should have been reused")
+
+    monkeypatch.setattr(analyze, "compute_map", no_recompute)
+    assert run(files, "search", "--layer", "1", "--seeds", "2", "--alpha", "0.3",
+               "--budget", "0.1") == 0
+    assert json.loads((out / "mods_robust.json").read_text())["param_fraction"] <= 0.1
+
+
+def test_ift_grad_analysis(files, tiny_loader):
+    assert run(files, "analyze", "--perturb", "ift-grad", "--ift", str(files / "ift.json"),
+               "--seeds", "1", "--alpha", "0.2") == 0
+    robustness = json.loads((files / "out" / "robustness.json").read_text())
+    assert robustness["perturb"] == "ift-grad" and robustness["cost"]["gradient_passes"] == 1
+
+
+def _write(files, name, text):
+    (files / name).write_text(text)
+    return str(files / name)
+
+
+@pytest.mark.parametrize("command,extra,message", [
+    ("probe", ["--harmful", "{dir}/missing.txt"], "not found"),
+    ("probe", ["--benign", "{empty}"], "no prompts"),
+    ("probe", ["--harmful", "{csv}"], "no 'goal' column"),
+    ("analyze", ["--layer", "7"], "out of range"),
+    ("search", ["--tau", "1.5"], "--tau"),
+    ("search", ["--budget", "0"], "--budget"),
+    ("analyze", ["--seeds", "0"], "--seeds"),
+    ("analyze", ["--alpha", "-1"], "--alpha"),
+    ("analyze", ["--perturb", "ift-grad", "--ift", "{dir}/missing.json"], "not found"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tiny_loader, capsys, command,
+                                                         extra, message):
+    names = {"dir": str(files), "empty": _write(files, "empty.txt", "\n"),
+             "csv": _write(files, "bad.csv", "prompt_text,target\nhello,world\n")}
+    extra = [arg.format(**names) for arg in extra]
+    assert run(files, command, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlr: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (files / "out").exists() or not any((files / "out").iterdir())
+
+
+def test_unrecognized_model_and_missing_model_dir(files, capsys, monkeypatch, tmp_path):
+    assert run(files, "probe", "--model", str(tmp_path / "nowhere")) == 2
+    assert "model directory not found" in capsys.readouterr().err
+    monkeypatch.setattr("mlr.commands.common.load_model",
+                        lambda *a, **k: (nn.Sequential(nn.Linear(2, 2)), None))
+    monkeypatch.setattr("mlr.commands.probe.default_model_dir", lambda: "tiny-test-model")
+    assert run(files, "probe") == 2
+    assert "no recognizable decoder layers" in capsys.readouterr().err
