@@ -1,0 +1,15 @@
+"""Models for the pipeline: the embedded tiny default, local loading and the chat format."""
+
+from mlr.models.chat import CHAT_TEMPLATE, format_chat
+from mlr.models.default_model import build_default_model_dir, default_model_dir, recipe_hash
+from mlr.models.loading import DTYPES, load_model
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "DTYPES",
+    "build_default_model_dir",
+    "default_model_dir",
+    "format_chat",
+    "load_model",
+    "recipe_hash",
+]
