@@ -52,7 +52,7 @@ cpu_extension = Pybind11Extension(
     "mlr_kernels._cpu",
     sources=["csrc/adamw_cpu.cpp", "csrc/bindings.cpp"],
     cxx_std=17,
-    extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"],
+    extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"],
     extra_link_args=["-fopenmp"],
 )
 

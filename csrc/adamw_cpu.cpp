@@ -1,0 +1,260 @@
+// Fused multi-segment AdamW, CPU: one OpenMP parallel region per step walks the tile list; inside a
+// tile the element loop is auto-vectorized, its width chosen per CPU by cpu_vectorize.h. The loop is
+// memory bound (28 bytes per fp32 parameter), so it stays close to the op order of the reference
+// (mlr_kernels/backends/reference.py) rather than trading accuracy for arithmetic.
+#include "adamw_cpu.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "cpu_vectorize.h"
+#include "low_precision.h"
+
+namespace mlr {
+namespace {
+
+// One segment's row of the table turned into the float32 constants of the element loop. The bias
+// corrections are computed in float64 once per tile, as torch.optim.AdamW does on the host.
+struct AdamWScalars {
+  float grad_scale;             // grad_mult, negated when maximizing
+  float decay;                  // 1 - lr * weight_decay
+  float lerp_weight;            // 1 - beta1
+  float lerp_coeff;             // see lerp_from_exp_avg
+  float beta2;
+  float one_minus_beta2;
+  float neg_step_size;          // -lr / (1 - beta1^step)
+  float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+  float eps;
+  bool amsgrad;
+};
+
+// exp_avg.lerp_(g, w) as torch computes it: m + w * (g - m) when |w| < 0.5, else
+// g + (w - 1) * (g - m), which is exact at w = 1 (beta1 = 0). Tested per element on a float, like
+// torch's own vectorized lerp, so that the choice vectorizes as a mask.
+MLR_INLINE bool lerp_from_exp_avg(float weight) { return std::fabs(weight) < 0.5f; }
+
+AdamWScalars scalars_for(const double* row, float grad_mult) {
+  const double lr = row[kLr];
+  const double step = row[kStep];
+  AdamWScalars s;
+  s.grad_scale = row[kMaximize] != 0.0 ? -grad_mult : grad_mult;
+  s.decay = static_cast<float>(1.0 - lr * row[kWeightDecay]);
+  s.lerp_weight = static_cast<float>(1.0 - row[kBeta1]);
+  s.lerp_coeff = lerp_from_exp_avg(s.lerp_weight) ? s.lerp_weight : s.lerp_weight - 1.0f;
+  s.beta2 = static_cast<float>(row[kBeta2]);
+  s.one_minus_beta2 = static_cast<float>(1.0 - row[kBeta2]);
+  s.neg_step_size = static_cast<float>(-(lr / (1.0 - std::pow(row[kBeta1], step))));
+  s.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(row[kBeta2], step)));
+  s.eps = static_cast<float>(row[kEps]);
+  s.amsgrad = row[kAmsgrad] != 0.0;
+  return s;
+}
+
+// torch.maximum's rule: NaN in either operand gives NaN.
+MLR_INLINE float nan_propagating_max(float a, float b) { return (a != a || a > b) ? a : b; }
+
+// The AdamW update of one element, written once for every dtype and vector width: updates the
+// moments in place and returns the new (float32) parameter.
+template <bool kAmsgrad>
+MLR_INLINE float adamw_element(const AdamWScalars& s, float grad, float param, float& exp_avg,
+                               float& exp_avg_sq, float& max_exp_avg_sq) {
+  const float g = grad * s.grad_scale;
+  const float p = param * s.decay;
+  // Two fused multiply-adds, where torch's vectorized lerp_ and addcmul_ (the reference on an AVX2
+  // or AVX-512 CPU) round once; every other product is rounded before its sum, as in the reference.
+  exp_avg = std::fma(s.lerp_coeff, g - exp_avg, lerp_from_exp_avg(s.lerp_weight) ? exp_avg : g);
+  exp_avg_sq = std::fma(s.one_minus_beta2 * g, g, exp_avg_sq * s.beta2);
+  float second_moment = exp_avg_sq;
+  if constexpr (kAmsgrad) {
+    max_exp_avg_sq = nan_propagating_max(max_exp_avg_sq, exp_avg_sq);
+    second_moment = max_exp_avg_sq;
+  }
+  const float denom = std::sqrt(second_moment) / s.bias_correction2_sqrt + s.eps;
+  return p + s.neg_step_size * exp_avg / denom;
+}
+
+// How each param dtype is stored, and converted to and from the float32 math.
+struct Float32Storage {
+  using type = float;
+  static MLR_INLINE float load(float x) { return x; }
+  static MLR_INLINE float store(float x) { return x; }
+};
+struct BFloat16Storage {
+  using type = uint16_t;
+  static MLR_INLINE float load(uint16_t x) { return bf16_to_float(x); }
+  static MLR_INLINE uint16_t store(float x) { return float_to_bf16(x); }
+};
+struct Float16Storage {
+  using type = uint16_t;
+  static MLR_INLINE float load(uint16_t x) { return fp16_to_float(x); }
+  static MLR_INLINE uint16_t store(float x) { return float_to_fp16(x); }
+};
+
+// Elements [start, end) of one segment. Low-precision params keep their float32 value in `master`.
+// The buffers never overlap: __restrict on parameters (GCC keeps it through inlining, unlike on
+// local variables) spares the vectorized loop a runtime overlap check and a scalar fallback, and
+// the scalars come by value so that no store to a buffer can change them.
+template <class Storage, bool kAmsgrad, class T = typename Storage::type>
+MLR_INLINE void adamw_range(const AdamWScalars s, int64_t start, int64_t end, T* __restrict param,
+                            const T* __restrict grad, float* __restrict master,
+                            float* __restrict exp_avg, float* __restrict exp_avg_sq,
+                            float* __restrict max_exp_avg_sq) {
+  constexpr bool kHasMaster = !std::is_same_v<T, float>;
+  for (int64_t i = start; i < end; ++i) {
+    float p;
+    if constexpr (kHasMaster) {
+      p = master[i];
+    } else {
+      p = param[i];
+    }
+    float m = exp_avg[i];
+    float v = exp_avg_sq[i];
+    float vmax = kAmsgrad ? max_exp_avg_sq[i] : 0.0f;
+    p = adamw_element<kAmsgrad>(s, Storage::load(grad[i]), p, m, v, vmax);
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    if constexpr (kAmsgrad) max_exp_avg_sq[i] = vmax;
+    if constexpr (kHasMaster) master[i] = p;
+    param[i] = Storage::store(p);
+  }
+}
+
+template <class Storage>
+MLR_INLINE void adamw_range(const AdamWBuffers& b, const AdamWScalars& s, int64_t start,
+                            int64_t end) {
+  using T = typename Storage::type;
+  auto* param = static_cast<T*>(b.param);
+  const auto* grad = static_cast<const T*>(b.grad);
+  if (s.amsgrad) {
+    adamw_range<Storage, true>(s, start, end, param, grad, b.master, b.exp_avg, b.exp_avg_sq,
+                               b.max_exp_avg_sq);
+  } else {
+    adamw_range<Storage, false>(s, start, end, param, grad, b.master, b.exp_avg, b.exp_avg_sq,
+                                b.max_exp_avg_sq);
+  }
+}
+
+// The one function compiled per instruction set: every dtype's loop is inlined into each clone.
+MLR_VECTOR_CLONES void adamw_tile(const AdamWBuffers& b, const AdamWScalars& s, int64_t start,
+                                  int64_t end) {
+  switch (b.dtype) {
+    case ParamDtype::kFloat32:
+      return adamw_range<Float32Storage>(b, s, start, end);
+    case ParamDtype::kBFloat16:
+      return adamw_range<BFloat16Storage>(b, s, start, end);
+    case ParamDtype::kFloat16:
+      return adamw_range<Float16Storage>(b, s, start, end);
+  }
+}
+
+std::string describe_tile(int64_t t, const int64_t* tile) {
+  return "tile " + std::to_string(t) + " (" + std::to_string(tile[0]) + ", " +
+         std::to_string(tile[1]) + ", " + std::to_string(tile[2]) + ")";
+}
+
+// Out-of-range tiles would write outside the buffers, so they are refused up front; the Python
+// launcher checks everything else. One pass over the tile list, negligible next to the step.
+void validate(const AdamWBuffers& b, const double* hyper, int64_t num_segments,
+              const int64_t* tiles, int64_t num_tiles, int num_threads) {
+  const int dtype = static_cast<int>(b.dtype);
+  if (dtype < 0 || dtype > 2) {
+    throw std::invalid_argument("unknown param dtype code " + std::to_string(dtype));
+  }
+  if (num_threads < 1) {
+    throw std::invalid_argument("num_threads must be at least 1");
+  }
+  for (int64_t t = 0; t < num_tiles; ++t) {
+    const int64_t* tile = tiles + 3 * t;
+    const int64_t segment = tile[0], start = tile[1], end = tile[2];
+    if (segment < 0 || segment >= num_segments) {
+      throw std::invalid_argument(describe_tile(t, tile) + " names a segment outside the table's " +
+                                  std::to_string(num_segments) + " rows");
+    }
+    if (start < 0 || start > end || end > b.numel) {
+      throw std::invalid_argument(describe_tile(t, tile) + " is not a range inside the buffers' " +
+                                  std::to_string(b.numel) + " elements");
+    }
+    const double* row = hyper + kNumHyperColumns * segment;
+    if (b.max_exp_avg_sq == nullptr && row[kActive] != 0.0 && row[kAmsgrad] != 0.0) {
+      throw std::invalid_argument(describe_tile(t, tile) +
+                                  " belongs to an amsgrad segment but max_exp_avg_sq is None");
+    }
+  }
+}
+
+// How many elements the active tiles hold.
+int64_t elements_to_update(const double* hyper, const int64_t* tiles, int64_t num_tiles) {
+  int64_t elements = 0;
+  for (int64_t t = 0; t < num_tiles; ++t) {
+    const int64_t* tile = tiles + 3 * t;
+    if (hyper[kNumHyperColumns * tile[0] + kActive] != 0.0) elements += tile[2] - tile[1];
+  }
+  return elements;
+}
+
+// Waking another thread costs microseconds, and milliseconds when the cores are busy with other
+// processes: a small step runs on the calling thread alone.
+int threads_for(int64_t elements, int max_threads) {
+  constexpr int64_t kMinElementsPerThread = 1 << 15;
+  const int64_t useful = elements / kMinElementsPerThread;
+  return useful < 1 ? 1 : useful < max_threads ? static_cast<int>(useful) : max_threads;
+}
+
+MLR_VECTOR_CLONES void stream_4r3w_range(float* __restrict a, float* __restrict b,
+                                         float* __restrict c, const float* __restrict d,
+                                         int64_t start, int64_t end) {
+  for (int64_t i = start; i < end; ++i) {
+    a[i] += d[i];
+    b[i] += d[i];
+    c[i] += d[i];
+  }
+}
+
+}  // namespace
+
+void adamw_step(const AdamWBuffers& buffers, const double* hyper, int64_t num_segments,
+                const int64_t* tiles, int64_t num_tiles, const float* grad_mult,
+                const float* found_inf, int num_threads) {
+  validate(buffers, hyper, num_segments, tiles, num_tiles, num_threads);
+  if (found_inf != nullptr && *found_inf != 0.0f) return;
+  const float grad_mult_value = grad_mult != nullptr ? *grad_mult : 1.0f;
+  const int64_t elements = elements_to_update(hyper, tiles, num_tiles);
+  // Each thread takes the run of consecutive tiles that holds its equal share of the active
+  // elements (a tile goes to the thread whose share holds its first element). Contiguous like
+  // schedule(static), which streams best: 98% of the bandwidth ceiling for 2000 x 4096 elements
+  // against 92% with schedule(dynamic). Balanced like schedule(dynamic) when segments smaller than
+  // a tile make tiles unequal: for 8 x 4M + 4000 x 1000, a static split by tile count gets 88%.
+#pragma omp parallel num_threads(threads_for(elements, num_threads))
+  {
+    const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
+    const int64_t share_begin = elements * thread / team;
+    const int64_t share_end = elements * (thread + 1) / team;
+    int64_t before = 0;  // active elements in the tiles before tile t
+    for (int64_t t = 0; t < num_tiles && before < share_end; ++t) {
+      const int64_t* tile = tiles + 3 * t;
+      const double* row = hyper + kNumHyperColumns * tile[0];
+      if (row[kActive] == 0.0) continue;
+      if (before >= share_begin) {
+        adamw_tile(buffers, scalars_for(row, grad_mult_value), tile[1], tile[2]);
+      }
+      before += tile[2] - tile[1];
+    }
+  }
+}
+
+void stream_4r3w(float* a, float* b, float* c, const float* d, int64_t n, int num_threads) {
+  // Same shape of work as adamw_step: contiguous chunks split across the threads.
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t num_chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, num_threads))
+  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+    const int64_t start = chunk * kChunk;
+    stream_4r3w_range(a, b, c, d, start, start + kChunk < n ? start + kChunk : n);
+  }
+}
+
+}  // namespace mlr

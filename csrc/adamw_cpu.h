@@ -1,0 +1,55 @@
+// Fused multi-segment AdamW over flat buffers, CPU (OpenMP across tiles, SIMD inside a tile).
+//
+// The contract (dtypes, tile list, per-segment table, the math) is the docstring of
+// mlr_kernels/backends/__init__.py; the Python launcher mlr_kernels/backends/cpu.py checks shapes,
+// dtypes and devices before anything here runs. No torch headers: plain pointers and sizes.
+#pragma once
+
+#include <cstdint>
+
+namespace mlr {
+
+// Columns of the float64 per-segment table; must match mlr_kernels/segments.py.
+enum HyperColumn : int64_t {
+  kLr = 0,
+  kWeightDecay,
+  kBeta1,
+  kBeta2,
+  kEps,
+  kStep,
+  kActive,
+  kMaximize,
+  kAmsgrad,
+  kNumHyperColumns,
+};
+
+// The same codes the Python launcher sends.
+enum class ParamDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// The flat buffers of one step, all `numel` long. `param` and `grad` hold `dtype`; everything else
+// is float32. `master` is null exactly when `dtype` is float32; `max_exp_avg_sq` may be null when
+// no segment uses amsgrad.
+struct AdamWBuffers {
+  void* param;
+  const void* grad;
+  float* master;
+  float* exp_avg;
+  float* exp_avg_sq;
+  float* max_exp_avg_sq;
+  int64_t numel;
+  ParamDtype dtype;
+};
+
+// One AdamW step over every tile (rows of `(segment, start, end)`) whose segment is active.
+// `grad_mult` (null = 1) scales every gradient; a nonzero `*found_inf` (null = 0) skips the step.
+// Throws std::invalid_argument, before writing anything, if a tile lies outside the buffers or
+// names a missing segment, or an amsgrad segment has no `max_exp_avg_sq`.
+void adamw_step(const AdamWBuffers& buffers, const double* hyper, int64_t num_segments,
+                const int64_t* tiles, int64_t num_tiles, const float* grad_mult,
+                const float* found_inf, int num_threads);
+
+// Reads a, b, c, d and writes a, b, c (a += d, b += d, c += d): fp32 AdamW's memory traffic,
+// 28 bytes per element, with no math. Timing it gives the bandwidth ceiling for adamw_step.
+void stream_4r3w(float* a, float* b, float* c, const float* d, int64_t n, int num_threads);
+
+}  // namespace mlr

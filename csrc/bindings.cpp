@@ -1,0 +1,58 @@
+// Python binding of the CPU kernels (module mlr_kernels._cpu). Tensors arrive as data_ptr()
+// addresses (0 for None) that mlr_kernels/backends/cpu.py has already checked.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "adamw_cpu.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+T* as_pointer(std::uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "Fused multi-segment AdamW for CPU tensors (OpenMP + SIMD); raw-pointer interface.";
+
+  m.def(
+      "adamw_step",
+      [](std::uintptr_t param, std::uintptr_t grad, std::uintptr_t master, std::uintptr_t exp_avg,
+         std::uintptr_t exp_avg_sq, std::uintptr_t max_exp_avg_sq, int64_t numel, int dtype,
+         std::uintptr_t hyper, int64_t num_segments, std::uintptr_t tiles, int64_t num_tiles,
+         std::uintptr_t grad_mult, std::uintptr_t found_inf, int num_threads) {
+        const mlr::AdamWBuffers buffers{as_pointer<void>(param),
+                                        as_pointer<const void>(grad),
+                                        as_pointer<float>(master),
+                                        as_pointer<float>(exp_avg),
+                                        as_pointer<float>(exp_avg_sq),
+                                        as_pointer<float>(max_exp_avg_sq),
+                                        numel,
+                                        static_cast<mlr::ParamDtype>(dtype)};
+        mlr::adamw_step(buffers, as_pointer<const double>(hyper), num_segments,
+                        as_pointer<const int64_t>(tiles), num_tiles, as_pointer<const float>(grad_mult),
+                        as_pointer<const float>(found_inf), num_threads);
+      },
+      py::arg("param"), py::arg("grad"), py::arg("master"), py::arg("exp_avg"),
+      py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq"), py::arg("numel"), py::arg("dtype"),
+      py::arg("hyper"), py::arg("num_segments"), py::arg("tiles"), py::arg("num_tiles"),
+      py::arg("grad_mult"), py::arg("found_inf"), py::arg("num_threads"),
+      py::call_guard<py::gil_scoped_release>(),
+      "One AdamW step; dtype codes: 0 float32, 1 bfloat16, 2 float16. See adamw_cpu.h.");
+
+  m.def(
+      "stream_4r3w",
+      [](std::uintptr_t a, std::uintptr_t b, std::uintptr_t c, std::uintptr_t d, int64_t n,
+         int num_threads) {
+        mlr::stream_4r3w(as_pointer<float>(a), as_pointer<float>(b), as_pointer<float>(c),
+                         as_pointer<const float>(d), n, num_threads);
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("d"), py::arg("n"),
+      py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
+      "a += d; b += d; c += d over n float32s: fp32 AdamW's memory traffic with no math.");
+}

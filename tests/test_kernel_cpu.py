@@ -1,0 +1,230 @@
+"""The C++ CPU AdamW kernel against the reference, on random inputs, and what only this backend
+has: bounds checks on the tile list in C++, results independent of the thread count, exact
+bfloat16/float16 conversions, and the bandwidth-ceiling loop the benchmarks use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kernel_cases import check_against_reference, make_case
+
+from mlr_kernels import segments
+from mlr_kernels.backends import cpu
+
+pytestmark = pytest.mark.skipif(not cpu.is_available("cpu"),
+                                reason=f"CPU backend: {cpu.UNAVAILABLE_REASON}")
+
+# Segments shorter than a vector, exactly one, one plus a tail, and one spanning many tiles;
+# segment 2 is the one made inactive below.
+NUMELS = [1, 15, 16, 17, 100, 2500]
+# One vector per tile, tiles ending mid-vector, and the backend's own size (larger than any segment).
+TILE_SIZES = [16, 48, 1024, cpu.TILE_SIZE]
+PARAM_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def case(**options):
+    return make_case(NUMELS, **options)
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.view(BITS[tensor.dtype])
+
+
+@pytest.mark.parametrize("tile_size", TILE_SIZES)
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_matches_reference(param_dtype, tile_size):
+    check_against_reference(cpu, case(param_dtype=param_dtype, tile_size=tile_size, amsgrad=True,
+                                      maximize=True, inactive=(2,), grad_mult=0.37))
+
+
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_plain_adamw_without_amsgrad_buffer(param_dtype):
+    check_against_reference(cpu, case(param_dtype=param_dtype))
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_many_steps(param_dtype):
+    """Rounding differences must not build up. The moments match the reference bit for bit; the
+    float32 param drifts by last-bit steps because torch's CPU sqrt is off by one unit in the last
+    place for about a fifth of inputs and the kernel's is correctly rounded. Measured as a share
+    of the tolerance (1e-7 + 1e-6 |x|): about 0.1 after 3 steps, 0.3-0.5 after 100."""
+    check_against_reference(cpu, case(param_dtype=param_dtype, amsgrad=True, maximize=True,
+                                      grad_mult=0.8), steps=100)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    numels=st.lists(st.one_of(st.integers(1, 15), st.integers(16, 1200)), min_size=1, max_size=5),
+    tile_size=st.sampled_from([16, 32, 48, 256, 1024]),
+    param_dtype=st.sampled_from(PARAM_DTYPES),
+    amsgrad=st.booleans(),
+    maximize=st.booleans(),
+    grad_mult=st.one_of(st.none(), st.floats(0.05, 4.0)),
+    inactive_bits=st.integers(0, 31),
+    low_beta1=st.booleans(),
+    steps=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_layouts_match_reference(numels, tile_size, param_dtype, amsgrad, maximize,
+                                        grad_mult, inactive_bits, low_beta1, steps, seed):
+    inactive = tuple(s for s in range(len(numels)) if inactive_bits >> s & 1)
+    random_case = make_case(numels, param_dtype=param_dtype, tile_size=tile_size, amsgrad=amsgrad,
+                            maximize=maximize, inactive=inactive, grad_mult=grad_mult, seed=seed)
+    if low_beta1:  # 1 - beta1 >= 0.5: torch's lerp_ takes its other form
+        random_case.hyper[:, segments.BETA1] = torch.linspace(0.0, 0.45, len(numels))
+    check_against_reference(cpu, random_case, steps=steps)
+
+
+@pytest.mark.parametrize("found_inf", [0.0, 1.0, float("nan")])
+def test_found_inf(found_inf):
+    """Nonzero (NaN included): nothing is written, checked bit for bit."""
+    check_against_reference(cpu, case(param_dtype=torch.bfloat16, amsgrad=True, grad_mult=0.5,
+                                      found_inf=found_inf))
+
+
+def test_empty_tile_list_is_a_no_op():
+    empty = case()
+    empty.tiles = empty.tiles[:0]
+    check_against_reference(cpu, empty)
+
+
+def test_grad_mult_and_maximize_act_on_the_gradient():
+    """grad_mult = 0.5 is the step on grad / 2, and maximize the step on -grad, bit for bit."""
+    base = case(amsgrad=True)
+    runs = {"halved": base.to("cpu"), "mult": base.to("cpu"), "negated": base.to("cpu"),
+            "maximize": base.to("cpu")}
+    runs["halved"].grad = base.grad * 0.5
+    runs["mult"].grad_mult = torch.tensor([0.5])
+    runs["negated"].grad = -base.grad
+    runs["maximize"].hyper[:, segments.MAXIMIZE] = 1.0
+    for run in runs.values():
+        cpu.adamw_step(**run.step_kwargs())
+    for a, b in (("halved", "mult"), ("negated", "maximize")):
+        for name in ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            assert torch.equal(bits(getattr(runs[a], name)), bits(getattr(runs[b], name))), (a, name)
+
+
+def test_result_does_not_depend_on_thread_count():
+    """Big enough for three threads (the kernel gives each at least 32K elements): the threads split
+    the tiles, never an element's arithmetic, so 1, 2 and 3 threads write the same bits."""
+    base = make_case([1, 15, 40_000, 17, 70_000, 2500], param_dtype=torch.float16, tile_size=1024,
+                     amsgrad=True, maximize=True, inactive=(3,))
+    check_against_reference(cpu, base)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            run = base.to("cpu")
+            cpu.adamw_step(**run.step_kwargs())
+            results.append(run)
+    finally:
+        torch.set_num_threads(threads)
+    for run in results[1:]:
+        for name in ("param", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            assert torch.equal(bits(getattr(run, name)), bits(getattr(results[0], name))), name
+
+
+def float32_values_to_round(dtype: torch.dtype) -> torch.Tensor:
+    """Every finite value of ``dtype``, the midpoints between neighbours (ties) and the floats
+    either side of each midpoint, plus random bit patterns: NaN, infinities, subnormals."""
+    exact = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype).double()
+    exact = exact[exact.isfinite()].unique()  # sorted
+    ties = ((exact[1:] + exact[:-1]) / 2).float()  # exact: one bit more than dtype has
+    gen = torch.Generator().manual_seed(1)
+    random_bits = torch.randint(-(2**31), 2**31, (1 << 14,), generator=gen, dtype=torch.int64)
+    values = torch.cat([exact.float(), ties, torch.nextafter(ties, ties.new_tensor(float("inf"))),
+                        torch.nextafter(ties, ties.new_tensor(float("-inf"))),
+                        random_bits.int().view(torch.float32)])
+    return values[: values.numel() // 16 * 16]
+
+
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_param_is_master_rounded_to_nearest_even_for_every_kind_of_value(param_dtype):
+    """With lr = 0 the master copy stays as it is and param must be torch's own rounding of it:
+    ties to even, overflow to infinity, subnormals, signed zeros, infinities; NaN stays NaN."""
+    values = float32_values_to_round(param_dtype)
+    run = make_case([values.numel()], param_dtype=param_dtype, tile_size=4096)
+    run.master.copy_(values)
+    # exp_avg stays >= 0, so the update lr * exp_avg / denom is -0.0, which keeps a -0.0 master.
+    run.grad.abs_()
+    run.exp_avg.abs_()
+    run.hyper[:, segments.LR] = 0.0
+    cpu.adamw_step(**run.step_kwargs())
+    expected = values.to(param_dtype)
+    nan = values.isnan()
+    assert torch.equal(run.param.isnan(), nan)
+    assert torch.equal(bits(run.param)[~nan], bits(expected)[~nan])
+    assert torch.equal(bits(run.master)[~nan], bits(values)[~nan])
+
+
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_grad_is_widened_exactly_for_every_finite_value(param_dtype):
+    """With beta1 = 0 the new exp_avg is the gradient itself (torch's lerp_ at weight 1)."""
+    grads = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(param_dtype)
+    grads = grads[grads.isfinite()]
+    grads = grads[: grads.numel() // 16 * 16]
+    run = make_case([grads.numel()], param_dtype=param_dtype, tile_size=4096)
+    run.grad.copy_(grads)
+    run.hyper[:, segments.BETA1] = 0.0
+    run.hyper[:, segments.LR] = 0.0
+    cpu.adamw_step(**run.step_kwargs())
+    assert torch.equal(bits(run.exp_avg), bits(grads.float()))
+
+
+@pytest.mark.parametrize(("tile", "message"), [
+    ((0, 0, 10**6), "not a range inside the buffers"),
+    ((0, 20, 10), "not a range inside the buffers"),
+    ((0, -16, 0), "not a range inside the buffers"),
+    ((6, 0, 16), "names a segment outside the table's 6 rows"),
+    ((-1, 0, 16), "names a segment outside the table's 6 rows"),
+])
+def test_rejects_tiles_outside_the_buffers_before_writing(tile, message):
+    bad = case(amsgrad=True)
+    bad.tiles = torch.cat([bad.tiles, torch.tensor([tile])])
+    before = bad.to("cpu")
+    with pytest.raises(ValueError, match=message):
+        cpu.adamw_step(**bad.step_kwargs())
+    assert torch.equal(bits(bad.param), bits(before.param))
+    assert torch.equal(bits(bad.exp_avg), bits(before.exp_avg))
+
+
+def test_rejects_amsgrad_segment_without_its_buffer():
+    bad = case(amsgrad=True)
+    bad.max_exp_avg_sq = None
+    with pytest.raises(ValueError, match="amsgrad segment but max_exp_avg_sq is None"):
+        cpu.adamw_step(**bad.step_kwargs())
+
+
+@pytest.mark.parametrize(("field", "bad", "message"), [
+    ("param", lambda c: c.param.to("meta"), "needs CPU tensors"),
+    ("grad", lambda c: c.grad.to(torch.float16), "grad must be torch.float32"),
+    ("exp_avg_sq", lambda c: c.exp_avg_sq[::2], "exp_avg_sq"),
+    ("hyper", lambda c: c.hyper[:, :8], r"hyper must be a torch.float64 \[N, 9\] table"),
+    ("tiles", lambda c: c.tiles.int(), "tiles must be a torch.int64"),
+])
+def test_rejects_bad_arguments(field, bad, message):
+    bad_case = case()
+    setattr(bad_case, field, bad(bad_case))
+    with pytest.raises(ValueError, match=message):
+        cpu.adamw_step(**bad_case.step_kwargs())
+
+
+def test_is_available_for_cpu_tensors_only():
+    assert cpu.is_available("cpu") and cpu.is_available(torch.device("cpu"))
+    assert not cpu.is_available("cuda") and not cpu.is_available("meta")
+
+
+def test_stream_4r3w_adds_d_to_a_b_c():
+    n = 3 * 65536 + 5  # several chunks and a partial one
+    gen = torch.Generator().manual_seed(0)
+    a, b, c, d = (torch.randn(n, generator=gen) for _ in range(4))
+    expected = (a + d, b + d, c + d)
+    cpu.stream_4r3w(a, b, c, d)
+    for got, want in zip((a, b, c), expected):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="d must be a contiguous 1-D float32 CPU tensor"):
+        cpu.stream_4r3w(a, b, c, d[:-1])
