@@ -66,14 +66,14 @@ def test_perturbation_is_undone_bit_for_bit_and_touches_only_its_module(kind):
 def test_perturbation_sizes():
     model = tiny_model("llama", layers=1)
     ref = decoder_modules(model)[0]
-    weight_norm = ref.weight().detach().norm()
+    weight_norm = float(ref.weight().detach().norm())
     noise = NoisePerturbation(0.1).delta(ref, seed=0)
     assert torch.equal(noise, NoisePerturbation(0.1).delta(ref, seed=0))
     assert not torch.equal(noise, NoisePerturbation(0.1).delta(ref, seed=1))
-    assert noise.norm() == pytest.approx(0.1 * weight_norm, rel=0.1)
+    assert float(noise.norm()) == pytest.approx(0.1 * weight_norm, rel=0.1)
     gradient = torch.randn(ref.weight().shape)
     step = GradientPerturbation(0.1, lambda seed: {ref.name: gradient}).delta(ref, seed=0)
-    assert step.norm() == pytest.approx(0.1 * weight_norm, rel=1e-5)
+    assert float(step.norm()) == pytest.approx(0.1 * weight_norm, rel=1e-5)
     torch.testing.assert_close(step / step.norm(), -gradient / gradient.norm())
 
 
