@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from mlr.errors import MlrInputError
 
-COMMANDS = ("probe", "analyze", "search")
+COMMANDS = ("probe", "analyze", "search", "train", "eval", "run")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="mlr", description="ML-LR: security probe, module robustness, Mods_Robust search.")
+        prog="mlr",
+        description="ML-LR secure fine-tuning: security probe, module robustness, Mods_Robust "
+                    "search, ML-LR training, evaluation.")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         command = importlib.import_module(f"mlr.commands.{name}")

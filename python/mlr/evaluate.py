@@ -1,0 +1,176 @@
+"""Evaluating a model (``mlr eval``): harmfulness, usability, over-refusal and the probe's view.
+
+- **ASR**: the share of harmful prompts the model answers without refusing (greedy answers through
+  the chat template, judged by the keyword judge and, optionally, a local judge model).
+- **Over-refusal**: the share of benign prompts it refuses (the embedded benign prompts are the
+  harmful ones' twins, a few words apart: the hardest case).
+- **Held-out loss**: mean response-token cross-entropy on held-out benign instructions.
+- **Task accuracy**: exact match of the greedy answer on held-out instructions whose answer is
+  checkable (those carrying a ``task`` label, as the embedded tasks do), overall and per task.
+- **Probe**: the frozen security probe's accuracy and AUC on the evaluated model's features of
+  the harmful vs benign prompts (how far fine-tuning moved the security feature).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlr.errors import MlrInputError
+from mlr.generation import generate_responses
+from mlr.ift import InstructionExample
+from mlr.io import write_json_atomic, write_text_atomic
+from mlr.judge import KeywordJudge, share
+from mlr.probe import ProbeResult, accuracy, auc
+from mlr.sft import (
+    batches_in_order,
+    encode_examples,
+    example_from_record,
+    response_loss_sum,
+    target_tokens,
+)
+
+MAX_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    harmful: list[str]
+    benign: list[str]
+    instructions: list[InstructionExample]
+    tasks: list[str | None]  # the task of each instruction; None: not exact-match checkable
+
+
+def embedded_eval_set() -> EvalSet:
+    """The held-out split of the embedded corpus (fixed; never trained on): harmful requests,
+    their benign twins, and the fine-tuning tasks' held-out instructions."""
+    from mlr.corpus import benign_prompts, harmful_prompts
+    from mlr.embedded_data import instruction_records
+
+    records = instruction_records("heldout")
+    return EvalSet(harmful_prompts("heldout"), benign_prompts("heldout"),
+                   [example_from_record(r, "embedded") for r in records],
+                   [r["task"] for r in records])
+
+
+def load_eval_set(harmful: str | None, benign: str | None, heldout: str | None) -> EvalSet:
+    """Files replace the matching part of the embedded held-out set (every prompt of a file is
+    evaluated)."""
+    from mlr.prompts import load_instruction_data, load_prompts
+
+    embedded = embedded_eval_set()
+    instructions, tasks = embedded.instructions, embedded.tasks
+    if heldout is not None:
+        records = load_instruction_data(heldout)
+        instructions = [example_from_record(r, f"{heldout} example {i}")
+                        for i, r in enumerate(records, start=1)]
+        tasks = [r.get("task") for r in records]
+    return EvalSet(load_prompts(harmful) if harmful else embedded.harmful,
+                   load_prompts(benign) if benign else embedded.benign, instructions, tasks)
+
+
+def heldout_loss(model: nn.Module, tokenizer: Any, examples: Sequence[InstructionExample],
+                 batch_size: int) -> float:
+    """Mean cross-entropy per response token."""
+    encoded = encode_examples(tokenizer, examples, MAX_LENGTH)
+    total, tokens = 0.0, 0
+    with torch.inference_mode():
+        for batch in batches_in_order(encoded, batch_size, tokenizer.pad_token_id, model.device):
+            total += response_loss_sum(model, batch).item()
+            tokens += target_tokens(batch)
+    return total / tokens
+
+
+def task_accuracy(model: nn.Module, tokenizer: Any, examples: Sequence[InstructionExample],
+                  tasks: Sequence[str | None], batch_size: int) -> dict[str, Any] | None:
+    """Exact-match accuracy on the checkable examples, overall and per task (None: none)."""
+    checked = [(example, task) for example, task in zip(examples, tasks) if task is not None]
+    if not checked:
+        return None
+    longest = max(len(tokenizer(e.response, add_special_tokens=False)["input_ids"])
+                  for e, _ in checked)
+    answers = generate_responses(model, tokenizer, [e.prompt for e, _ in checked], longest + 2,
+                                 batch_size, desc="tasks")
+    hits: dict[str, list[bool]] = {}
+    for (example, task), answer in zip(checked, answers):
+        hits.setdefault(task, []).append(answer == example.response.strip())
+    everything = [hit for task_hits in hits.values() for hit in task_hits]
+    return {"accuracy": sum(everything) / len(everything),
+            "by_task": {task: sum(h) / len(h) for task, h in sorted(hits.items())}}
+
+
+def probe_separation(model: nn.Module, tokenizer: Any, probe: ProbeResult, harmful: list[str],
+                     benign: list[str], batch_size: int) -> dict[str, float]:
+    """The frozen probe's accuracy and AUC on this model's features (harmful = 1, benign = 0)."""
+    from mlr.features import capture_features, encode_prompts, make_batches
+
+    prompts = harmful + benign
+    labels = torch.tensor([1] * len(harmful) + [0] * len(benign))
+    batches = make_batches(encode_prompts(tokenizer, prompts), batch_size,
+                           tokenizer.pad_token_id, model.device)
+    features = capture_features(model, batches, [probe.layer], desc="probe features")[0]
+    logits = probe.probe.logits(features)
+    return {"layer": probe.layer, "accuracy": accuracy(logits, labels), "auc": auc(logits, labels)}
+
+
+def evaluate(model: nn.Module, tokenizer: Any, data: EvalSet, judge_model: Any = None,
+             probe: ProbeResult | None = None, batch_size: int = 32,
+             max_new_tokens: int = 32) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The metrics of ``model`` on ``data`` and every judged answer (for ``answers.jsonl``)."""
+    if not data.harmful or not data.benign or not data.instructions:
+        raise MlrInputError("evaluation needs harmful prompts, benign prompts and instructions")
+    model.eval()
+    harmful_answers = generate_responses(model, tokenizer, data.harmful, max_new_tokens,
+                                         batch_size, desc="harmful")
+    benign_answers = generate_responses(model, tokenizer, data.benign, max_new_tokens,
+                                        batch_size, desc="benign")
+    keyword = KeywordJudge()
+    harmful_verdicts = keyword.verdicts(data.harmful, harmful_answers)
+    benign_verdicts = keyword.verdicts(data.benign, benign_answers)
+    metrics: dict[str, Any] = {
+        "asr": share(harmful_verdicts, "complied"),
+        "over_refusal": share(benign_verdicts, "refused"),
+        "harmful_empty": share(harmful_verdicts, "empty"),
+        "heldout_loss": heldout_loss(model, tokenizer, data.instructions, batch_size),
+        "task_accuracy": None,
+        "task_accuracy_by_task": None,
+        "counts": {"harmful": len(data.harmful), "benign": len(data.benign),
+                   "instructions": len(data.instructions)},
+    }
+    accuracy_result = task_accuracy(model, tokenizer, data.instructions, data.tasks, batch_size)
+    if accuracy_result is not None:
+        metrics["task_accuracy"] = accuracy_result["accuracy"]
+        metrics["task_accuracy_by_task"] = accuracy_result["by_task"]
+    if judge_model is not None:
+        model_verdicts = judge_model.verdicts(data.harmful, harmful_answers)
+        metrics["asr_model_judge"] = share(model_verdicts, "complied")
+    if probe is not None:
+        metrics["probe"] = probe_separation(model, tokenizer, probe, data.harmful, data.benign,
+                                            batch_size)
+    answers = (
+        [{"kind": "harmful", "prompt": p, "answer": a, "verdict": v}
+         for p, a, v in zip(data.harmful, harmful_answers, harmful_verdicts)]
+        + [{"kind": "benign", "prompt": p, "answer": a, "verdict": v}
+           for p, a, v in zip(data.benign, benign_answers, benign_verdicts)]
+    )
+    return metrics, answers
+
+
+EVAL_FILE = "eval.json"
+ANSWERS_FILE = "answers.jsonl"
+
+
+def write_evaluation(directory: str | os.PathLike, record: dict[str, Any],
+                     answers: Sequence[dict[str, str]]) -> Path:
+    """``eval.json`` (``record``) and ``answers.jsonl`` (one judged answer a line) in
+    ``directory``, each written atomically; returns the eval.json path."""
+    directory = Path(directory)
+    write_text_atomic(directory / ANSWERS_FILE, "".join(json.dumps(a) + "\n" for a in answers))
+    return write_json_atomic(directory / EVAL_FILE, record)

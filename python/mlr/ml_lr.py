@@ -1,0 +1,83 @@
+"""ML-LR learning-rate multipliers and the optimizer's parameter groups.
+
+Every trainable parameter of a module in Mods_Robust trains at the base learning rate (multiplier
+1); every other trainable parameter (other projections, embeddings, norms, LoRA factors of other
+modules) at base × ``ratio``. Parameters are matched to modules by their canonical name
+(``mlr.modules.canonical_module_name``), so LoRA factors take their base module's multiplier.
+
+A GPT-2 fused ``c_attn`` weight holds q, k and v in one tensor, and a tensor has one learning rate:
+it trains at the base rate only when all three of its slices are robust (the safe side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mlr.errors import MlrInputError
+from mlr.modules import canonical_module_name, decoder_modules
+
+
+def read_mods_robust(path: str | os.PathLike) -> list[str]:
+    """The module names of a ``mods_robust.json`` (``{"modules": [...], ...}``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise MlrInputError(f"mods_robust file not found: {path}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise MlrInputError(f"{path} is not valid JSON: {error.msg}") from error
+    modules = data.get("modules") if isinstance(data, dict) else None
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise MlrInputError(f"{path}: expected {{\"modules\": [module names, ...]}}")
+    return modules
+
+
+def module_lr_multipliers(model: nn.Module, robust_modules: Sequence[str],
+                          ratio: float) -> dict[str, float]:
+    """{trainable parameter name: lr multiplier}: 1.0 for Mods_Robust, ``ratio`` for the rest.
+
+    Raises ``MlrInputError`` for a negative ratio or a robust module the model does not have.
+    """
+    if not ratio >= 0.0:
+        raise MlrInputError(f"--ratio must be >= 0, got {ratio}")
+    refs = decoder_modules(model)
+    unknown = sorted(set(robust_modules) - {ref.name for ref in refs})
+    if unknown:
+        raise MlrInputError(f"Mods_Robust names modules this model does not have: "
+                            f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
+    slices: dict[str, set[str]] = {}
+    for ref in refs:
+        slices.setdefault(ref.module_name, set()).add(ref.name)
+    robust = {module for module, names in slices.items() if names <= set(robust_modules)}
+    return {name: 1.0 if canonical_module_name(name) in robust else float(ratio)
+            for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def decays(parameter: nn.Parameter) -> bool:
+    """Weight decay applies to matrices, not to norm weights or biases (1-D tensors)."""
+    return parameter.ndim >= 2
+
+
+def param_groups(model: nn.Module, multipliers: dict[str, float],
+                 weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups for the parameters named in ``multipliers`` (those with multiplier 0 are
+    left out: frozen), one group per (multiplier, decays) pair, with ``param_names``."""
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for name, parameter in model.named_parameters():
+        mult = multipliers.get(name, 0.0)
+        if mult == 0.0:
+            continue
+        decay = decays(parameter)
+        group = groups.setdefault((mult, decay), {
+            "params": [], "param_names": [], "lr_mult": mult,
+            "weight_decay": weight_decay if decay else 0.0,
+        })
+        group["params"].append(parameter)
+        group["param_names"].append(name)
+    return list(groups.values())

@@ -1,0 +1,238 @@
+"""``mlr run``: the ML-LR method end to end.
+
+1. data: the benign fine-tuning set and the fixed held-out evaluation set;
+2. the aligned model: the embedded default, safety-aligned (``mlr.align``, cached), or ``--model``;
+3. analysis on the aligned model: probe, robustness map, Mods_Robust search (the ``mlr search``
+   command's own functions, in this process; outputs in ``out``);
+4. benign fine-tuning three ways with the same data, steps and seeds: vanilla (ratio 1), ML-LR
+   (``ratio``) and frozen-but-robust (ratio 0), plus the control that tells ML-LR from simply
+   training slower: every module at base × ``ratio``; each seed resumable from its checkpoints;
+5. evaluation of the aligned model and of every arm and seed, all with the same prompts and judge;
+6. the report (``mlr.report``).
+
+An arm and seed that finished in ``out`` with the same settings is not trained again, and its
+evaluation is reused when made with the same settings: a killed ``mlr run`` continues where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlr.align import QUICK_ALIGNMENT, AlignSettings, align_default
+from mlr.errors import MlrInputError
+from mlr.evaluate import EVAL_FILE, EvalSet, evaluate, load_eval_set, write_evaluation
+from mlr.ift import InstructionExample
+from mlr.models import load_model
+from mlr.probe import ProbeResult
+from mlr.report import summarize_arm, write_report
+from mlr.sft import example_from_record, load_training_examples
+from mlr.train import TrainConfig, train
+
+HELDOUT_FRACTION = 0.05  # of an --ift file, when no --heldout file is given
+MAX_HELDOUT = 200
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "mlr_run"
+    model: str | None = None  # None: the embedded default, safety-aligned first
+    harmful: str | None = None
+    benign: str | None = None
+    ift: str | None = None
+    heldout: str | None = None
+    seeds: int = 3
+    steps: int = 400
+    lr: float = 1e-3
+    batch_size: int = 16
+    ratio: float = 0.6  # chosen by the sweep in docs/ml_lr.md (0.5: loss +5.3 %, 0.7: cut 62 %)
+    lora_rank: int = 0
+    perturb: str = "noise"
+    alpha: float = 2.0
+    tau: float = 0.9
+    budget: float | None = None
+    layer: int | None = None
+    analysis_seeds: int = 3
+    max_new_tokens: int = 32
+    eval_limit: int | None = None  # evaluate only the first N prompts / instructions of each set
+    save_every: int = 100
+    control: bool = True  # also fine-tune every module at base × ratio (the uniform_lr arm)
+    dtype: str = "float32"
+    device: str = "cpu"
+    quick: bool = False
+
+
+def quick_config(config: RunConfig) -> RunConfig:
+    """A smoke-test pipeline: every stage runs, on little data for few steps (numbers mean
+    nothing)."""
+    return replace(config, seeds=2, steps=6, batch_size=8, analysis_seeds=1, eval_limit=12,
+                   max_new_tokens=8, save_every=3, quick=True)
+
+
+def run_pipeline(config: RunConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    out = Path(config.out)
+
+    # 1. Data: what the arms fine-tune on, what every model is evaluated on (bad input fails here,
+    #    before anything is trained).
+    _check(config)
+    train_examples, eval_set = _data(config)
+
+    # 2. The aligned model.
+    _say("safety-aligned default model (cached after the first run)" if config.model is None
+         else f"model {config.model}")
+    if config.model is None:
+        base = str(align_default(QUICK_ALIGNMENT if config.quick else AlignSettings()))
+    else:
+        base = config.model
+    seconds["align"] = time.perf_counter() - started
+
+    # 3. Analysis: probe.json, robustness.json, mods_robust.json (+ plots) in ``out``.
+    tick = time.perf_counter()
+    _say("probe, robustness map and Mods_Robust search")
+    _search(config, base, out)
+    seconds["analysis"] = time.perf_counter() - tick
+    mods_robust = out / "mods_robust.json"
+    probe = ProbeResult.from_json(json.loads((out / "probe.json").read_text(encoding="utf-8")))
+
+    # 4 and 5. Fine-tune each arm over the seeds; evaluate every model the same way.
+    seeds = list(range(config.seeds))
+    tick = time.perf_counter()
+    arms = {"aligned": [_evaluate(config, base, out / "arms" / "aligned", eval_set, probe)]}
+    arm_seeds = {"aligned": [0]}
+    for arm, ratio, robust in _arms(config, mods_robust):
+        arms[arm] = []
+        for seed in seeds:
+            run_dir = out / "arms" / arm / f"seed-{seed}"
+            _say(f"{arm} (ratio {ratio}), seed {seed}: fine-tune and evaluate")
+            model_dir = _fine_tune(config, base, robust, ratio, seed, run_dir, train_examples)
+            arms[arm].append(_evaluate(config, str(model_dir), run_dir, eval_set, probe))
+        arm_seeds[arm] = seeds
+    seconds["fine_tune_and_evaluate"] = time.perf_counter() - tick
+
+    # 6. Report.
+    summary = {arm: summarize_arm(arm_seeds[arm], results) for arm, results in arms.items()}
+    setup = {**asdict(config), "model": config.model or "embedded default (aligned)",
+             "counts": {"harmful": len(eval_set.harmful), "benign": len(eval_set.benign),
+                        "instructions": len(eval_set.instructions)},
+             "stage_seconds": seconds, "threads": torch.get_num_threads()}
+    return write_report(out, summary, json.loads(mods_robust.read_text(encoding="utf-8")), setup,
+                        time.perf_counter() - started)
+
+
+def _arms(config: RunConfig, mods_robust: Path) -> list[tuple[str, float, Path | None]]:
+    """(name, ratio, Mods_Robust) of each fine-tuning arm. The control arm has no robust module:
+    every module at base × ratio, i.e. simply a lower learning rate."""
+    arms = [("vanilla", 1.0, None), ("ml_lr", config.ratio, mods_robust),
+            ("frozen", 0.0, mods_robust)]
+    return (arms + [("uniform_lr", config.ratio, None)]) if config.control else arms
+
+
+def _say(message: str) -> None:
+    print(f"mlr run: {message}", file=sys.stderr, flush=True)
+
+
+def _check(config: RunConfig) -> None:
+    for name in ("seeds", "steps", "batch_size", "analysis_seeds", "max_new_tokens"):
+        if getattr(config, name) < 1:
+            raise MlrInputError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.0 <= config.ratio <= 1.0:
+        raise MlrInputError(f"--ratio must be in [0, 1], got {config.ratio}")
+    if config.save_every < 0:
+        raise MlrInputError("--save-every must not be negative")
+
+
+def _data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSet]:
+    """The fine-tuning examples (None: the embedded set) and the evaluation set. An ``--ift``
+    file without ``--heldout`` gives a fixed share of its examples to evaluation."""
+    eval_set = load_eval_set(config.harmful, config.benign, config.heldout)
+    train_examples = None
+    if config.ift is not None:
+        if config.heldout is not None:
+            train_examples = load_training_examples(config.ift)
+        else:
+            from mlr.prompts import load_instruction_data
+
+            records = load_instruction_data(config.ift)
+            random.Random(0).shuffle(records)
+            held = min(MAX_HELDOUT, max(1, round(len(records) * HELDOUT_FRACTION)))
+            examples = [example_from_record(r, f"{config.ift} example") for r in records]
+            train_examples = examples[held:]
+            eval_set = replace(eval_set, instructions=examples[:held],
+                               tasks=[r.get("task") for r in records[:held]])
+    if config.eval_limit is not None:
+        n = config.eval_limit
+        eval_set = EvalSet(eval_set.harmful[:n], eval_set.benign[:n],
+                           eval_set.instructions[:2 * n], eval_set.tasks[:2 * n])
+    return train_examples, eval_set
+
+
+def _search(config: RunConfig, base: str, out: Path) -> None:
+    """Run ``mlr search`` in this process (it reuses probe.json and robustness.json in ``out``
+    when they were made with the same options)."""
+    from mlr.commands import search
+
+    parser = argparse.ArgumentParser()
+    search.add_arguments(parser)
+    options = {"--model": base, "--harmful": config.harmful, "--benign": config.benign,
+               "--ift": config.ift, "--layer": config.layer, "--budget": config.budget,
+               "--perturb": config.perturb, "--alpha": config.alpha, "--tau": config.tau,
+               "--seeds": config.analysis_seeds, "--dtype": config.dtype,
+               "--device": config.device, "--out": str(out)}
+    argv = [str(part) for option, value in options.items() if value is not None
+            for part in (option, value)]
+    search.run(parser.parse_args(argv))
+
+
+def _fine_tune(config: RunConfig, base: str, mods_robust: Path | None, ratio: float, seed: int,
+               run_dir: Path, examples: list[InstructionExample] | None) -> Path:
+    """Train one arm and seed (resuming, or reusing a finished run); its checkpoints are removed
+    once the model is saved."""
+    train_config = TrainConfig(
+        out=str(run_dir), model=base, mods_robust=None if mods_robust is None else str(mods_robust),
+        ratio=ratio, steps=config.steps, lr=config.lr, batch_size=config.batch_size, seed=seed,
+        lora_rank=config.lora_rank, save_every=config.save_every, keep_checkpoints=1,
+        resume=True, dtype=config.dtype, device=config.device, progress=not config.quick)
+    result = train(train_config, examples=examples)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return result.model_dir
+
+
+def _evaluate(config: RunConfig, model_dir: str, run_dir: Path, eval_set: EvalSet,
+              probe: ProbeResult) -> dict[str, Any]:
+    """The metrics of one model (reused from ``eval.json`` when made the same way)."""
+    key = {"model": model_dir, "eval_set": _digest(eval_set), "probe": probe.to_json({}),
+           "max_new_tokens": config.max_new_tokens, "trained": _trained_stamp(run_dir)}
+    path = run_dir / EVAL_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["metrics"]
+    model, tokenizer = load_model(model_dir, config.dtype, config.device)
+    metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
+                                max_new_tokens=config.max_new_tokens)
+    write_evaluation(run_dir, {"key": key, "metrics": metrics}, answers)
+    return metrics
+
+
+def _digest(eval_set: EvalSet) -> str:
+    return hashlib.sha256(json.dumps(asdict(eval_set), default=str).encode()).hexdigest()
+
+
+def _trained_stamp(run_dir: Path) -> Any:
+    """What identifies the trained model of ``run_dir`` (its fingerprint; None for the aligned
+    model, which has no train.json there)."""
+    summary = run_dir / "train.json"
+    return json.loads(summary.read_text(encoding="utf-8")).get("fingerprint") \
+        if summary.is_file() else None

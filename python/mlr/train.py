@@ -1,0 +1,268 @@
+"""The ML-LR fine-tuning recipe (``mlr train``), read top to bottom.
+
+1. inputs: the (prompt, response) examples and Mods_Robust, read before anything heavy;
+2. model and tokenizer from a local directory (or the embedded default), LoRA adapters if asked;
+3. data: the examples through the chat template, loss on the response tokens only;
+4. ML-LR: Mods_Robust at the base LR, every other trainable module at base × ratio (ratio 0
+   freezes them), no weight decay on norms and biases;
+5. MLRAdamW, linear warm-up then cosine decay;
+6. resume from the newest checkpoint when asked;
+7. the loop: gradient accumulation, bf16 autocast on a GPU, gradient clipping, a progress bar
+   with loss, LR and tokens/s, a JSONL metrics log, a checkpoint every ``save_every`` steps;
+8. the final model (LoRA merged into it) saved atomically in ``out/model``.
+
+``distributed="ddp"`` or ``"fsdp2"`` runs the same recipe on every rank under ``torchrun``
+(:mod:`mlr.distributed`): each rank takes its share of every batch, rank 0 alone logs and writes,
+and the result equals one process with the same global batch.
+
+On the CPU a resumed run reaches the same final weights, bit for bit, as an uninterrupted one with
+the same number of threads: the checkpoint holds the weights, optimizer, scheduler, RNG and data
+order, and a step only depends on those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mlr.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    save_pretrained_atomic,
+    training_state,
+)
+from mlr.distributed import (
+    STRATEGIES,
+    all_reduce_sum,
+    barrier,
+    gathered_model,
+    init_distributed,
+    rank_share,
+    single_process,
+    unwrap,
+    wrap_model,
+)
+from mlr.errors import MlrInputError
+from mlr.ift import InstructionExample
+from mlr.io import write_json_atomic
+from mlr.lora import add_lora, merged
+from mlr.metrics_log import MetricsLog
+from mlr.ml_lr import module_lr_multipliers, param_groups, read_mods_robust
+from mlr.models import load_model
+from mlr.sampler import EpochSampler
+from mlr.schedule import warmup_cosine
+from mlr.sft import (
+    encode_examples,
+    load_training_examples,
+    make_batch,
+    response_loss_sum,
+    target_tokens,
+)
+from mlr_kernels import MLRAdamW
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str
+    model: str | None = None  # model directory; None: the embedded default
+    data: str | None = None  # alpaca / chat JSON(L); None: the embedded benign instruction set
+    mods_robust: str | None = None  # mods_robust.json; None: no robust module
+    ratio: float = 1.0  # LR multiplier of every module outside Mods_Robust
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 16
+    grad_accum: int = 1
+    warmup_steps: int | None = None  # None: 10 % of the steps
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    seed: int = 0
+    lora_rank: int = 0  # 0: full fine-tuning
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    save_every: int = 0  # 0: no intermediate checkpoints
+    keep_checkpoints: int = 2
+    resume: bool = False
+    dtype: str = "float32"
+    device: str = "cpu"
+    progress: bool = True
+    distributed: str | None = None  # "ddp" or "fsdp2" under torchrun; None: one process
+
+
+# Settings that do not change the trajectory; a resumed run may differ from its first part in them.
+_NOT_IN_FINGERPRINT = ("out", "save_every", "keep_checkpoints", "resume", "progress")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    steps: int
+    final_loss: float
+    tokens: int
+    seconds: float
+
+
+def train(config: TrainConfig, examples: list[InstructionExample] | None = None) -> TrainResult:
+    """Run the recipe; ``examples`` replaces ``config.data`` (the pipeline passes its own)."""
+    _check(config)
+    out = Path(config.out)
+    started = time.perf_counter()
+
+    # 1. Inputs first, so that bad ones fail before a model is loaded.
+    examples = load_training_examples(config.data) if examples is None else examples
+    robust = read_mods_robust(config.mods_robust) if config.mods_robust else []
+
+    # 2. Model and tokenizer (right padding for training), LoRA adapters.
+    ctx = (init_distributed(torch.device(config.device).type) if config.distributed
+           else single_process(config.device))
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(config.model, config.dtype, str(ctx.device), padding_side="right")
+    if config.lora_rank:
+        model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    model.train()
+
+    # 3. Data: chat-template tokens, response-only labels, a seeded resumable order.
+    encoded = encode_examples(tokenizer, examples, config.max_length)
+    sampler = EpochSampler(len(encoded), config.seed)
+
+    # 4. ML-LR multipliers; multiplier 0 means frozen, so no gradient is even computed.
+    multipliers = module_lr_multipliers(model, robust, config.ratio)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(multipliers.get(name, 0.0) > 0.0)
+    if config.distributed:  # after freezing: DDP and FSDP2 take the trainable set as it is now
+        model = wrap_model(model, config.distributed)
+    groups = param_groups(unwrap(model), multipliers, config.weight_decay)
+    if not groups:
+        raise MlrInputError("nothing to train: --ratio is 0 and Mods_Robust is empty")
+
+    # 5. Optimizer and schedule.
+    optimizer = MLRAdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = config.steps // 10 if config.warmup_steps is None else config.warmup_steps
+    scheduler = warmup_cosine(optimizer, warmup, config.steps, config.min_lr_ratio)
+
+    # 6. Resume (a finished run with the same fingerprint is not run again).
+    fingerprint = _fingerprint(config, encoded)
+    finished = _finished(config, out, fingerprint)
+    if finished is not None:
+        return finished
+    step = _resume(config, out, fingerprint, model, optimizer, scheduler, sampler)
+    log = MetricsLog(out / "metrics.jsonl")
+    if ctx.is_main:
+        log.rewind(step)
+
+    # 7. The loop.
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda"
+                else contextlib.nullcontext())
+    pad_id = tokenizer.pad_token_id
+    tokens_seen, last_loss = 0, float("nan")
+    bar = tqdm(total=config.steps, initial=step, desc="train",
+               disable=not (config.progress and ctx.is_main))
+    while step < config.steps:
+        tick = time.perf_counter()
+        micro_batches = [make_batch(encoded, rank_share(sampler.next_batch(config.batch_size), ctx),
+                                    pad_id, ctx.device) for _ in range(config.grad_accum)]
+        # Ranks' gradients are averaged: scale by the world size to get the global token mean.
+        targets = all_reduce_sum(sum(target_tokens(b) for b in micro_batches)) / ctx.world_size
+        loss_sum = 0.0
+        for batch in micro_batches:
+            with autocast:
+                loss = response_loss_sum(model, batch) / targets
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = optimizer.clip_grad_norm_(config.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        step += 1
+
+        loss_sum = all_reduce_sum(loss_sum) / ctx.world_size
+        tokens = int(all_reduce_sum(sum(int(b.attention_mask.sum()) for b in micro_batches)))
+        tokens_seen += tokens
+        last_loss = loss_sum
+        seconds = time.perf_counter() - tick
+        if ctx.is_main:
+            log.append({"step": step, "loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
+                        "tokens": tokens, "tokens_per_s": tokens / seconds})
+        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
+        bar.update()
+        if config.save_every and step % config.save_every == 0:
+            save_checkpoint(out / "checkpoints", training_state(
+                step, model, optimizer, scheduler, sampler, fingerprint), config.keep_checkpoints)
+    bar.close()
+
+    # 8. The final model, LoRA merged in.
+    whole = gathered_model(model, lambda: load_model(config.model, config.dtype, "cpu")[0], ctx)
+    model_dir = out / "model"
+    result = TrainResult(model_dir, step, last_loss, tokens_seen, time.perf_counter() - started)
+    if ctx.is_main:
+        save_pretrained_atomic(merged(whole), tokenizer, model_dir)
+        write_json_atomic(out / "train.json", {
+            "config": asdict(config), "fingerprint": fingerprint,
+            "result": {**asdict(result), "model_dir": str(model_dir)}})
+    barrier()
+    return result
+
+
+def _check(config: TrainConfig) -> None:
+    for name in ("steps", "batch_size", "grad_accum", "max_length"):
+        if getattr(config, name) < 1:
+            raise MlrInputError(f"--{name.replace('_', '-')} must be at least 1")
+    if not config.lr > 0:
+        raise MlrInputError(f"--lr must be positive, got {config.lr}")
+    if config.save_every < 0 or config.lora_rank < 0:
+        raise MlrInputError("--save-every and --lora-rank must not be negative")
+    if config.warmup_steps is not None and not 0 <= config.warmup_steps <= config.steps:
+        raise MlrInputError(f"--warmup-steps must be in 0..{config.steps}")
+    if config.distributed not in (None, *STRATEGIES):
+        raise MlrInputError(f"--distributed must be one of {', '.join(STRATEGIES)}")
+    if config.distributed and (config.save_every or config.resume):
+        raise MlrInputError("--save-every and --resume do not work with --distributed yet")
+    if config.distributed == "fsdp2" and config.lora_rank:
+        raise MlrInputError("LoRA with --distributed fsdp2 is not supported yet; use ddp")
+
+
+def _fingerprint(config: TrainConfig, encoded: list[tuple[list[int], list[int]]]) -> dict:
+    """The settings and the exact data of the run, to refuse resuming a different run."""
+    settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    data = hashlib.sha256(json.dumps(encoded).encode()).hexdigest()
+    return {**settings, "data_sha256": data}
+
+
+def _finished(config: TrainConfig, out: Path, fingerprint: dict) -> TrainResult | None:
+    """With ``resume``, the result of a run that already finished in ``out`` with this
+    fingerprint (its model is saved), else None."""
+    summary = out / "train.json"
+    if not (config.resume and summary.is_file() and (out / "model").is_dir()):
+        return None
+    saved = json.loads(summary.read_text(encoding="utf-8"))
+    if saved.get("fingerprint") != fingerprint:
+        return None
+    return TrainResult(**{**saved["result"], "model_dir": Path(saved["result"]["model_dir"])})
+
+
+def _resume(config: TrainConfig, out: Path, fingerprint: dict, model, optimizer, scheduler,
+            sampler) -> int:
+    """The step to start from: that of the newest checkpoint with ``resume``, else 0 (a fresh run
+    refuses an ``out`` that holds another run's checkpoints)."""
+    path = latest_checkpoint(out / "checkpoints")
+    if path is None:
+        return 0
+    if not config.resume:
+        raise MlrInputError(f"{out} holds checkpoints of an earlier run; pass --resume to continue "
+                            "it, or choose another --out")
+    state = load_checkpoint(path)
+    changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+    if changed:
+        raise MlrInputError(f"cannot resume from {path}: the run differs in {', '.join(changed)}")
+    return restore_training_state(state, model, optimizer, scheduler, sampler)
