@@ -1,0 +1,12 @@
+# Sourced by scripts/test.sh and scripts/run.sh: make .venv with everything mlr-kernels needs.
+# torch goes in first and on its own: anything that depends on torch, installed before it, would
+# pull the registry's newest CUDA build (several GB) even on a machine without a GPU.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -c "import torch" 2>/dev/null || python -m pip install --quiet torch==2.13.0
+python -m pip install --quiet -e ".[${MLR_EXTRAS:-test}]"
