@@ -21,6 +21,7 @@ from chat_models import (  # noqa: F401 (one_thread: an autouse fixture)
     write_instruction_file,
 )
 from mlr import cli
+from mlr.checkpoint import latest_checkpoint, load_checkpoint
 from mlr.ift import IGNORE_INDEX, InstructionExample
 from mlr.metrics_log import MetricsLog
 from mlr.ml_lr import module_lr_multipliers, param_groups
@@ -231,3 +232,28 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
     assert [line for line in err.splitlines() if line.startswith("mlr: error:")] == \
         [err.strip().splitlines()[-1]] and "Traceback" not in err
     assert not (tmp_path / "out" / "model").exists() or problem == "other run in out"
+
+
+def test_a_nan_gradient_stops_training_with_one_line_and_keeps_the_checkpoints(tmp_path, capsys,
+                                                                              monkeypatch):
+    import mlr.train
+
+    calls = []
+    loss_sum = mlr.train.response_loss_sum
+
+    def nan_at_step_3(model, batch):
+        calls.append(None)
+        loss = loss_sum(model, batch)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(mlr.train, "response_loss_sum", nan_at_step_3)
+    out = tmp_path / "out"
+    assert run_cli("--model", str(tiny_chat_model_dir()), "--out", str(out), "--steps", "4",
+                   "--data", str(write_instruction_file(tmp_path / "ift.json")),
+                   "--save-every", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mlr: error: step 3: the gradient norm is nan")
+    assert not (out / "model").exists()
+    state = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in state["weights"].values())

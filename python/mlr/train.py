@@ -58,6 +58,7 @@ from mlr.lora import add_lora, merged
 from mlr.metrics_log import MetricsLog
 from mlr.ml_lr import module_lr_multipliers, param_groups, read_mods_robust
 from mlr.models import load_model
+from mlr.progress import progress_enabled
 from mlr.sampler import EpochSampler
 from mlr.schedule import warmup_cosine
 from mlr.sft import (
@@ -165,41 +166,45 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
                 else contextlib.nullcontext())
     pad_id = tokenizer.pad_token_id
     tokens_seen, last_loss = 0, float("nan")
-    bar = tqdm(total=config.steps, initial=step, desc="train",
-               disable=not (config.progress and ctx.is_main))
-    while step < config.steps:
-        tick = time.perf_counter()
-        micro_batches = [make_batch(encoded, rank_share(sampler.next_batch(config.batch_size), ctx),
-                                    pad_id, ctx.device) for _ in range(config.grad_accum)]
-        # Ranks' gradients are averaged: scale by the world size to get the global token mean.
-        targets = all_reduce_sum(sum(target_tokens(b) for b in micro_batches)) / ctx.world_size
-        loss_sum = 0.0
-        for batch in micro_batches:
-            with autocast:
-                loss = response_loss_sum(model, batch) / targets
-            loss.backward()
-            loss_sum += loss.item()
-        grad_norm = optimizer.clip_grad_norm_(config.max_grad_norm)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        step += 1
+    with tqdm(total=config.steps, initial=step, desc="train",
+              disable=not (config.progress and ctx.is_main and progress_enabled())) as bar:
+        while step < config.steps:
+            tick = time.perf_counter()
+            micro_batches = [make_batch(encoded, rank_share(sampler.next_batch(config.batch_size), ctx),
+                                        pad_id, ctx.device) for _ in range(config.grad_accum)]
+            # Ranks' gradients are averaged: scale by the world size to get the global token mean.
+            targets = all_reduce_sum(sum(target_tokens(b) for b in micro_batches)) / ctx.world_size
+            loss_sum = 0.0
+            for batch in micro_batches:
+                with autocast:
+                    loss = response_loss_sum(model, batch) / targets
+                loss.backward()
+                loss_sum += loss.item()
+            grad_norm = optimizer.clip_grad_norm_(config.max_grad_norm)
+            if not torch.isfinite(grad_norm):  # stop before the step writes NaN into every weight
+                raise MlrInputError(
+                    f"step {step + 1}: the gradient norm is {float(grad_norm)} (loss {loss_sum:.4g}); "
+                    "training stopped before the bad step, earlier checkpoints are intact (lower --lr, "
+                    "or check the data)")
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
 
-        loss_sum = all_reduce_sum(loss_sum) / ctx.world_size
-        tokens = int(all_reduce_sum(sum(int(b.attention_mask.sum()) for b in micro_batches)))
-        tokens_seen += tokens
-        last_loss = loss_sum
-        seconds = time.perf_counter() - tick
-        if ctx.is_main:
-            log.append({"step": step, "loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
-                        "tokens": tokens, "tokens_per_s": tokens / seconds})
-        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
-        bar.update()
-        if config.save_every and step % config.save_every == 0:
-            save_checkpoint(out / "checkpoints", training_state(
-                step, model, optimizer, scheduler, sampler, fingerprint), config.keep_checkpoints)
-    bar.close()
+            loss_sum = all_reduce_sum(loss_sum) / ctx.world_size
+            tokens = int(all_reduce_sum(sum(int(b.attention_mask.sum()) for b in micro_batches)))
+            tokens_seen += tokens
+            last_loss = loss_sum
+            seconds = time.perf_counter() - tick
+            if ctx.is_main:
+                log.append({"step": step, "loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
+                            "tokens": tokens, "tokens_per_s": tokens / seconds})
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
+            bar.update()
+            if config.save_every and step % config.save_every == 0:
+                save_checkpoint(out / "checkpoints", training_state(
+                    step, model, optimizer, scheduler, sampler, fingerprint), config.keep_checkpoints)
 
     # 8. The final model, LoRA merged in.
     whole = gathered_model(model, lambda: load_model(config.model, config.dtype, "cpu")[0], ctx)
