@@ -43,7 +43,17 @@ def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
     assert json.loads((out / "report.json").read_text())["arms"] == report["arms"]
 
 
-@pytest.mark.parametrize("args", [["--seeds", "0"], ["--ratio", "1.5"],
+def test_parallel_jobs_give_the_results_of_one_job_at_a_time(tmp_path):
+    reports = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs-{jobs}"
+        assert run_cli("--quick", "--no-control", "--jobs", jobs, "--out", str(out)) == 0
+        reports[jobs] = json.loads((out / "report.json").read_text())["arms"]
+    assert set(reports["1"]) == {"aligned", "vanilla", "ml_lr", "frozen"}
+    assert reports["2"] == reports["1"]
+
+
+@pytest.mark.parametrize("args", [["--seeds", "0"], ["--jobs", "0"], ["--ratio", "1.5"],
                                   ["--ift", "missing.json"], ["--harmful", "missing.csv"]])
 def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, args):
     assert run_cli("--out", str(tmp_path / "out"), *args) == 2

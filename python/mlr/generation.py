@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from mlr.progress import progress
 
 
 def generate_texts(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_new_tokens: int,
@@ -25,7 +26,7 @@ def generate_texts(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_n
     tokenizer.padding_side = "left"
     try:
         with torch.inference_mode():
-            for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+            for start in progress(range(0, len(order), batch_size), desc=desc):
                 rows = order[start:start + batch_size]
                 inputs = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True,
                                    add_special_tokens=add_special_tokens).to(model.device)

@@ -17,17 +17,21 @@ evaluation is reused when made with the same settings: a killed ``mlr run`` cont
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
+import multiprocessing
 import random
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from mlr.align import QUICK_ALIGNMENT, AlignSettings, align_default
 from mlr.errors import MlrInputError
@@ -35,6 +39,7 @@ from mlr.evaluate import EVAL_FILE, EvalSet, evaluate, load_eval_set, write_eval
 from mlr.ift import InstructionExample
 from mlr.models import load_model
 from mlr.probe import ProbeResult
+from mlr.progress import disable_progress
 from mlr.report import summarize_arm, write_report
 from mlr.sft import example_from_record, load_training_examples
 from mlr.train import TrainConfig, train
@@ -69,6 +74,7 @@ class RunConfig:
     control: bool = True  # also fine-tune every module at base × ratio (the uniform_lr arm)
     dtype: str = "float32"
     device: str = "cpu"
+    jobs: int = 1  # fine-tuning runs at a time, each in its own process (CPU only)
     quick: bool = False
 
 
@@ -87,7 +93,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     # 1. Data: what the arms fine-tune on, what every model is evaluated on (bad input fails here,
     #    before anything is trained).
     _check(config)
-    train_examples, eval_set = _data(config)
+    train_examples, eval_set = run_data(config)
 
     # 2. The aligned model.
     _say("safety-aligned default model (cached after the first run)" if config.model is None
@@ -111,14 +117,12 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     tick = time.perf_counter()
     arms = {"aligned": [_evaluate(config, base, out / "arms" / "aligned", eval_set, probe)]}
     arm_seeds = {"aligned": [0]}
-    for arm, ratio, robust in _arms(config, mods_robust):
-        arms[arm] = []
-        for seed in seeds:
-            run_dir = out / "arms" / arm / f"seed-{seed}"
-            _say(f"{arm} (ratio {ratio}), seed {seed}: fine-tune and evaluate")
-            model_dir = _fine_tune(config, base, robust, ratio, seed, run_dir, train_examples)
-            arms[arm].append(_evaluate(config, str(model_dir), run_dir, eval_set, probe))
-        arm_seeds[arm] = seeds
+    jobs = [ArmJob(arm, ratio, robust, seed) for arm, ratio, robust in _arms(config, mods_robust)
+            for seed in seeds]
+    for job, metrics in zip(jobs, run_arm_jobs(config, base, jobs, out, train_examples, eval_set,
+                                               probe)):
+        arms.setdefault(job.arm, []).append(metrics)
+        arm_seeds.setdefault(job.arm, []).append(job.seed)
     seconds["fine_tune_and_evaluate"] = time.perf_counter() - tick
 
     # 6. Report.
@@ -139,6 +143,59 @@ def _arms(config: RunConfig, mods_robust: Path) -> list[tuple[str, float, Path |
     return (arms + [("uniform_lr", config.ratio, None)]) if config.control else arms
 
 
+@dataclass(frozen=True)
+class ArmJob:
+    """One fine-tuning run of an arm: modules in ``mods_robust`` at the base LR, all others at
+    base × ``ratio`` (no ``mods_robust``: every module at base × ``ratio``)."""
+
+    arm: str
+    ratio: float
+    mods_robust: Path | None
+    seed: int
+
+    def run_dir(self, out: Path) -> Path:
+        return out / "arms" / self.arm / f"seed-{self.seed}"
+
+
+def run_arm_jobs(config: RunConfig, base: str, jobs: list[ArmJob], out: Path,
+                 examples: list[InstructionExample] | None, eval_set: EvalSet,
+                 probe: ProbeResult) -> list[dict[str, Any]]:
+    """Fine-tune and evaluate every job; their metrics, in order. With ``config.jobs`` > 1 the jobs
+    run in that many worker processes, each with this process's torch thread count: every job is
+    seeded and single-process, so the results are those of running them one after another."""
+    work = functools.partial(_train_and_evaluate, config, base, out, examples, eval_set, probe)
+    workers = min(config.jobs, len(jobs))
+    if workers <= 1:
+        results = []
+        for job in jobs:
+            _say(f"{job.arm} (ratio {job.ratio}), seed {job.seed}: fine-tune and evaluate")
+            results.append(work(job))
+        return results
+    _say(f"{len(jobs)} fine-tuning runs in {workers} worker processes")
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(torch.get_num_threads(),)) as pool:
+        futures = {pool.submit(work, job): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            future.result()  # a failed job stops the run here, with its own error
+            _say(f"{job.arm} (ratio {job.ratio}), seed {job.seed}: done")
+        return [future.result() for future in futures]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    disable_progress()  # bars of several processes on one terminal would garble each other
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _train_and_evaluate(config: RunConfig, base: str, out: Path,
+                        examples: list[InstructionExample] | None, eval_set: EvalSet,
+                        probe: ProbeResult, job: ArmJob) -> dict[str, Any]:
+    run_dir = job.run_dir(out)
+    model_dir = _fine_tune(config, base, job.mods_robust, job.ratio, job.seed, run_dir, examples)
+    return _evaluate(config, str(model_dir), run_dir, eval_set, probe)
+
+
 def _say(message: str) -> None:
     print(f"mlr run: {message}", file=sys.stderr, flush=True)
 
@@ -151,9 +208,14 @@ def _check(config: RunConfig) -> None:
         raise MlrInputError(f"--ratio must be in [0, 1], got {config.ratio}")
     if config.save_every < 0:
         raise MlrInputError("--save-every must not be negative")
+    if config.jobs < 1:
+        raise MlrInputError(f"--jobs must be at least 1, got {config.jobs}")
+    if config.jobs > 1 and torch.device(config.device).type != "cpu":
+        raise MlrInputError("--jobs above 1 runs several fine-tunings side by side on the CPU; "
+                            f"on {config.device} use --jobs 1")
 
 
-def _data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSet]:
+def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSet]:
     """The fine-tuning examples (None: the embedded set) and the evaluation set. An ``--ift``
     file without ``--heldout`` gives a fixed share of its examples to evaluation."""
     eval_set = load_eval_set(config.harmful, config.benign, config.heldout)

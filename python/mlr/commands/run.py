@@ -7,6 +7,7 @@ report.json and plots in --out."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 
 import torch
@@ -70,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: 1 for the embedded default, whose "
                              "ops are too small to share; torch's choice for --model)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="fine-tuning runs side by side, each in its own process (default: "
+                             "one per CPU core / threads on the CPU, else 1)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: every stage on little data for few steps")
 
@@ -81,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
             raise MlrInputError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()  # one bar per model load drowns the rest
+    if args.jobs is None:
+        cpu = torch.device(args.device).type == "cpu"
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        args.jobs = max(1, (cores or 1) // torch.get_num_threads()) if cpu else 1
     config = RunConfig(**{name: getattr(args, name) for name in _DEFAULTS if hasattr(args, name)})
     report = run_pipeline(quick_config(config) if config.quick else config)
     arms, check = report["arms"], report["target"]
