@@ -8,6 +8,7 @@ bucket of DTensor parameters (FSDP2) holds each rank's local shards: see :mod:`m
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from mlr_kernels.dtensor import dtensor_like, local_tensor, sharding_key
 from mlr_kernels.segments import ACTIVE, NUM_HYPER_COLUMNS, STEP, make_tiles, segment_offsets
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_grad_of = operator.attrgetter("grad")
 
 
 class FlatBucket:
@@ -138,6 +140,8 @@ class FlatBucket:
         gradient into its view and re-point ``.grad``; a None gradient zeroes its view and marks
         the parameter as having no gradient this step.
         """
+        if all(map(operator.is_, map(_grad_of, self.params), self.grad_views)):
+            return  # the usual case, checked in C loops: thousands of parameters cost microseconds
         for i, (p, view) in enumerate(zip(self.params, self.grad_views)):
             grad = p.grad
             if grad is view:

@@ -9,6 +9,7 @@ the group's weight decay the same way.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -35,7 +36,10 @@ from mlr_kernels.segments import (
 _TORCH_ADAMW_FLAGS = dict(foreach=None, capturable=False, differentiable=False, fused=None,
                           decoupled_weight_decay=True)
 # Group values that go into the per-segment table (lr is handled apart: it changes every step).
-_STATIC_KEYS = ("weight_decay", "wd_mult", "betas", "eps", "maximize", "amsgrad", "lr_mult")
+_static_values = operator.itemgetter("weight_decay", "wd_mult", "betas", "eps", "maximize",
+                                     "amsgrad", "lr_mult")
+_lr_value = operator.itemgetter("lr")
+_PLAIN_NUMBERS = {float, int}
 
 
 class MLRAdamW(Optimizer):
@@ -173,11 +177,15 @@ class MLRAdamW(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # Read in C loops (operator.itemgetter): with thousands of groups this is most of the
+        # step's host time.
+        static = tuple(map(_static_values, self.param_groups))
+        lrs = list(map(_lr_value, self.param_groups))
         for bucket in self._buckets:
             bucket.sync_grads()
             bucket.pull_params()
             bucket.upload_active()
-            self._refresh_table(bucket)
+            self._refresh_table(bucket, static, lrs)
             dev = bucket.device
             skip = None if found_inf is None else found_inf.to(dev, torch.float32).reshape(1)
             active = bucket.hyper[:, ACTIVE]
@@ -199,12 +207,12 @@ class MLRAdamW(Optimizer):
             mult = inv if mult is None else mult * inv
         return mult
 
-    def _refresh_table(self, bucket: FlatBucket) -> None:
+    def _refresh_table(self, bucket: FlatBucket, static: tuple, lrs: list) -> None:
         """Write the per-segment columns that changed since the last step (device ops only when
-        the learning rate is a tensor, so a CUDA-graph capture stays valid)."""
-        groups = [self._group_of[id(p)] for p in bucket.params]
-        static = tuple(tuple(g[k] for k in _STATIC_KEYS) for g in self.param_groups)
+        the learning rate is a tensor, so a CUDA-graph capture stays valid). ``static`` and
+        ``lrs`` are every group's static values and learning rate, read once per step."""
         if bucket.static_signature != static:
+            groups = [self._group_of[id(p)] for p in bucket.params]
             rows = []
             for g in groups:
                 beta1, beta2 = (float(b) for b in g["betas"])
@@ -219,8 +227,7 @@ class MLRAdamW(Optimizer):
                                            dtype=torch.float64, device=bucket.device)
             bucket.static_signature = static
             bucket.lr_signature = None
-        lrs = [g["lr"] for g in self.param_groups]
-        if any(isinstance(lr, torch.Tensor) for lr in lrs):
+        if not set(map(type, lrs)) <= _PLAIN_NUMBERS:  # some group's lr is a tensor
             group_lr = torch.stack([torch.as_tensor(lr, device=bucket.device) for lr in lrs])
             bucket.hyper[:, LR] = group_lr.to(torch.float64)[bucket.group_index] * bucket.lr_mults
         elif bucket.lr_signature != lrs:

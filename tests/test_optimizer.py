@@ -187,6 +187,50 @@ def test_lr_mult_scales_only_the_learning_rate_under_a_scheduler():
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_tensor_lr_changed_in_place_is_read_at_every_step(backend):
+    """A tensor lr (what a CUDA-graph capture of step() needs) is re-read each step, so filling it
+    in place acts like a scheduler; lr_mult still applies."""
+    m_ours, m_ref = make_model(21), make_model(21)
+    lr = torch.tensor(1e-2)
+    ours = MLRAdamW(m_ours.parameters(), lr=lr, lr_mult=0.5, backend=backend)
+    ref = torch.optim.AdamW(m_ref.parameters(), lr=5e-3, foreach=False)
+    schedule = [1e-2, 4e-3, 2e-2, 1e-3, 7e-3]
+
+    def step(opt):
+        k = step.calls[opt] = step.calls.get(opt, -1) + 1
+        if opt is ours:
+            lr.fill_(schedule[k])
+        else:
+            opt.param_groups[0]["lr"] = schedule[k] * 0.5
+        opt.step()
+
+    step.calls = {}
+    train_both([(m_ours, ours), (m_ref, ref)], steps=len(schedule), seed=21, step_fn=step)
+    assert_same_params(m_ours, m_ref)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_group_hyperparameters_edited_between_steps_take_effect(backend):
+    """Writing a group's weight_decay, betas or eps in place between steps, as some trainers do,
+    changes the next step exactly as it does for torch.optim.AdamW."""
+    names = [n for n, _ in make_model(0).named_parameters()]
+    groups = [(names[:4], dict(lr=1e-2, weight_decay=0.0), 1.0), (names[4:], dict(lr=2e-2), 0.5)]
+    m_ours, m_ref = make_model(22), make_model(22)
+    ours, ref = build_pair(groups, m_ours, m_ref, backend)
+    edits = {2: dict(weight_decay=0.3), 3: dict(betas=(0.5, 0.9)), 4: dict(eps=1e-3)}
+
+    def step(opt):
+        k = step.calls[opt] = step.calls.get(opt, -1) + 1
+        for group in opt.param_groups:
+            group.update(edits.get(k, {}))
+        opt.step()
+
+    step.calls = {}
+    train_both([(m_ours, ours), (m_ref, ref)], steps=6, seed=22, step_fn=step)
+    assert_same_params(m_ours, m_ref)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_set_lr_mult_by_name_and_by_parameter(backend):
     m_ours, m_ref = make_model(17), make_model(17)
     ours = MLRAdamW(m_ours.named_parameters(), lr=1e-2, backend=backend)
