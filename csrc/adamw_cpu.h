@@ -7,24 +7,9 @@
 
 #include <cstdint>
 
+#include "segment_table.h"
+
 namespace mlr {
-
-// Columns of the float64 per-segment table; must match mlr_kernels/segments.py.
-enum HyperColumn : int64_t {
-  kLr = 0,
-  kWeightDecay,
-  kBeta1,
-  kBeta2,
-  kEps,
-  kStep,
-  kActive,
-  kMaximize,
-  kAmsgrad,
-  kNumHyperColumns,
-};
-
-// The same codes the Python launcher sends.
-enum class ParamDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 // The flat buffers of one step, all `numel` long. `param` and `grad` hold `dtype`; everything else
 // is float32. `master` is null exactly when `dtype` is float32; `max_exp_avg_sq` may be null when

@@ -18,23 +18,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "segment_table.h"
+
+namespace mlr {
 namespace {
-
-// Columns of the hyper table; must match mlr_kernels/segments.py.
-enum HyperColumn : int {
-  kLr = 0,
-  kWeightDecay,
-  kBeta1,
-  kBeta2,
-  kEps,
-  kStep,
-  kActive,
-  kMaximize,
-  kAmsgrad,
-  kNumHyperColumns,
-};
-
-enum ParamDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 constexpr int kThreads = 256;
 // Blocks per SM the register budget must allow: 4 x 256 threads caps ptxas at 64 registers
@@ -240,6 +227,7 @@ void launch(void* param, const void* grad, float* master, float* exp_avg, float*
 }
 
 }  // namespace
+}  // namespace mlr
 
 // One AdamW step over `num_tiles` tiles on `stream`. Pointers are device pointers the caller has
 // validated (mlr_kernels/backends/cuda.py); `master`, `max_exp_avg_sq`, `grad_mult` and
@@ -252,18 +240,19 @@ extern "C" int mlr_adamw_cuda_step(void* param, const void* grad, float* master,
   if (num_tiles < 0 || num_tiles > INT32_MAX) return cudaErrorInvalidValue;
   if (num_tiles == 0) return cudaSuccess;
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case kFloat32:
-      launch<float>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
-                    num_tiles, grad_mult, found_inf, cuda_stream);
+  using mlr::ParamDtype;
+  switch (static_cast<ParamDtype>(dtype)) {
+    case ParamDtype::kFloat32:
+      mlr::launch<float>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
+                         num_tiles, grad_mult, found_inf, cuda_stream);
       break;
-    case kBFloat16:
-      launch<__nv_bfloat16>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper,
-                            tiles, num_tiles, grad_mult, found_inf, cuda_stream);
+    case ParamDtype::kBFloat16:
+      mlr::launch<__nv_bfloat16>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper,
+                                 tiles, num_tiles, grad_mult, found_inf, cuda_stream);
       break;
-    case kFloat16:
-      launch<__half>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
-                     num_tiles, grad_mult, found_inf, cuda_stream);
+    case ParamDtype::kFloat16:
+      mlr::launch<__half>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
+                          num_tiles, grad_mult, found_inf, cuda_stream);
       break;
     default:
       return cudaErrorInvalidValue;
