@@ -1,0 +1,177 @@
+"""Is ML-LR more than a lower learning rate? Safety against usability, arm by arm, on one base model.
+
+    python experiments/lr_frontier.py --analysis runs/default --out runs/frontier \\
+        --uniform 1,0.8,0.6,0.4 --ml-lr 0.6,0.3,0.1 --random-sets 2 --seeds 3
+
+``--analysis`` is the ``--out`` of an ``mlr run`` (or ``mlr search``) on the same base model: its
+``probe.json`` and ``mods_robust.json`` are used as they are. Every arm fine-tunes with the same
+data, steps, seeds and evaluation as ``mlr run`` (its defaults, or the options below):
+
+* ``uniform-M``: every module at base × M (M = 1 is vanilla fine-tuning), the plain-LR frontier;
+* ``ml_lr-R``: Mods_Robust at the base LR, every other module at base × R;
+* ``random<K>-R``: as ``ml_lr-R`` with Mods_Robust replaced by K-th random set of as many modules
+  (drawn with a fixed seed): does the proxy's choice matter, or only how much trains slower?
+* ``--extra NAME=R:SOURCE`` (repeatable): the set SOURCE at the base LR, every other module at
+  base × R. SOURCE is a mods_robust file, ``all`` (every decoder module: only embeddings and norms
+  train slower) or ``complement`` (every decoder module *not* in Mods_Robust: the proxy reversed).
+
+ML-LR helps beyond a lower learning rate only if its points lie below the uniform curve: a lower
+ASR at the same held-out loss. Writes ``frontier.json`` and ``frontier.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from mlr.align import AlignSettings, align_default
+from mlr.io import save_figure_atomic, write_json_atomic
+from mlr.ml_lr import read_mods_robust
+from mlr.models import load_model
+from mlr.modules import decoder_modules
+from mlr.probe import ProbeResult
+from mlr.run import ArmJob, RunConfig, run_arm_jobs, run_data
+
+
+def floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part]
+
+
+def write_set(path: Path, modules: list[str], how: str) -> Path:
+    write_json_atomic(path, {"modules": sorted(modules), "made": how})
+    return path
+
+
+def random_sets(names: list[str], robust: list[str], count: int, out: Path) -> list[Path]:
+    """``count`` random module sets of Mods_Robust's size, written as mods_robust files."""
+    rng = random.Random(0)
+    return [write_set(out / f"random{k}_modules.json", rng.sample(names, len(robust)),
+                      f"random.Random(0), set {k}") for k in range(count)]
+
+
+def extra_arm(spec: str, names: list[str], robust: list[str], out: Path) -> tuple[str, float, Path]:
+    """``NAME=RATIO:SOURCE`` as an arm (see the module docstring)."""
+    name, _, rest = spec.partition("=")
+    ratio, _, source = rest.partition(":")
+    if source == "all":
+        path = write_set(out / f"{name}_modules.json", names, "every decoder module")
+    elif source == "complement":
+        path = write_set(out / f"{name}_modules.json", sorted(set(names) - set(robust)),
+                         "the decoder modules not in Mods_Robust")
+    else:
+        path = Path(source)
+    return f"{name}-{float(ratio):g}", float(ratio), path
+
+
+def summarize(jobs: list[ArmJob], results: list[dict]) -> dict[str, dict]:
+    arms: dict[str, dict] = {}
+    for job, metrics in zip(jobs, results):
+        arm = arms.setdefault(job.arm, {"ratio": job.ratio, "mods_robust": str(job.mods_robust),
+                                        "asr_per_seed": [], "heldout_loss_per_seed": [],
+                                        "task_accuracy_per_seed": []})
+        for name in ("asr", "heldout_loss", "task_accuracy"):
+            arm[f"{name}_per_seed"].append(metrics[name])
+    for arm in arms.values():
+        for name in ("asr", "heldout_loss", "task_accuracy"):
+            values = arm[f"{name}_per_seed"]
+            arm[name] = statistics.fmean(values)
+            arm[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return arms
+
+
+def family_of(arm: str) -> str:
+    prefix = arm.split("-", 1)[0]
+    return "random" if prefix.startswith("random") else \
+        prefix if prefix in ("uniform", "ml_lr") else "extra"
+
+
+def plot(arms: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    families = {"uniform": ("#d62728", "o", "every module at base × M"),
+                "ml_lr": ("#2ca02c", "s", "ML-LR: Mods_Robust at base, rest × R"),
+                "random": ("#7f7f7f", "^", "random set of Mods_Robust's size, rest × R"),
+                "extra": ("#1f77b4", "D", "other sets (--extra), rest × R")}
+    for family, (color, marker, label) in families.items():
+        names = [n for n in arms if family_of(n) == family]
+        for i, name in enumerate(names):
+            arm = arms[name]
+            axis.errorbar(arm["heldout_loss"], arm["asr"], xerr=arm["heldout_loss_std"],
+                          yerr=arm["asr_std"], color=color, marker=marker, capsize=3,
+                          label=label if i == 0 else None)
+            axis.annotate(name if family == "extra" else name.split("-", 1)[1],
+                          (arm["heldout_loss"], arm["asr"]), fontsize=8,
+                          xytext=(4, 4), textcoords="offset points")
+        if family == "uniform" and names:
+            ordered = sorted(names, key=lambda n: arms[n]["heldout_loss"])
+            axis.plot([arms[n]["heldout_loss"] for n in ordered], [arms[n]["asr"] for n in ordered],
+                      color=color, linewidth=1)
+    axis.set_xlabel("held-out loss (lower: more useful)")
+    axis.set_ylabel("attack success rate (lower: safer)")
+    axis.set_title("ML-LR against a plain lower learning rate", fontsize=10)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure_atomic(path, figure)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--analysis", type=Path, required=True,
+                        help="output directory of mlr run / mlr search on the base model")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", help="base model (default: the aligned embedded default)")
+    parser.add_argument("--uniform", type=floats, default=[1.0, 0.8, 0.6, 0.4])
+    parser.add_argument("--ml-lr", type=floats, default=[0.6, 0.3, 0.1])
+    parser.add_argument("--random-sets", type=int, default=2)
+    parser.add_argument("--random-ratio", type=float, default=0.3)
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=RATIO:SOURCE")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=RunConfig.steps)
+    parser.add_argument("--lr", type=float, default=RunConfig.lr)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    config = RunConfig(out=str(args.out), model=args.model, seeds=args.seeds, steps=args.steps,
+                       lr=args.lr, jobs=args.jobs)
+    base = args.model or str(align_default(AlignSettings()))
+    mods_robust = args.analysis / "mods_robust.json"
+    probe = ProbeResult.from_json(json.loads((args.analysis / "probe.json").read_text()))
+    examples, eval_set = run_data(config)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    names = sorted(ref.name for ref in decoder_modules(load_model(base)[0]))
+    robust = read_mods_robust(mods_robust)
+    arms = [(f"uniform-{m:g}", m, None) for m in args.uniform]
+    arms += [(f"ml_lr-{r:g}", r, mods_robust) for r in args.ml_lr]
+    for k, path in enumerate(random_sets(names, robust, args.random_sets, args.out)):
+        arms.append((f"random{k}-{args.random_ratio:g}", args.random_ratio, path))
+    arms += [extra_arm(spec, names, robust, args.out) for spec in args.extra]
+    jobs = [ArmJob(name, ratio, robust, seed) for name, ratio, robust in arms
+            for seed in range(args.seeds)]
+    results = run_arm_jobs(replace(config, out=str(args.out)), base, jobs, args.out, examples,
+                           eval_set, probe)
+    summary = summarize(jobs, results)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_json_atomic(args.out / "frontier.json", {"arms": summary, "base": base,
+                                                   "settings": settings})
+    plot(summary, args.out / "frontier.png")
+    print(f"{'arm':14s} {'ASR':>14s} {'held-out loss':>16s} {'task acc':>8s}")
+    for name, arm in summary.items():
+        print(f"{name:14s} {arm['asr']:.3f} ± {arm['asr_std']:.3f} "
+              f"{arm['heldout_loss']:.4f} ± {arm['heldout_loss_std']:.4f} {arm['task_accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
