@@ -19,11 +19,17 @@ from mlr.modules import ModuleRef, decoder_layers, decoder_modules
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def add_device_arguments(parser: argparse.ArgumentParser,
+                         dtype_help: str = "dtype of the model's weights") -> None:
+    """--dtype and --device, as every command that loads a model takes them."""
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help=dtype_help)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR",
                         help="local Hugging Face model directory (default: the embedded tiny Llama)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_device_arguments(parser)
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N")
     parser.add_argument("--seed", type=int, default=0, help="seed of data splits and perturbations")
     parser.add_argument("--out", metavar="DIR", default="mlr_out", help="output directory")

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mlr.commands.common import add_device_arguments
 from mlr.errors import MlrInputError
 from mlr.evaluate import ANSWERS_FILE, evaluate, load_eval_set, write_evaluation
 from mlr.judge import ModelJudge
@@ -35,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local Llama-Guard-style judge model (answers 'safe' / 'unsafe')")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32, metavar="N")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_device_arguments(parser)
     parser.add_argument("--out", metavar="DIR", default="mlr_eval", help="output directory")
 
 

@@ -13,6 +13,7 @@ from dataclasses import fields
 import torch
 import transformers
 
+from mlr.commands.common import add_device_arguments
 from mlr.errors import MlrInputError
 from mlr.perturb import PERTURBATIONS
 from mlr.run import RunConfig, quick_config, run_pipeline
@@ -65,9 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint each fine-tuning run every N steps (0: never)")
     parser.add_argument("--no-control", dest="control", action="store_false",
                         help="skip the control arm (every module at base x ratio)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                        default=d["dtype"])
-    parser.add_argument("--device", default=d["device"], help="torch device, e.g. cpu or cuda")
+    add_device_arguments(parser)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: 1 for the embedded default, whose "
                              "ops are too small to share; torch's choice for --model)")

@@ -10,6 +10,7 @@ import argparse
 import os
 from dataclasses import fields
 
+from mlr.commands.common import add_device_arguments
 from mlr.distributed import STRATEGIES, cleanup_distributed
 from mlr.train import TrainConfig, train
 
@@ -57,9 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-checkpoints", type=int, default=d["keep_checkpoints"])
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in --out")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                        default=d["dtype"], help="weight dtype (bf16 autocast is on with a GPU)")
-    parser.add_argument("--device", default=d["device"], help="torch device, e.g. cpu or cuda")
+    add_device_arguments(parser, "weight dtype (bf16 autocast is on with a GPU)")
     parser.add_argument("--distributed", choices=STRATEGIES,
                         help="under torchrun: every rank trains its share of each global batch "
                              "(DDP, or FSDP2 sharding); rank 0 logs and writes")
