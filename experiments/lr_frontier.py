@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from mlr.ml_lr import read_mods_robust
 from mlr.models import load_model
 from mlr.modules import decoder_modules
 from mlr.probe import ProbeResult
+from mlr.report import summarize_arm
 from mlr.run import ArmJob, RunConfig, run_arm_jobs, run_data
 
 
@@ -70,19 +70,14 @@ def extra_arm(spec: str, names: list[str], robust: list[str], out: Path) -> tupl
 
 
 def summarize(jobs: list[ArmJob], results: list[dict]) -> dict[str, dict]:
-    arms: dict[str, dict] = {}
+    """Per arm: its ratio and module set, and mean, std and per-seed values of every metric, as
+    ``mlr run``'s report summarizes its arms."""
+    by_arm: dict[str, list[tuple[ArmJob, dict]]] = {}
     for job, metrics in zip(jobs, results):
-        arm = arms.setdefault(job.arm, {"ratio": job.ratio, "mods_robust": str(job.mods_robust),
-                                        "asr_per_seed": [], "heldout_loss_per_seed": [],
-                                        "task_accuracy_per_seed": []})
-        for name in ("asr", "heldout_loss", "task_accuracy"):
-            arm[f"{name}_per_seed"].append(metrics[name])
-    for arm in arms.values():
-        for name in ("asr", "heldout_loss", "task_accuracy"):
-            values = arm[f"{name}_per_seed"]
-            arm[name] = statistics.fmean(values)
-            arm[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return arms
+        by_arm.setdefault(job.arm, []).append((job, metrics))
+    return {name: {"ratio": runs[0][0].ratio, "mods_robust": str(runs[0][0].mods_robust),
+                   **summarize_arm([job.seed for job, _ in runs], [m for _, m in runs])}
+            for name, runs in by_arm.items()}
 
 
 def family_of(arm: str) -> str:
