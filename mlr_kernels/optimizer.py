@@ -227,7 +227,10 @@ class MLRAdamW(Optimizer):
                                            dtype=torch.float64, device=bucket.device)
             bucket.static_signature = static
             bucket.lr_signature = None
-        if not set(map(type, lrs)) <= _PLAIN_NUMBERS:  # some group's lr is a tensor
+        # The set of types is the fast check for plain numbers; anything else (a tensor, or a
+        # numpy float a scheduler computed) gets the exact isinstance test.
+        if not set(map(type, lrs)) <= _PLAIN_NUMBERS and any(
+                isinstance(lr, torch.Tensor) for lr in lrs):
             group_lr = torch.stack([torch.as_tensor(lr, device=bucket.device) for lr in lrs])
             bucket.hyper[:, LR] = group_lr.to(torch.float64)[bucket.group_index] * bucket.lr_mults
         elif bucket.lr_signature != lrs:
