@@ -1,12 +1,15 @@
-// Fused multi-segment AdamW, CPU: one OpenMP parallel region per step walks the tile list; inside a
-// tile the element loop is auto-vectorized, its width chosen per CPU by cpu_vectorize.h. The loop is
-// memory bound (28 bytes per fp32 parameter), so it stays close to the op order of the reference
-// (mlr_kernels/backends/reference.py) rather than trading accuracy for arithmetic.
+// Fused multi-segment AdamW, CPU: one OpenMP parallel region per step walks the tile list; a tile
+// finds its parameter and gradient through its segment's row of the pointer table and its state in
+// the flat buffers. Inside a tile the element loop is auto-vectorized, its width chosen per CPU by
+// cpu_vectorize.h. The loop is memory bound (28 bytes per fp32 parameter), so it stays close to the
+// op order of the reference (mlr_kernels/backends/reference.py) rather than trading accuracy for
+// arithmetic.
 #include "adamw_cpu.h"
 
 #include <omp.h>
 
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -94,17 +97,18 @@ struct Float16Storage {
   static MLR_INLINE uint16_t store(float x) { return float_to_fp16(x); }
 };
 
-// Elements [start, end) of one segment. Low-precision params keep their float32 value in `master`.
-// The buffers never overlap: __restrict on parameters (GCC keeps it through inlining, unlike on
-// local variables) spares the vectorized loop a runtime overlap check and a scalar fallback, and
-// the scalars come by value so that no store to a buffer can change them.
+// `n` consecutive elements of one segment, every pointer already at the tile's first element.
+// Low-precision params keep their float32 value in `master`. Within a tile nothing overlaps:
+// __restrict on parameters (GCC keeps it through inlining, unlike on local variables) spares the
+// vectorized loop a runtime overlap check and a scalar fallback, and the scalars come by value so
+// that no store to a buffer can change them.
 template <class Storage, bool kAmsgrad, class T = typename Storage::type>
-MLR_INLINE void adamw_range(const AdamWScalars s, int64_t start, int64_t end, T* __restrict param,
+MLR_INLINE void adamw_range(const AdamWScalars s, int64_t n, T* __restrict param,
                             const T* __restrict grad, float* __restrict master,
                             float* __restrict exp_avg, float* __restrict exp_avg_sq,
                             float* __restrict max_exp_avg_sq) {
   constexpr bool kHasMaster = !std::is_same_v<T, float>;
-  for (int64_t i = start; i < end; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     float p;
     if constexpr (kHasMaster) {
       p = master[i];
@@ -123,32 +127,59 @@ MLR_INLINE void adamw_range(const AdamWScalars s, int64_t start, int64_t end, T*
   }
 }
 
+// One tile: where its parameter, gradient and state elements are.
+struct TileSpan {
+  void* param;
+  const void* grad;
+  float* master;
+  float* exp_avg;
+  float* exp_avg_sq;
+  float* max_exp_avg_sq;
+  int64_t n;
+};
+
 template <class Storage>
-MLR_INLINE void adamw_range(const AdamWBuffers& b, const AdamWScalars& s, int64_t start,
-                            int64_t end) {
+MLR_INLINE void adamw_range(const TileSpan& t, const AdamWScalars& s) {
   using T = typename Storage::type;
-  auto* param = static_cast<T*>(b.param);
-  const auto* grad = static_cast<const T*>(b.grad);
+  auto* param = static_cast<T*>(t.param);
+  const auto* grad = static_cast<const T*>(t.grad);
   if (s.amsgrad) {
-    adamw_range<Storage, true>(s, start, end, param, grad, b.master, b.exp_avg, b.exp_avg_sq,
-                               b.max_exp_avg_sq);
+    adamw_range<Storage, true>(s, t.n, param, grad, t.master, t.exp_avg, t.exp_avg_sq,
+                               t.max_exp_avg_sq);
   } else {
-    adamw_range<Storage, false>(s, start, end, param, grad, b.master, b.exp_avg, b.exp_avg_sq,
-                                b.max_exp_avg_sq);
+    adamw_range<Storage, false>(s, t.n, param, grad, t.master, t.exp_avg, t.exp_avg_sq,
+                                t.max_exp_avg_sq);
   }
 }
 
 // The one function compiled per instruction set: every dtype's loop is inlined into each clone.
-MLR_VECTOR_CLONES void adamw_tile(const AdamWBuffers& b, const AdamWScalars& s, int64_t start,
-                                  int64_t end) {
-  switch (b.dtype) {
+MLR_VECTOR_CLONES void adamw_tile(ParamDtype dtype, const TileSpan& t, const AdamWScalars& s) {
+  switch (dtype) {
     case ParamDtype::kFloat32:
-      return adamw_range<Float32Storage>(b, s, start, end);
+      return adamw_range<Float32Storage>(t, s);
     case ParamDtype::kBFloat16:
-      return adamw_range<BFloat16Storage>(b, s, start, end);
+      return adamw_range<BFloat16Storage>(t, s);
     case ParamDtype::kFloat16:
-      return adamw_range<Float16Storage>(b, s, start, end);
+      return adamw_range<Float16Storage>(t, s);
   }
+}
+
+// Tile row `tile` of `table` resolved to addresses: state element i is parameter element
+// i - offset of the segment.
+TileSpan span_of(const SegmentTableView& table, const AdamWState& state, const int64_t* tile) {
+  const int64_t* where = table.pointers + kNumPointerColumns * tile[0];
+  const int64_t start = tile[1];
+  const int64_t local = start - where[kOffset];
+  const int64_t element_size = table.dtype == ParamDtype::kFloat32 ? 4 : 2;
+  auto* param = reinterpret_cast<char*>(static_cast<std::uintptr_t>(where[kParamPtr]));
+  const auto* grad = reinterpret_cast<const char*>(static_cast<std::uintptr_t>(where[kGradPtr]));
+  return TileSpan{param + local * element_size,
+                  grad + local * element_size,
+                  state.master != nullptr ? state.master + start : nullptr,
+                  state.exp_avg + start,
+                  state.exp_avg_sq + start,
+                  state.max_exp_avg_sq != nullptr ? state.max_exp_avg_sq + start : nullptr,
+                  tile[2] - start};
 }
 
 std::string describe_tile(int64_t t, const int64_t* tile) {
@@ -156,11 +187,12 @@ std::string describe_tile(int64_t t, const int64_t* tile) {
          std::to_string(tile[1]) + ", " + std::to_string(tile[2]) + ")";
 }
 
-// Out-of-range tiles would write outside the buffers, so they are refused up front; the Python
-// launcher checks everything else. One pass over the tile list, negligible next to the step.
-void validate(const AdamWBuffers& b, const double* hyper, int64_t num_segments,
-              const int64_t* tiles, int64_t num_tiles, int num_threads) {
-  const int dtype = static_cast<int>(b.dtype);
+// Out-of-range tiles would write outside the buffers or the user's tensors, so they are refused
+// up front; the Python launcher checks everything else. One pass over the tile list, negligible
+// next to the step.
+void validate(const SegmentTableView& table, const AdamWState& state, const int64_t* tiles,
+              int64_t num_tiles, int num_threads) {
+  const int dtype = static_cast<int>(table.dtype);
   if (dtype < 0 || dtype > 2) {
     throw std::invalid_argument("unknown param dtype code " + std::to_string(dtype));
   }
@@ -170,16 +202,27 @@ void validate(const AdamWBuffers& b, const double* hyper, int64_t num_segments,
   for (int64_t t = 0; t < num_tiles; ++t) {
     const int64_t* tile = tiles + 3 * t;
     const int64_t segment = tile[0], start = tile[1], end = tile[2];
-    if (segment < 0 || segment >= num_segments) {
+    if (segment < 0 || segment >= table.num_segments) {
       throw std::invalid_argument(describe_tile(t, tile) + " names a segment outside the table's " +
-                                  std::to_string(num_segments) + " rows");
+                                  std::to_string(table.num_segments) + " rows");
     }
-    if (start < 0 || start > end || end > b.numel) {
+    if (start < 0 || start > end || end > state.numel) {
       throw std::invalid_argument(describe_tile(t, tile) + " is not a range inside the buffers' " +
-                                  std::to_string(b.numel) + " elements");
+                                  std::to_string(state.numel) + " elements");
     }
-    const double* row = hyper + kNumHyperColumns * segment;
-    if (b.max_exp_avg_sq == nullptr && row[kActive] != 0.0 && row[kAmsgrad] != 0.0) {
+    const int64_t* where = table.pointers + kNumPointerColumns * segment;
+    if (start < where[kOffset] || end > where[kOffset] + where[kNumel]) {
+      throw std::invalid_argument(describe_tile(t, tile) + " lies outside its segment's elements [" +
+                                  std::to_string(where[kOffset]) + ", " +
+                                  std::to_string(where[kOffset] + where[kNumel]) + ")");
+    }
+    const double* row = table.hyper + kNumHyperColumns * segment;
+    if (row[kActive] == 0.0) continue;
+    if (where[kParamPtr] == 0 || where[kGradPtr] == 0) {
+      throw std::invalid_argument(describe_tile(t, tile) +
+                                  " belongs to an active segment without a parameter or gradient");
+    }
+    if (state.max_exp_avg_sq == nullptr && row[kAmsgrad] != 0.0) {
       throw std::invalid_argument(describe_tile(t, tile) +
                                   " belongs to an amsgrad segment but max_exp_avg_sq is None");
     }
@@ -216,13 +259,12 @@ MLR_VECTOR_CLONES void stream_4r3w_range(float* __restrict a, float* __restrict 
 
 }  // namespace
 
-void adamw_step(const AdamWBuffers& buffers, const double* hyper, int64_t num_segments,
-                const int64_t* tiles, int64_t num_tiles, const float* grad_mult,
-                const float* found_inf, int num_threads) {
-  validate(buffers, hyper, num_segments, tiles, num_tiles, num_threads);
+void adamw_step(const SegmentTableView& table, const AdamWState& state, const int64_t* tiles,
+                int64_t num_tiles, const float* grad_mult, const float* found_inf, int num_threads) {
+  validate(table, state, tiles, num_tiles, num_threads);
   if (found_inf != nullptr && *found_inf != 0.0f) return;
   const float grad_mult_value = grad_mult != nullptr ? *grad_mult : 1.0f;
-  const int64_t elements = elements_to_update(hyper, tiles, num_tiles);
+  const int64_t elements = elements_to_update(table.hyper, tiles, num_tiles);
   // Each thread takes the run of consecutive tiles that holds its equal share of the active
   // elements (a tile goes to the thread whose share holds its first element). Contiguous like
   // schedule(static), which streams best: 98% of the bandwidth ceiling for 2000 x 4096 elements
@@ -236,10 +278,10 @@ void adamw_step(const AdamWBuffers& buffers, const double* hyper, int64_t num_se
     int64_t before = 0;  // active elements in the tiles before tile t
     for (int64_t t = 0; t < num_tiles && before < share_end; ++t) {
       const int64_t* tile = tiles + 3 * t;
-      const double* row = hyper + kNumHyperColumns * tile[0];
+      const double* row = table.hyper + kNumHyperColumns * tile[0];
       if (row[kActive] == 0.0) continue;
       if (before >= share_begin) {
-        adamw_tile(buffers, scalars_for(row, grad_mult_value), tile[1], tile[2]);
+        adamw_tile(table.dtype, span_of(table, state, tile), scalars_for(row, grad_mult_value));
       }
       before += tile[2] - tile[1];
     }

@@ -1,8 +1,8 @@
-// Fused multi-segment AdamW over flat buffers, CPU (OpenMP across tiles, SIMD inside a tile).
+// Fused multi-segment AdamW, CPU (OpenMP across tiles, SIMD inside a tile).
 //
-// The contract (dtypes, tile list, per-segment table, the math) is the docstring of
-// mlr_kernels/backends/__init__.py; the Python launcher mlr_kernels/backends/cpu.py checks shapes,
-// dtypes and devices before anything here runs. No torch headers: plain pointers and sizes.
+// The contract (dtypes, tile list, segment tables, the math) is the docstring of
+// mlr_kernels/backends/__init__.py; the Python launcher mlr_kernels/backends/cpu.py checks the
+// tables and buffers before anything here runs. No torch headers: plain pointers and sizes.
 #pragma once
 
 #include <cstdint>
@@ -11,27 +11,33 @@
 
 namespace mlr {
 
-// The flat buffers of one step, all `numel` long. `param` and `grad` hold `dtype`; everything else
-// is float32. `master` is null exactly when `dtype` is float32; `max_exp_avg_sq` may be null when
-// no segment uses amsgrad.
-struct AdamWBuffers {
-  void* param;
-  const void* grad;
+// The segment tables of one step (mlr_kernels/segments.py): `hyper` is [num_segments,
+// kNumHyperColumns] float64, `pointers` [num_segments, kNumPointerColumns] int64. Every segment's
+// parameter and gradient hold `dtype`.
+struct SegmentTableView {
+  const double* hyper;
+  const int64_t* pointers;
+  int64_t num_segments;
+  ParamDtype dtype;
+};
+
+// The flat float32 state buffers, all `numel` long. `master` is null exactly when `dtype` is
+// float32; `max_exp_avg_sq` may be null when no segment uses amsgrad.
+struct AdamWState {
   float* master;
   float* exp_avg;
   float* exp_avg_sq;
   float* max_exp_avg_sq;
   int64_t numel;
-  ParamDtype dtype;
 };
 
-// One AdamW step over every tile (rows of `(segment, start, end)`) whose segment is active.
-// `grad_mult` (null = 1) scales every gradient; a nonzero `*found_inf` (null = 0) skips the step.
-// Throws std::invalid_argument, before writing anything, if a tile lies outside the buffers or
-// names a missing segment, or an amsgrad segment has no `max_exp_avg_sq`.
-void adamw_step(const AdamWBuffers& buffers, const double* hyper, int64_t num_segments,
-                const int64_t* tiles, int64_t num_tiles, const float* grad_mult,
-                const float* found_inf, int num_threads);
+// One AdamW step over every tile (rows of `(segment, start, end)` in state coordinates) whose
+// segment is active. `grad_mult` (null = 1) scales every gradient; a nonzero `*found_inf` (null = 0)
+// skips the step. Throws std::invalid_argument, before writing anything, if a tile lies outside the
+// state buffers or outside its segment, names a missing segment, or belongs to an active segment
+// without a gradient, or an amsgrad segment has no `max_exp_avg_sq`.
+void adamw_step(const SegmentTableView& table, const AdamWState& state, const int64_t* tiles,
+                int64_t num_tiles, const float* grad_mult, const float* found_inf, int num_threads);
 
 // Reads a, b, c, d and writes a, b, c (a += d, b += d, c += d): fp32 AdamW's memory traffic,
 // 28 bytes per element, with no math. Timing it gives the bandwidth ceiling for adamw_step.

@@ -1,12 +1,14 @@
-// Fused multi-segment AdamW for CUDA: one launch per step per flat buffer, however many segments.
+// Fused multi-segment AdamW for CUDA: one launch per step per segment table, however many segments.
 //
-// One block per tile row (segment, start, end). The block reads its segment's row of the float64
-// hyper table (mlr_kernels/segments.py) and derives the step size and bias correction there, so
-// the step count lives on the device: no host sync, and a captured CUDA graph replays correctly.
-// Threads then walk the tile 8 elements at a time with 16-byte vector accesses (two float4 of
-// float32, one 16-byte word of bfloat16/float16): tiles start on 16-element boundaries and the
-// Python side checks that every buffer is 16-byte aligned. The last (end - start) % 8 elements
-// take a scalar path. See mlr_kernels/backends/__init__.py for the math and the contract.
+// One block per tile row (segment, start, end). The block reads its segment's rows of the float64
+// hyper table and of the int64 pointer table (mlr_kernels/segments.py): the step size and bias
+// correction are derived there, so the step count lives on the device (no host sync, and a
+// captured CUDA graph replays correctly), and the parameter and gradient are reached wherever user
+// code keeps them. Threads then walk the tile 8 elements at a time with 16-byte vector accesses
+// (two float4 of float32, one 16-byte word of bfloat16/float16): tiles start on 16-element
+// boundaries of the state buffers, which the Python side checks are 16-byte aligned; a tile whose
+// parameter or gradient is not 16-byte aligned takes the scalar path throughout, as do the last
+// (end - start) % 8 elements of every tile. See mlr_kernels/backends/__init__.py for the math and the contract.
 //
 // The math rounds where torch does: fused multiply-adds exactly where torch's lerp_/addcmul_ fuse,
 // and the _rn intrinsics everywhere else so that neither -fmad nor --use_fast_math can change it.
@@ -159,26 +161,20 @@ __device__ __forceinline__ void store8(T* dst, const float (&src)[kVec]) {
   *reinterpret_cast<uint4*>(dst) = raw;
 }
 
-// T is the param/grad dtype. For float32 the param is the weight being updated; otherwise the
-// float32 master is, and the param receives it rounded to nearest even in the same pass.
+// `n` elements of one tile, every pointer already at the tile's first element. T is the
+// param/grad dtype. For float32 the param is the weight being updated; otherwise the float32
+// master is, and the param receives it rounded to nearest even in the same pass. State pointers
+// are 32-byte aligned (tiles start on 16-element boundaries of 16-byte aligned buffers); `param`
+// and `grad` take the 16-byte vector path only when `vector` says they are aligned too.
 template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) adamw_tile_kernel(
-    T* __restrict__ param, const T* __restrict__ grad, float* __restrict__ master,
-    float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
-    float* __restrict__ max_exp_avg_sq, const double* __restrict__ hyper,
-    const int64_t* __restrict__ tiles, const float* __restrict__ grad_mult,
-    const float* __restrict__ found_inf) {
+__device__ __forceinline__ void adamw_tile(const SegmentScalars& s, int64_t n, bool vector,
+                                           T* __restrict__ param, const T* __restrict__ grad,
+                                           float* __restrict__ master, float* __restrict__ exp_avg,
+                                           float* __restrict__ exp_avg_sq,
+                                           float* __restrict__ max_exp_avg_sq) {
   constexpr bool kHasMaster = !std::is_same_v<T, float>;
-  if (found_inf != nullptr && *found_inf != 0.0f) return;
-  const int64_t* tile = tiles + 3 * static_cast<int64_t>(blockIdx.x);
-  const double* row = hyper + kNumHyperColumns * tile[0];
-  if (row[kActive] == 0.0) return;
-  const int64_t start = tile[1];
-  const int64_t end = tile[2];
-  const SegmentScalars s = segment_scalars(row, grad_mult, max_exp_avg_sq != nullptr);
-
-  const int64_t vector_end = start + (end - start) / kVec * kVec;
-  for (int64_t i = start + kVec * threadIdx.x; i < vector_end; i += kVec * kThreads) {
+  const int64_t vector_end = vector ? n / kVec * kVec : 0;
+  for (int64_t i = kVec * threadIdx.x; i < vector_end; i += kVec * kThreads) {
     float g[kVec], p[kVec], m[kVec], v[kVec], vmax[kVec] = {};
     load8(grad + i, g);
     if constexpr (kHasMaster) {
@@ -198,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) adamw_tile_kernel(
     store8(param + i, p);
   }
 
-  for (int64_t i = vector_end + threadIdx.x; i < end; i += kThreads) {
+  for (int64_t i = vector_end + threadIdx.x; i < n; i += kThreads) {
     float vmax = s.amsgrad ? max_exp_avg_sq[i] : 0.0f;
     float m = exp_avg[i];
     float v = exp_avg_sq[i];
@@ -217,42 +213,68 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) adamw_tile_kernel(
   }
 }
 
+// One block per tile: find the tile's parameter and gradient through its segment's pointer row
+// (state element i is parameter element i - offset) and its state in the flat buffers.
 template <typename T>
-void launch(void* param, const void* grad, float* master, float* exp_avg, float* exp_avg_sq,
-            float* max_exp_avg_sq, const double* hyper, const int64_t* tiles, int64_t num_tiles,
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) adamw_tile_kernel(
+    const double* __restrict__ hyper, const int64_t* __restrict__ pointers,
+    const int64_t* __restrict__ tiles, float* master, float* exp_avg, float* exp_avg_sq,
+    float* max_exp_avg_sq, const float* __restrict__ grad_mult,
+    const float* __restrict__ found_inf) {
+  if (found_inf != nullptr && *found_inf != 0.0f) return;
+  const int64_t* tile = tiles + 3 * static_cast<int64_t>(blockIdx.x);
+  const double* row = hyper + kNumHyperColumns * tile[0];
+  if (row[kActive] == 0.0) return;
+  const int64_t start = tile[1];
+  const int64_t* where = pointers + kNumPointerColumns * tile[0];
+  const int64_t local = start - where[kOffset];
+  T* param = reinterpret_cast<T*>(static_cast<uintptr_t>(where[kParamPtr])) + local;
+  const T* grad = reinterpret_cast<const T*>(static_cast<uintptr_t>(where[kGradPtr])) + local;
+  const bool vector =
+      ((reinterpret_cast<uintptr_t>(param) | reinterpret_cast<uintptr_t>(grad)) % 16) == 0;
+  const SegmentScalars s = segment_scalars(row, grad_mult, max_exp_avg_sq != nullptr);
+  adamw_tile<T>(s, tile[2] - start, vector, param, grad,
+                master != nullptr ? master + start : nullptr, exp_avg + start, exp_avg_sq + start,
+                max_exp_avg_sq != nullptr ? max_exp_avg_sq + start : nullptr);
+}
+
+template <typename T>
+void launch(const double* hyper, const int64_t* pointers, const int64_t* tiles, int64_t num_tiles,
+            float* master, float* exp_avg, float* exp_avg_sq, float* max_exp_avg_sq,
             const float* grad_mult, const float* found_inf, cudaStream_t stream) {
   adamw_tile_kernel<T><<<static_cast<unsigned>(num_tiles), kThreads, 0, stream>>>(
-      static_cast<T*>(param), static_cast<const T*>(grad), master, exp_avg, exp_avg_sq,
-      max_exp_avg_sq, hyper, tiles, grad_mult, found_inf);
+      hyper, pointers, tiles, master, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_mult, found_inf);
 }
 
 }  // namespace
 }  // namespace mlr
 
 // One AdamW step over `num_tiles` tiles on `stream`. Pointers are device pointers the caller has
-// validated (mlr_kernels/backends/cuda.py); `master`, `max_exp_avg_sq`, `grad_mult` and
-// `found_inf` may be null. Returns a cudaError_t: the launch's, or cudaErrorInvalidValue for a
-// bad dtype code or more tiles than a grid holds.
-extern "C" int mlr_adamw_cuda_step(void* param, const void* grad, float* master, float* exp_avg,
-                                   float* exp_avg_sq, float* max_exp_avg_sq, const double* hyper,
-                                   const int64_t* tiles, int64_t num_tiles, const float* grad_mult,
-                                   const float* found_inf, int dtype, void* stream) {
+// validated (mlr_kernels/backends/cuda.py); the tables are the segment table's `hyper` and
+// `pointers`; `master`, `max_exp_avg_sq`, `grad_mult` and `found_inf` may be null. Returns a
+// cudaError_t: the launch's, or cudaErrorInvalidValue for a bad dtype code or more tiles than a
+// grid holds.
+extern "C" int mlr_adamw_cuda_step(const double* hyper, const int64_t* pointers,
+                                   const int64_t* tiles, int64_t num_tiles, int dtype,
+                                   float* master, float* exp_avg, float* exp_avg_sq,
+                                   float* max_exp_avg_sq, const float* grad_mult,
+                                   const float* found_inf, void* stream) {
   if (num_tiles < 0 || num_tiles > INT32_MAX) return cudaErrorInvalidValue;
   if (num_tiles == 0) return cudaSuccess;
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
   using mlr::ParamDtype;
   switch (static_cast<ParamDtype>(dtype)) {
     case ParamDtype::kFloat32:
-      mlr::launch<float>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
-                         num_tiles, grad_mult, found_inf, cuda_stream);
+      mlr::launch<float>(hyper, pointers, tiles, num_tiles, master, exp_avg, exp_avg_sq,
+                         max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
       break;
     case ParamDtype::kBFloat16:
-      mlr::launch<__nv_bfloat16>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper,
-                                 tiles, num_tiles, grad_mult, found_inf, cuda_stream);
+      mlr::launch<__nv_bfloat16>(hyper, pointers, tiles, num_tiles, master, exp_avg, exp_avg_sq,
+                                 max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
       break;
     case ParamDtype::kFloat16:
-      mlr::launch<__half>(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
-                          num_tiles, grad_mult, found_inf, cuda_stream);
+      mlr::launch<__half>(hyper, pointers, tiles, num_tiles, master, exp_avg, exp_avg_sq,
+                          max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
       break;
     default:
       return cudaErrorInvalidValue;

@@ -22,27 +22,24 @@ PYBIND11_MODULE(_cpu, m) {
 
   m.def(
       "adamw_step",
-      [](std::uintptr_t param, std::uintptr_t grad, std::uintptr_t master, std::uintptr_t exp_avg,
-         std::uintptr_t exp_avg_sq, std::uintptr_t max_exp_avg_sq, int64_t numel, int dtype,
-         std::uintptr_t hyper, int64_t num_segments, std::uintptr_t tiles, int64_t num_tiles,
+      [](std::uintptr_t hyper, std::uintptr_t pointers, int64_t num_segments, int dtype,
+         std::uintptr_t master, std::uintptr_t exp_avg, std::uintptr_t exp_avg_sq,
+         std::uintptr_t max_exp_avg_sq, int64_t numel, std::uintptr_t tiles, int64_t num_tiles,
          std::uintptr_t grad_mult, std::uintptr_t found_inf, int num_threads) {
-        const mlr::AdamWBuffers buffers{as_pointer<void>(param),
-                                        as_pointer<const void>(grad),
-                                        as_pointer<float>(master),
-                                        as_pointer<float>(exp_avg),
-                                        as_pointer<float>(exp_avg_sq),
-                                        as_pointer<float>(max_exp_avg_sq),
-                                        numel,
-                                        static_cast<mlr::ParamDtype>(dtype)};
-        mlr::adamw_step(buffers, as_pointer<const double>(hyper), num_segments,
-                        as_pointer<const int64_t>(tiles), num_tiles, as_pointer<const float>(grad_mult),
-                        as_pointer<const float>(found_inf), num_threads);
+        const mlr::SegmentTableView table{as_pointer<const double>(hyper),
+                                          as_pointer<const int64_t>(pointers), num_segments,
+                                          static_cast<mlr::ParamDtype>(dtype)};
+        const mlr::AdamWState state{as_pointer<float>(master), as_pointer<float>(exp_avg),
+                                    as_pointer<float>(exp_avg_sq),
+                                    as_pointer<float>(max_exp_avg_sq), numel};
+        mlr::adamw_step(table, state, as_pointer<const int64_t>(tiles), num_tiles,
+                        as_pointer<const float>(grad_mult), as_pointer<const float>(found_inf),
+                        num_threads);
       },
-      py::arg("param"), py::arg("grad"), py::arg("master"), py::arg("exp_avg"),
-      py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq"), py::arg("numel"), py::arg("dtype"),
-      py::arg("hyper"), py::arg("num_segments"), py::arg("tiles"), py::arg("num_tiles"),
-      py::arg("grad_mult"), py::arg("found_inf"), py::arg("num_threads"),
-      py::call_guard<py::gil_scoped_release>(),
+      py::arg("hyper"), py::arg("pointers"), py::arg("num_segments"), py::arg("dtype"),
+      py::arg("master"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq"),
+      py::arg("numel"), py::arg("tiles"), py::arg("num_tiles"), py::arg("grad_mult"),
+      py::arg("found_inf"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
       "One AdamW step; dtype codes: 0 float32, 1 bfloat16, 2 float16. See adamw_cpu.h.");
 
   m.def(

@@ -1,6 +1,6 @@
-// What every AdamW kernel (adamw_cpu.cpp, adamw_cuda.cu) reads besides the flat buffers: the
-// columns of the float64 per-segment table and the param dtype codes the Python launchers send.
-// Both must match mlr_kernels/segments.py and the launchers' _DTYPE_CODES.
+// What every AdamW kernel (adamw_cpu.cpp, adamw_cuda.cu) reads besides the flat state buffers: the
+// columns of the float64 `hyper` table and of the int64 `pointers` table, and the param dtype
+// codes. All three must match mlr_kernels/segments.py (columns and DTYPE_CODES).
 #pragma once
 
 namespace mlr {
@@ -16,6 +16,16 @@ enum HyperColumn : int {
   kMaximize,
   kAmsgrad,
   kNumHyperColumns,
+};
+
+// Where segment s is: its parameter and gradient (addresses of their first element, contiguous,
+// kNumel elements; the gradient is 0 when the segment has none) and its run of the state buffers.
+enum PointerColumn : int {
+  kParamPtr = 0,
+  kGradPtr,
+  kOffset,
+  kNumel,
+  kNumPointerColumns,
 };
 
 enum class ParamDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };

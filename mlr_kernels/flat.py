@@ -1,195 +1,341 @@
-"""Flat buffers: every parameter of one device and dtype packed into one contiguous tensor.
+"""Flat optimizer state, and the check that makes the kernels read what user code sees.
 
-A :class:`FlatBucket` owns the parameter, gradient, master-weight and moment buffers of its
-parameters and re-points each ``param.data`` and ``param.grad`` at views of them, so backward
-accumulates straight into the flat gradient buffer and one kernel launch updates everything. A
-bucket of DTensor parameters (FSDP2) holds each rank's local shards: see :mod:`mlr_kernels.dtensor`.
+The flat-buffer contract of :class:`~mlr_kernels.MLRAdamW`, and how this module keeps it:
+
+* **Parameters and gradients stay where user code and autograd put them.** ``p.data`` and
+  ``p.grad`` are never re-pointed; the kernel reaches each through its segment's row of
+  :attr:`SegmentTable.pointers <mlr_kernels.segments.SegmentTable>`, written from the tensors
+  ``p`` and ``p.grad`` hold *at step time*. So a gradient assigned, written in place, accumulated
+  or clipped, a weight loaded, re-initialized or replaced (``p.data = t``), a tied storage, a
+  ``requires_grad=False`` parameter (its grad is None: left alone), and ``torch.save`` of a module
+  (each parameter owns its storage) all behave as with ``torch.optim.AdamW``.
+* **What the optimizer owns is flat**: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` and the
+  float32 master weights of bfloat16/float16 parameters live in one float32 buffer each per
+  (device, dtype); ``optimizer.state[p]`` holds views of them.
+* **One check per step** (:meth:`FlatBucket.sync`), in C loops over the parameters: the gradient
+  objects (None or not), the parameters' data pointers, for low-precision parameters their version
+  counters, and the state dicts. What changed is handled for that segment only:
+
+  ==========================================  ===============================================
+  user action since the last step             what sync does (cost)
+  ==========================================  ===============================================
+  backward / ``p.grad = g`` / ``zero_grad``   new grad addresses; None = inactive (a pointer
+                                              row per changed grad; every step under torch's
+                                              default ``zero_grad(set_to_none=True)``)
+  grad not contiguous                         a contiguous copy for this step (one copy)
+  in-place write to a bf16/fp16 parameter     its master re-read from it (one copy)
+  ``p.data = t``, ``load_state_dict(assign)``  new address; master re-read (one copy)
+  parameter not contiguous                    stepped through a contiguous copy (two copies)
+  ``optimizer.state`` entry replaced/cleared  moments zeroed or read from the new entry
+  ``model.to(device or dtype)``               :class:`Repack`: the optimizer re-packs
+  ==========================================  ===============================================
+
+  With nothing changed but gradient values the check is a few list comparisons: about 0.5 us per
+  parameter on the 2-core CI machine (bench/RESULTS.md).
+
+A DTensor parameter (FSDP2) is a segment of its rank's local shard; its gradient's local shard is
+read the same way, and its state is DTensors over views of the flat buffers (see
+:mod:`mlr_kernels.dtensor`), as ``torch.optim.AdamW`` keeps it under FSDP2.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from itertools import compress, repeat
 from typing import Any
 
 import torch
 
 from mlr_kernels.dtensor import dtensor_like, local_tensor, sharding_key
-from mlr_kernels.segments import ACTIVE, NUM_HYPER_COLUMNS, STEP, make_tiles, segment_offsets
+from mlr_kernels.segments import (
+    ACTIVE,
+    AMSGRAD,
+    BETA1,
+    BETA2,
+    EPS,
+    LR,
+    MAXIMIZE,
+    STEP,
+    WEIGHT_DECAY,
+    SegmentTable,
+)
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
 _grad_of = operator.attrgetter("grad")
+_version_of = operator.attrgetter("_version")
+_data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+
+
+class Repack(Exception):
+    """A parameter now lives on another device or in another dtype than its bucket: the
+    optimizer must re-pack its buckets (raised by :meth:`FlatBucket.sync`)."""
 
 
 class FlatBucket:
-    """Flat storage for the parameters of one (device, dtype).
+    """Flat optimizer state for the parameters of one (device, dtype, sharding).
 
-    ``param`` and ``grad`` have the parameters' dtype; ``master`` (float32 copy of low-precision
-    parameters), ``exp_avg``, ``exp_avg_sq`` and ``max_exp_avg_sq`` are float32. ``hyper`` is the
-    per-segment table of :mod:`mlr_kernels.segments`, one row per parameter, in ``params`` order.
-    ``live[i]`` says whether parameter ``i`` has a gradient in the sense of ``torch.optim``: a
-    ``.grad`` that is not None. After :meth:`zero_grads` the gradient views stay in place (so the
-    next backward accumulates into them) but count as None until backward writes to them.
+    Args:
+        params: the parameters (``torch.nn.Parameter`` or tensors), all of one device and dtype.
+            Their state starts at zero: the optimizer then adopts each one's ``optimizer.state``
+            entry with :meth:`adopt_state`.
+        amsgrad: allocate ``max_exp_avg_sq``.
+        group_index: index into ``optimizer.param_groups`` of each parameter's group.
 
-    All parameters of a bucket share their ``sharding`` (:func:`~mlr_kernels.dtensor.sharding_key`).
-    Segments of DTensor parameters are their local shards; their ``.grad`` and state are DTensors
-    over views of the flat buffers, and :meth:`pull_params` / :meth:`push_params` keep the shards
-    FSDP2 owns in step with the flat parameter buffer.
+    Attributes:
+        table: the :class:`~mlr_kernels.segments.SegmentTable` the kernels read.
+        master: float32 master weights (bfloat16/float16 parameters only, else None).
+        exp_avg, exp_avg_sq, max_exp_avg_sq: float32 moments (``max_exp_avg_sq`` only with amsgrad).
+        backend: the kernel module that steps this bucket (set by the optimizer).
     """
 
-    def __init__(
-        self,
-        params: Sequence[torch.Tensor],
-        states: Sequence[Mapping[str, Any]],
-        amsgrad: bool,
-    ) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], amsgrad: bool, group_index: Sequence[int]) -> None:
         first = local_tensor(params[0])
         self.device, self.dtype = first.device, first.dtype
         self.sharding = sharding_key(params[0])
         self.params = list(params)
+        self.group_index = list(group_index)
         self.shapes = [local_tensor(p).shape for p in params]
-        self.numels = [shape.numel() for shape in self.shapes]
-        self.offsets, length = segment_offsets(self.numels)
+        self.table = SegmentTable([shape.numel() for shape in self.shapes], self.dtype, self.device)
+        length = self.table.length
         float32 = dict(dtype=torch.float32, device=self.device)
-
-        # Zero padding between segments: kernels never touch it, reductions may read it.
-        self.param = torch.zeros(length, dtype=self.dtype, device=self.device)
-        self.grad = torch.zeros(length, dtype=self.dtype, device=self.device)
+        # Zero padding between segments: kernels never touch it.
         self.master = None if self.dtype == torch.float32 else torch.zeros(length, **float32)
         self.exp_avg = torch.zeros(length, **float32)
         self.exp_avg_sq = torch.zeros(length, **float32)
         self.max_exp_avg_sq = torch.zeros(length, **float32) if amsgrad else None
-        self.hyper = torch.zeros(len(params), NUM_HYPER_COLUMNS, dtype=torch.float64, device=self.device)
-        self.live = [False] * len(params)
-        self._tiles: dict[int, torch.Tensor] = {}
-        self._uploaded_active: list[bool] | None = None
-        # DTensor segments: the local shard last copied to or from the flat buffer, and its version.
-        self._synced_shards: dict[int, tuple[torch.Tensor, int]] = {}
+        self.backend: Any = None
 
-        self.param_views = self._views(self.param)
-        self.grad_views = [self._like_param(i, view) for i, view in enumerate(self._views(self.grad))]
-        for i, (p, state) in enumerate(zip(self.params, states)):
-            self._adopt(i, p, state)
+        count = len(self.params)
+        # What the last sync saw, per segment.
+        self._data_ptrs: list[int] = [-1] * count
+        self._versions: list[int] = [-1] * count
+        self._states: list[dict[str, Any] | None] = [None] * count
+        # Segments stepped through a contiguous copy, and the launch order for tied storage.
+        self._staged: dict[int, torch.Tensor] = {}
+        self._passes: list[list[int]] | None = None
+        self._tied: set[int] = set()
+        # The group values the hyper table was last written from.
+        self._hyper_signature: Any = None
+        self._lr_signature: Any = None
+        self._group_index_device = torch.tensor(self.group_index, dtype=torch.long, device=self.device)
+        self._lr_mults = torch.ones(count, dtype=torch.float64, device=self.device)
+        local = self._local_params()
+        self._adopt_params(local, list(map(_data_ptr, local)))
+        self._versions = list(map(_version_of, local))
 
-    def _views(self, flat: torch.Tensor | None) -> list[torch.Tensor]:
-        if flat is None:
-            return []
-        return [flat[o : o + n].view(s) for s, o, n in zip(self.shapes, self.offsets, self.numels)]
-
-    def _like_param(self, i: int, view: torch.Tensor) -> torch.Tensor:
-        """A view of a flat buffer as parameter ``i`` sees it: a DTensor for a DTensor parameter."""
-        return view if self.sharding is None else dtensor_like(self.params[i], view)
-
-    def _adopt(self, i: int, p: torch.Tensor, state: Mapping[str, Any]) -> None:
-        """Copy parameter ``i``'s data, gradient and optimizer state into the flat buffers."""
-        local = local_tensor(p).detach()
-        self.param_views[i].copy_(local)
-        master = self.master_view(i)
-        if master is not None:
-            master.copy_(local_tensor(state["master_param"]) if "master_param" in state else local)
-        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-            view = self.state_view(key, i)
-            if view is not None and key in state:
-                view.copy_(local_tensor(state[key]).reshape(view.shape))
-        if "step" in state:
-            self.hyper[i, STEP] = float(state["step"])
-        if self.sharding is None:
-            p.data = self.param_views[i]
-        else:
-            self._synced_shards[i] = (local_tensor(p), local_tensor(p)._version)
-        if p.grad is not None:
-            check_dense(p.grad)
-            local_tensor(self.grad_views[i]).copy_(local_tensor(p.grad))
-            self.live[i] = True
-        p.grad = self.grad_views[i]
-
+    # ------------------------------------------------------------------------------ state
     def state_view(self, key: str, i: int) -> torch.Tensor | None:
+        """Segment ``i`` of flat buffer ``key`` (``master``, ``exp_avg``, ...) in its parameter's
+        (local) shape, or None when the bucket has no such buffer."""
         flat = getattr(self, key)
         if flat is None:
             return None
-        o, n = self.offsets[i], self.numels[i]
+        o, n = self.table.offsets[i], self.table.numels[i]
         return flat[o : o + n].view(self.shapes[i])
 
-    def master_view(self, i: int) -> torch.Tensor | None:
-        return self.state_view("master", i)
-
-    def optimizer_state(self, i: int) -> dict[str, torch.Tensor]:
+    def optimizer_state(self, i: int) -> dict[str, Any]:
         """Parameter ``i``'s state as ``torch.optim.AdamW`` names it, as views of the flat buffers
         (DTensors for a DTensor parameter, as torch's AdamW keeps them under FSDP2)."""
-        like = self._like_param
-        state = {"step": self.hyper[i, STEP], "exp_avg": like(i, self.state_view("exp_avg", i)),
-                 "exp_avg_sq": like(i, self.state_view("exp_avg_sq", i))}
+        def like(view: torch.Tensor) -> torch.Tensor:
+            return view if self.sharding is None else dtensor_like(self.params[i], view)
+
+        state: dict[str, Any] = {"step": self.table.hyper[i, STEP],
+                                 "exp_avg": like(self.state_view("exp_avg", i)),
+                                 "exp_avg_sq": like(self.state_view("exp_avg_sq", i))}
         if self.max_exp_avg_sq is not None:
-            state["max_exp_avg_sq"] = like(i, self.state_view("max_exp_avg_sq", i))
+            state["max_exp_avg_sq"] = like(self.state_view("max_exp_avg_sq", i))
         if self.master is not None:
-            state["master_param"] = like(i, self.master_view(i))
+            state["master_param"] = like(self.state_view("master", i))
         return state
 
-    def tiles(self, tile_size: int) -> torch.Tensor:
-        """The tile list for a backend's tile size, built once and kept on the bucket's device."""
-        if tile_size not in self._tiles:
-            tiles = make_tiles(self.offsets, self.numels, tile_size)
-            self._tiles[tile_size] = tiles.to(self.device)
-        return self._tiles[tile_size]
-
-    def sync_grads(self) -> None:
-        """Bring every ``.grad`` back into the flat buffer before a step or a norm.
-
-        User code may have replaced a gradient (``model.zero_grad()`` sets it to None and the next
-        backward allocates a new one, ``create_graph`` accumulates out of place): copy such a
-        gradient into its view and re-point ``.grad``; a None gradient zeroes its view and marks
-        the parameter as having no gradient this step.
-        """
-        if all(map(operator.is_, map(_grad_of, self.params), self.grad_views)):
-            return  # the usual case, checked in C loops: thousands of parameters cost microseconds
-        for i, (p, view) in enumerate(zip(self.params, self.grad_views)):
-            grad = p.grad
-            if grad is view:
+    def adopt_state(self, i: int, found: Mapping[str, Any] | None,
+                    extra: Mapping[str, Any]) -> dict[str, Any]:
+        """Read segment ``i``'s state from ``found`` (an ``optimizer.state`` entry: tensors there
+        are copied in, missing ones start at zero, as torch starts a fresh parameter) and return
+        the entry that replaces it: views of the flat buffers, plus ``extra`` keys."""
+        found = found or {}
+        for key in STATE_KEYS:
+            view = self.state_view(key, i)
+            if view is None:
                 continue
-            if grad is None:
-                local_tensor(view).zero_()
-                self.live[i] = False
+            value = found.get(key)
+            if isinstance(value, torch.Tensor):
+                view.copy_(local_tensor(value).reshape(view.shape))
             else:
-                check_dense(grad)
-                local_tensor(view).copy_(local_tensor(grad))
-                self.live[i] = True
-            p.grad = view
+                view.zero_()
+        master = self.state_view("master", i)
+        if master is not None:
+            value = found.get("master_param")
+            source = value if isinstance(value, torch.Tensor) else self.params[i]
+            master.copy_(local_tensor(source).detach().reshape(master.shape))
+        step = found.get("step")
+        self.table.hyper[i, STEP] = float(step) if isinstance(step, (torch.Tensor, int, float)) else 0.0
+        entry = {**{k: v for k, v in found.items() if k not in (*STATE_KEYS, "master_param", "step")},
+                 **self.optimizer_state(i), **extra}
+        self._states[i] = entry
+        return entry
 
-    def pull_params(self) -> None:
-        """Copy into the flat buffer every DTensor shard written or replaced since the last step
-        (``load_state_dict`` on the model, FSDP2 re-padding its storage); a no-op otherwise."""
-        for i, (synced, version) in self._synced_shards.items():
-            local = local_tensor(self.params[i])
-            if local is synced and local._version == version:
+    # ------------------------------------------------------------------------------- sync
+    def sync(self, state: dict[Any, Any], extra_state: Callable[[int], Mapping[str, Any]]) -> None:
+        """Point the segment table at what user code holds now (see the module docstring).
+
+        ``state`` is the optimizer's ``state`` mapping; an entry that is not the one this bucket
+        last wrote (replaced, cleared, or a whole new mapping) is adopted with
+        :meth:`adopt_state`, ``extra_state(i)`` giving the keys to keep beside the buffers.
+
+        Raises:
+            Repack: a parameter moved to another device or dtype.
+            ValueError: a parameter changed its number of elements.
+            RuntimeError: a sparse gradient (as ``torch.optim.AdamW``).
+        """
+        params = self.params
+        local = self._local_params()
+        entries = list(map(state.get, params))
+        if not all(map(operator.is_, entries, self._states)):
+            for i, (entry, ours) in enumerate(zip(entries, self._states)):
+                if entry is not ours:
+                    state[params[i]] = self.adopt_state(i, entry, extra_state(i))
+
+        data_ptrs = list(map(_data_ptr, local))
+        if data_ptrs != self._data_ptrs:
+            self._adopt_params(local, data_ptrs)
+        if self.master is not None:
+            versions = list(map(_version_of, local))
+            if versions != self._versions:
+                for i, (now, seen) in enumerate(zip(versions, self._versions)):
+                    if now != seen:  # written in place since the last step: the master follows
+                        self.state_view("master", i).copy_(local[i].detach().reshape(self.shapes[i]))
+                self._versions = versions
+
+        grads = list(map(_grad_of, params))
+        if self.sharding is not None:
+            grads = [None if g is None else local_tensor(g) for g in grads]
+        live = list(map(operator.is_not, grads, repeat(None)))
+        everywhere = all(live)
+        present = grads if everywhere else list(compress(grads, live))
+        try:
+            contiguous = all(map(_is_contiguous, present))
+        except RuntimeError:  # a sparse tensor has no strides
+            contiguous = False
+        if not contiguous:
+            grads = list(map(_dense_contiguous, grads))
+        grad_ptrs = (list(map(_data_ptr, grads)) if everywhere
+                     else [0 if g is None else g.data_ptr() for g in grads])
+        if self._staged:
+            local = list(local)
+            for i in self._staged:
+                self._staged[i] = local[i] = local[i].detach().contiguous()
+            data_ptrs = list(map(_data_ptr, local))
+        self.table.point_at(local, grads, data_ptrs, grad_ptrs)
+        self.table.set_active(live)
+
+    def _local_params(self) -> list[torch.Tensor]:
+        """The tensors the segments are: the parameters, or their local shards (DTensors)."""
+        return self.params if self.sharding is None else list(map(local_tensor, self.params))
+
+    def _adopt_params(self, local: Sequence[torch.Tensor], data_ptrs: list[int]) -> None:
+        """Check the parameters whose storage changed (``p.data = t``, a load with ``assign``,
+        FSDP2 re-sharding, or all of them when the bucket is new); re-read the master of a
+        low-precision one that is not new."""
+        for i, (p, now, seen) in enumerate(zip(local, data_ptrs, self._data_ptrs)):
+            if now == seen:
                 continue
-            self.param_views[i].copy_(local)
-            master = self.master_view(i)
-            if master is not None:
-                master.copy_(local)
-            self._synced_shards[i] = (local, local._version)
+            if p.device != self.device or p.dtype != self.dtype:
+                raise Repack(f"parameter {i} moved from {self.device}/{self.dtype} to {p.device}/{p.dtype}")
+            if p.shape.numel() != self.table.numels[i]:
+                raise ValueError(f"a parameter of shape {tuple(self.shapes[i])} now has shape "
+                                 f"{tuple(p.shape)}; MLRAdamW cannot step it with its old state: "
+                                 "build a new optimizer after reshaping parameters")
+            if p.is_contiguous():
+                self._staged.pop(i, None)
+            else:
+                self._staged[i] = p
+            master = self.state_view("master", i)
+            if master is not None and seen != -1:  # a new tensor: the master follows it
+                master.copy_(p.detach().reshape(master.shape))
+        self._data_ptrs = data_ptrs
+        self._passes = _launch_passes(data_ptrs)
+        counts = Counter(data_ptrs)
+        self._tied = {i for i, ptr in enumerate(data_ptrs) if counts[ptr] > 1}
 
-    def push_params(self) -> None:
-        """Write the stepped flat buffer back into the DTensor shards that FSDP2 all-gathers from."""
-        for i in self._synced_shards:
-            local = local_tensor(self.params[i])
-            local.copy_(self.param_views[i])
-            self._synced_shards[i] = (local, local._version)
+    # ------------------------------------------------------------------------------ step
+    def write_hyperparameters(self, groups: Sequence[Mapping[str, Any]], signature: Any,
+                              lrs: list[Any], lr_mults: Sequence[float]) -> None:
+        """Write the columns of ``table.hyper`` that changed since the last step.
 
-    def upload_active(self) -> None:
-        """Write the ACTIVE column from ``live``, only when it changed since the last step."""
-        if self.live != self._uploaded_active:
-            flags = torch.tensor(self.live, dtype=torch.float64)
-            self.hyper[:, ACTIVE].copy_(flags, non_blocking=True)
-            self._uploaded_active = list(self.live)
+        ``signature`` changes whenever a group value other than ``lr`` (or a per-parameter
+        multiplier ``lr_mults[i]``) does; ``lrs`` are the groups' learning rates (floats or
+        one-element tensors). Tensor learning rates are combined on the device, so a CUDA-graph
+        capture of the step stays valid."""
+        hyper = self.table.hyper
+        if self._hyper_signature != signature:
+            rows = []
+            for g in (groups[k] for k in self.group_index):
+                beta1, beta2 = (float(b) for b in g["betas"])
+                rows.append((float(g["weight_decay"]) * float(g.get("wd_mult", 1.0)), beta1, beta2,
+                             float(g["eps"]), float(g["maximize"]), float(g["amsgrad"])))
+            table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6)
+            hyper[:, [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]] = table.to(self.device)
+            self._lr_mults = torch.tensor(list(lr_mults), dtype=torch.float64, device=self.device)
+            self._hyper_signature = signature
+            self._lr_signature = None
+        if any(isinstance(lr, torch.Tensor) for lr in lrs):
+            group_lr = torch.stack([torch.as_tensor(lr, device=self.device) for lr in lrs])
+            hyper[:, LR] = group_lr.to(torch.float64)[self._group_index_device] * self._lr_mults
+        elif self._lr_signature != lrs:
+            group_lr = torch.tensor(lrs, dtype=torch.float64, device=self.device)
+            hyper[:, LR] = group_lr[self._group_index_device] * self._lr_mults
+            self._lr_signature = lrs
 
-    def zero_grads(self) -> None:
-        """Zero the gradient buffer in one pass and re-point every ``.grad`` at its view."""
-        self.grad.zero_()
-        for p, view in zip(self.params, self.grad_views):
-            if p.grad is not view:
-                p.grad = view
+    def step(self, grad_mult: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
+        """Count the step and launch the kernel over every active segment (after :meth:`sync`)."""
+        hyper = self.table.hyper
+        active = hyper[:, ACTIVE]
+        hyper[:, STEP] += active if found_inf is None else active * (1 - found_inf)
+        state = (self.master, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq)
+        tile_size = self.backend.TILE_SIZE
+        if self._passes is None:
+            self.backend.adamw_step(self.table, *state, self.table.tiles(tile_size), grad_mult, found_inf)
+        else:
+            for segments in self._passes:
+                if self.master is not None:  # tied weights start from the memory they share
+                    for i in segments:
+                        if i in self._tied:
+                            self.state_view("master", i).copy_(self.table.params[i].reshape(self.shapes[i]))
+                self.backend.adamw_step(self.table, *state, self.table.tiles(tile_size, segments),
+                                        grad_mult, found_inf)
+        local = self._local_params()
+        for i, staged in self._staged.items():
+            local[i].detach().copy_(staged.view(self.shapes[i]))
+        if self.master is not None:  # the kernels' writes are not in-place writes of user code
+            self._versions = list(map(_version_of, local))
 
 
-def check_dense(grad: torch.Tensor) -> None:
-    if grad.is_sparse:
+def _launch_passes(data_ptrs: Sequence[int]) -> list[list[int]] | None:
+    """None when every segment has its own storage; else the launches that keep torch's order
+    for tied ones (``b.data = a.data``): a segment goes one launch after the last segment before
+    it at the same address, so no launch writes one address twice."""
+    if len(set(data_ptrs)) == len(data_ptrs):
+        return None
+    seen: dict[int, int] = {}
+    passes: list[list[int]] = []
+    for i, ptr in enumerate(data_ptrs):
+        k = seen[ptr] = seen.get(ptr, -1) + 1
+        if k == len(passes):
+            passes.append([])
+        passes[k].append(i)
+    return passes
+
+
+def _dense_contiguous(grad: torch.Tensor | None) -> torch.Tensor | None:
+    """A gradient the kernel can read: contiguous and dense (or None)."""
+    if grad is None:
+        return None
+    if grad.layout != torch.strided:
         raise RuntimeError("MLRAdamW does not support sparse gradients; use torch.optim.SparseAdam")
+    return grad.contiguous()

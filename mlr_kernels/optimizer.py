@@ -1,65 +1,67 @@
-"""MLRAdamW: AdamW over flat buffers with per-module learning-rate multipliers, one launch per step.
+"""MLRAdamW: AdamW with per-module learning-rate multipliers, one fused launch per step.
 
 It behaves like ``torch.optim.AdamW`` (same arguments, param groups, state_dict, schedulers,
-closures, GradScaler) and adds the group key ``lr_mult`` and :meth:`MLRAdamW.set_lr_mult`. A
-parameter's learning rate is ``group["lr"] * multiplier`` where the multiplier is the one set for
-that parameter by ``set_lr_mult``, else its group's ``lr_mult`` (default 1.0); ``wd_mult`` scales
-the group's weight decay the same way.
+closures, GradScaler; docs/optimizer_contract.md lists what user code may do between steps) and
+adds the group key ``lr_mult`` and :meth:`MLRAdamW.set_lr_mult`. A parameter's learning rate is
+``group["lr"] * multiplier`` where the multiplier is the one set for that parameter by
+``set_lr_mult``, else its group's ``lr_mult`` (default 1.0); ``wd_mult`` scales the group's weight
+decay the same way.
 """
 
 from __future__ import annotations
 
 import operator
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from mlr_kernels.backends import resolve_backend
-from mlr_kernels.dtensor import all_reduce_norm, sharding_key
-from mlr_kernels.flat import SUPPORTED_DTYPES, FlatBucket, check_dense
-from mlr_kernels.segments import (
-    ACTIVE,
-    AMSGRAD,
-    BETA1,
-    BETA2,
-    EPS,
-    LR,
-    MAXIMIZE,
-    STEP,
-    WEIGHT_DECAY,
-)
+from mlr_kernels.backends import load_backend, resolve_backend
+from mlr_kernels.dtensor import local_tensor, sharding_key
+from mlr_kernels.flat import SUPPORTED_DTYPES, FlatBucket, Repack
 
 # Group keys torch.optim.AdamW keeps; we keep them too so a state_dict loads either way.
 _TORCH_ADAMW_FLAGS = dict(foreach=None, capturable=False, differentiable=False, fused=None,
                           decoupled_weight_decay=True)
-# Group values that go into the per-segment table (lr is handled apart: it changes every step).
-_static_values = operator.itemgetter("weight_decay", "wd_mult", "betas", "eps", "maximize",
-                                     "amsgrad", "lr_mult")
+# Keys only MLRAdamW knows. They are group keys only where set (in a group dict or as constructor
+# arguments), so a state_dict of torch.optim.AdamW, flattened by torch.distributed.checkpoint,
+# loads into an optimizer that did not set them.
+_MLR_KEYS = ("lr_mult", "wd_mult")
+# Group values that go into the hyper table (lr is read apart: it changes every step). Read in C
+# loops (operator.itemgetter, methodcaller): with thousands of groups this is much of the host time.
+_static_values = operator.itemgetter("weight_decay", "eps", "maximize", "amsgrad")
+_betas_of = operator.itemgetter("betas")
+_lr_mult_of = operator.methodcaller("get", "lr_mult", 1.0)
+_wd_mult_of = operator.methodcaller("get", "wd_mult", 1.0)
 _lr_value = operator.itemgetter("lr")
-_PLAIN_NUMBERS = {float, int}
+_params_of = operator.itemgetter("params")
 
 
 class MLRAdamW(Optimizer):
-    """AdamW whose every step is one fused pass over flat buffers, whatever the number of groups.
+    """AdamW whose every step is one fused pass, whatever the number of groups or multipliers.
 
     Args:
         params: what ``torch.optim.AdamW`` accepts: tensors, ``(name, tensor)`` pairs or group
             dicts. Group dicts may carry ``lr_mult`` and ``wd_mult`` (default 1.0).
         lr, betas, eps, weight_decay, amsgrad, maximize: as in ``torch.optim.AdamW``. ``lr`` may
             be a tensor (keep it on the parameters' device to capture ``step()`` in a CUDA graph).
-        lr_mult, wd_mult: default multipliers for groups that do not set their own.
+        lr_mult, wd_mult: multipliers for groups that do not set their own (None: 1.0).
         backend: ``"auto"`` (CUDA, else Triton, on a GPU; the C++ kernel on the CPU), ``"cpu"``,
             ``"triton"``, ``"cuda"`` or ``"reference"`` (plain torch, the test oracle).
         foreach, capturable, fused: accepted for drop-in compatibility; the step is always fused.
 
-    The parameters' ``.data`` and ``.grad`` become views of flat buffers. ``zero_grad()`` zeroes
-    the gradient buffer in one pass and keeps the views (``.grad`` reads as zeros, not None), but a
-    parameter that backward does not reach before the next ``step()`` is left alone exactly as
-    ``torch.optim.AdamW`` leaves a parameter whose grad is None. Low-precision (bf16/fp16)
-    parameters get float32 master weights, kept in the state under ``"master_param"``.
+    Raises:
+        ValueError, TypeError: as ``torch.optim.AdamW`` for bad hyperparameters or parameters, and
+            for float64, complex or sparse parameters, which the kernels do not step.
+
+    Parameters and gradients stay the tensors user code and autograd hold; the optimizer's state
+    (moments, and float32 master weights for bfloat16/float16 parameters, under ``"master_param"``)
+    lives in flat buffers, read through ``optimizer.state`` as views. Every ``step()`` first checks
+    what user code changed since the last one (:mod:`mlr_kernels.flat`), so assigned, in-place
+    and accumulated gradients, loaded or re-initialized weights, frozen parameters, state resets
+    and ``model.to()`` all step as with ``torch.optim.AdamW``. ``backends`` says which kernel each
+    (device, dtype) bucket resolved to.
 
     DTensor parameters (FSDP2's ``fully_shard``) are stepped on each rank's local shard, with no
     communication; their state is DTensors, as torch's AdamW keeps it, so
@@ -78,8 +80,8 @@ class MLRAdamW(Optimizer):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
-        lr_mult: float = 1.0,
-        wd_mult: float = 1.0,
+        lr_mult: float | None = None,
+        wd_mult: float | None = None,
         backend: str = "auto",
         foreach: bool | None = None,
         capturable: bool = False,
@@ -88,181 +90,195 @@ class MLRAdamW(Optimizer):
     ) -> None:
         if differentiable:
             raise ValueError("MLRAdamW does not support differentiable=True")
-        _check_hyperparameters(lr, betas, eps, weight_decay)
+        if backend != "auto":
+            load_backend(backend)  # ValueError for an unknown name, before anything is built
+        _check_hyperparameters(lr, betas, eps, weight_decay, lr_mult, wd_mult)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, lr_mult=lr_mult, wd_mult=wd_mult, **_TORCH_ADAMW_FLAGS)
+                        maximize=maximize, **_TORCH_ADAMW_FLAGS)
         defaults.update(foreach=foreach, capturable=capturable, fused=fused)
+        for key, value in (("lr_mult", lr_mult), ("wd_mult", wd_mult)):
+            if value is not None:
+                defaults[key] = value
         self.backend_name = backend
-        self._buckets: list[FlatBucket] = []
-        self._hooks: list[Any] = []
-        self._clip_coef: dict[torch.device, torch.Tensor] = {}
+        self._buckets: list[FlatBucket] | None = None
+        self._param_lr_mult: dict[torch.Tensor, float] = {}
+        self._mult_version = 0
         super().__init__(params, defaults)
         self._build()
 
     # ----------------------------------------------------------------------------- structure
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As ``torch.optim.Optimizer.add_param_group``, with validation; rebuilds the buckets."""
+        """As ``torch.optim.Optimizer.add_param_group``, with validation; a refused group leaves
+        ``param_groups`` as it was. Re-packs the buckets (once all of ``__init__``'s groups are
+        in), so ``optimizer.state`` has every parameter's entry at once, as after a step."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-        seen: set[int] = set()
-        for p in group["params"]:
-            _check_parameter(p)
-            if id(p) in seen:
-                raise ValueError("a parameter is listed twice in one param group")
-            seen.add(id(p))
-        if getattr(self, "_buckets", None):  # after __init__: fold the new group in
+        try:
+            _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"],
+                                   group.get("lr_mult"), group.get("wd_mult"))
+            seen: set[int] = set()
+            for p in group["params"]:
+                _check_parameter(p)
+                if id(p) in seen:
+                    raise ValueError("a parameter is listed twice in one param group")
+                seen.add(id(p))
+        except (ValueError, TypeError):
+            self.param_groups.pop()
+            raise
+        if self._buckets is not None:
             self._build()
 
     def _build(self) -> None:
-        """(Re)pack every parameter into flat buckets, carrying over data, grads and state."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
-        by_key: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        """(Re)pack every parameter into buckets by (device, dtype, sharding), carrying its state
+        over from ``self.state``."""
+        by_key: dict[tuple[Any, ...], list[tuple[torch.Tensor, int]]] = {}
         amsgrad: dict[tuple[Any, ...], bool] = {}
-        for group in self.param_groups:
+        for k, group in enumerate(self.param_groups):
             for p in group["params"]:
-                key = (p.device, p.dtype, sharding_key(p))
-                by_key.setdefault(key, []).append(p)
+                local = local_tensor(p)
+                key = (local.device, local.dtype, sharding_key(p))
+                by_key.setdefault(key, []).append((p, k))
                 amsgrad[key] = amsgrad.get(key, False) or bool(group["amsgrad"])
-        self._buckets = []
-        self._slot: dict[int, tuple[FlatBucket, int]] = {}
-        for key, params in by_key.items():
-            bucket = FlatBucket(params, [self.state.get(p, {}) for p in params], amsgrad[key])
+        buckets = []
+        for key, members in by_key.items():
+            params = [p for p, _ in members]
+            for p in params:
+                _check_parameter(p)
+            bucket = FlatBucket(params, amsgrad[key], [k for _, k in members])
             bucket.backend = resolve_backend(self.backend_name, bucket.device)
-            if self.backend_name == "auto" and bucket.backend.__name__.endswith("reference"):
-                warnings.warn(f"no compiled MLRAdamW kernel for {bucket.device}; using the slow "
-                              "reference backend (was the package built?)", stacklevel=3)
-            bucket.static_signature = None
-            bucket.lr_signature = None
             for i, p in enumerate(params):
-                self._slot[id(p)] = (bucket, i)
-                self.state[p] = {**self.state.get(p, {}), **bucket.optimizer_state(i)}
-                self._hooks.append(p.register_post_accumulate_grad_hook(_mark_live(bucket, i)))
-            self._buckets.append(bucket)
-        self._group_of = {id(p): g for g in self.param_groups for p in g["params"]}
+                self.state[p] = bucket.adopt_state(i, self.state.get(p), self._extra_state(p))
+            buckets.append(bucket)
+        self._buckets = buckets
+        self._param_count = sum(map(len, map(_params_of, self.param_groups)))
+
+    @property
+    def buckets(self) -> list[FlatBucket]:
+        """The flat-state buckets, one per (device, dtype, sharding), packed on first use."""
+        if self._buckets is None or self._param_count != sum(map(len, map(_params_of, self.param_groups))):
+            self._build()
+        return self._buckets
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """Which kernel steps each bucket: ``{"cpu/torch.float32": "cpu", ...}``."""
+        return {f"{b.device}/{b.dtype}": b.backend.NAME for b in self.buckets}
+
+    def _extra_state(self, p: torch.Tensor) -> dict[str, Any]:
+        """State keys kept beside the buffers: the multiplier ``set_lr_mult`` gave ``p``."""
+        return {"lr_mult": self._param_lr_mult[p]} if p in self._param_lr_mult else {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(backend_name=self.backend_name, _param_lr_mult=self._param_lr_mult)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._mult_version = 0
+        self._build()
 
     # ---------------------------------------------------------------------------- multipliers
     def set_lr_mult(self, mapping: Mapping[torch.Tensor | str, float]) -> None:
         """Set learning-rate multipliers of single parameters, by parameter or by name (names
         exist when the optimizer was built from ``named_parameters()``). Takes effect at the
-        next step; nothing is rebuilt."""
+        next step; nothing is rebuilt.
+
+        Raises:
+            KeyError: an unknown name or a tensor that is not a parameter of this optimizer.
+            ValueError: a negative multiplier."""
         names = {name: p for g in self.param_groups
                  for name, p in zip(g.get("param_names", ()), g["params"])}
+        ours = {id(p) for g in self.param_groups for p in g["params"]}
         for key, mult in mapping.items():
             if isinstance(key, str):
                 if key not in names:
                     raise KeyError(f"no parameter named {key!r} in this optimizer"
                                    + ("" if names else " (build it from named_parameters())"))
                 key = names[key]
-            if id(key) not in self._slot:
+            if id(key) not in ours:
                 raise KeyError("set_lr_mult got a tensor that is not a parameter of this optimizer")
             if not float(mult) >= 0.0:
                 raise ValueError(f"lr multiplier must be >= 0, got {mult}")
+            self._param_lr_mult[key] = float(mult)
             self.state[key]["lr_mult"] = float(mult)
-        for bucket in self._buckets:
-            bucket.static_signature = None
+        self._mult_version += 1
 
     def lr_mult_of(self, p: torch.Tensor) -> float:
         """The learning-rate multiplier in force for parameter ``p``."""
-        return self.state[p].get("lr_mult", self._group_of[id(p)]["lr_mult"])
+        if p in self._param_lr_mult:
+            return self._param_lr_mult[p]
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        return float(group.get("lr_mult", 1.0))
 
     # ----------------------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One AdamW step of every parameter whose ``.grad`` is not None, as
+        ``torch.optim.AdamW.step``; returns the closure's loss (or None)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        # Read in C loops (operator.itemgetter): with thousands of groups this is most of the
-        # step's host time.
-        static = tuple(map(_static_values, self.param_groups))
-        lrs = list(map(_lr_value, self.param_groups))
-        for bucket in self._buckets:
-            bucket.sync_grads()
-            bucket.pull_params()
-            bucket.upload_active()
-            self._refresh_table(bucket, static, lrs)
+        groups = self.param_groups
+        signature = (tuple(map(_static_values, groups)), tuple(map(tuple, map(_betas_of, groups))),
+                     tuple(map(_lr_mult_of, groups)), tuple(map(_wd_mult_of, groups)),
+                     self._mult_version)
+        lrs = list(map(_lr_value, groups))
+        for bucket in self._sync():
+            bucket.write_hyperparameters(groups, signature, lrs, self._lr_mults_of(bucket))
             dev = bucket.device
             skip = None if found_inf is None else found_inf.to(dev, torch.float32).reshape(1)
-            active = bucket.hyper[:, ACTIVE]
-            bucket.hyper[:, STEP] += active if skip is None else active * (1 - skip)
-            bucket.backend.adamw_step(
-                bucket.param, bucket.grad, bucket.master, bucket.exp_avg, bucket.exp_avg_sq,
-                bucket.max_exp_avg_sq, bucket.hyper, bucket.tiles(bucket.backend.TILE_SIZE),
-                self._grad_mult(dev, grad_scale), skip,
-            )
-            bucket.push_params()
-        self._clip_coef = {}
+            inverse_scale = None if grad_scale is None else grad_scale.to(dev, torch.float32).reshape(1)
+            bucket.step(None if inverse_scale is None else inverse_scale.reciprocal(), skip)
         return loss
 
-    def _grad_mult(self, device: torch.device, grad_scale: torch.Tensor | None) -> torch.Tensor | None:
-        """What the kernel multiplies gradients by: 1 / GradScaler's scale times the clip factor."""
-        mult = self._clip_coef.get(device)
-        if grad_scale is not None:
-            inv = grad_scale.to(device, torch.float32).reshape(1).reciprocal()
-            mult = inv if mult is None else mult * inv
-        return mult
+    def _sync(self) -> list[FlatBucket]:
+        """Point every bucket's segment table at what user code holds now (the contract check of
+        :mod:`mlr_kernels.flat`); re-pack first if a parameter moved to another device or dtype."""
+        try:
+            for bucket in self.buckets:
+                bucket.sync(self.state, self._extra_state_of(bucket))
+        except Repack:  # model.to(...) after construction
+            self._build()
+            for bucket in self._buckets:
+                bucket.sync(self.state, self._extra_state_of(bucket))
+        return self._buckets
 
-    def _refresh_table(self, bucket: FlatBucket, static: tuple, lrs: list) -> None:
-        """Write the per-segment columns that changed since the last step (device ops only when
-        the learning rate is a tensor, so a CUDA-graph capture stays valid). ``static`` and
-        ``lrs`` are every group's static values and learning rate, read once per step."""
-        if bucket.static_signature != static:
-            groups = [self._group_of[id(p)] for p in bucket.params]
-            rows = []
-            for g in groups:
-                beta1, beta2 = (float(b) for b in g["betas"])
-                rows.append((float(g["weight_decay"]) * float(g["wd_mult"]), beta1, beta2,
-                             float(g["eps"]), float(g["maximize"]), float(g["amsgrad"])))
-            table = torch.tensor(rows, dtype=torch.float64)
-            cols = [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]
-            bucket.hyper[:, cols] = table.to(bucket.device)
-            index = {id(g): k for k, g in enumerate(self.param_groups)}
-            bucket.group_index = torch.tensor([index[id(g)] for g in groups], device=bucket.device)
-            bucket.lr_mults = torch.tensor([self.lr_mult_of(p) for p in bucket.params],
-                                           dtype=torch.float64, device=bucket.device)
-            bucket.static_signature = static
-            bucket.lr_signature = None
-        # The set of types is the fast check for plain numbers; anything else (a tensor, or a
-        # numpy float a scheduler computed) gets the exact isinstance test.
-        if not set(map(type, lrs)) <= _PLAIN_NUMBERS and any(
-                isinstance(lr, torch.Tensor) for lr in lrs):
-            group_lr = torch.stack([torch.as_tensor(lr, device=bucket.device) for lr in lrs])
-            bucket.hyper[:, LR] = group_lr.to(torch.float64)[bucket.group_index] * bucket.lr_mults
-        elif bucket.lr_signature != lrs:
-            group_lr = torch.tensor(lrs, dtype=torch.float64, device=bucket.device)
-            bucket.hyper[:, LR] = group_lr[bucket.group_index] * bucket.lr_mults
-            bucket.lr_signature = lrs
+    def _extra_state_of(self, bucket: FlatBucket) -> Callable[[int], dict[str, Any]]:
+        return lambda i: self._extra_state(bucket.params[i])
+
+    def _lr_mults_of(self, bucket: FlatBucket) -> list[float]:
+        groups = self.param_groups
+        return [self._param_lr_mult.get(p, groups[k].get("lr_mult", 1.0))
+                for p, k in zip(bucket.params, bucket.group_index)]
 
     # ------------------------------------------------------------------------------- gradients
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero every gradient buffer in one pass per bucket. With ``set_to_none`` (the default,
-        as in torch) every parameter counts as having no gradient until backward reaches it."""
-        for bucket in self._buckets:
-            bucket.zero_grads()
-            if set_to_none:
-                bucket.live = [False] * len(bucket.params)
-
     @torch.no_grad()
-    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
-        """``torch.nn.utils.clip_grad_norm_`` over all of this optimizer's gradients, one norm pass
-        per flat buffer. The gradients are not rescaled in place: the clip factor is handed to the
-        next ``step()`` on the device, with no host sync. Returns the total norm (a tensor)."""
-        norms = []
-        for bucket in self._buckets:
-            bucket.sync_grads()
-            local = torch.linalg.vector_norm(bucket.grad, norm_type, dtype=torch.float32)
-            norms.append(all_reduce_norm(local, norm_type, bucket.sharding))
-        if not norms:
-            return torch.tensor(0.0)
-        home = norms[0].device
-        total = torch.linalg.vector_norm(torch.stack([n.to(home) for n in norms]), norm_type)
-        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        self._clip_coef = {b.device: coef.to(b.device).reshape(1) for b in self._buckets}
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                        foreach: bool | None = None, *,
+                        grad_scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` over this optimizer's parameters (same arguments and
+        result: the total norm, the gradients scaled in place).
+
+        With ``grad_scaler`` the gradients are taken to be scaled by it (between
+        ``scaler.scale(loss).backward()`` and ``scaler.step``): the norm returned is the true,
+        unscaled one and the clip factor ``max_norm / norm`` is applied to the scaled gradients,
+        which ``scaler.step`` then unscales. This is how to clip float16 parameters, whose
+        gradients ``scaler.unscale_`` refuses to unscale in place; fp32 parameters can use
+        ``scaler.unscale_(optimizer)`` and then this method (or torch's) without it."""
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if grad_scaler is None or not grad_scaler.is_enabled():
+            return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite, foreach)
+        # In float32: the norm of scaled float16 gradients overflows float16 long before theirs.
+        norms = [torch.linalg.vector_norm(p.grad, norm_type, dtype=torch.float32) for p in params]
+        total = torch.linalg.vector_norm(torch.stack(norms), norm_type) if norms else torch.tensor(0.0)
+        if error_if_nonfinite and not torch.isfinite(total):
+            raise RuntimeError(f"the total norm of order {norm_type} of the gradients is non-finite")
+        total = total / _scale_of(grad_scaler, total)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach)
         return total
 
     # ------------------------------------------------------------------------------ state_dict
@@ -270,28 +286,41 @@ class MLRAdamW(Optimizer):
         """Load an ``MLRAdamW`` or ``torch.optim.AdamW`` state_dict.
 
         torch casts moment tensors to each parameter's dtype on load; for low-precision parameters
-        we keep float32 moments, so they are re-read from ``state_dict`` before that cast.
-        """
+        we keep float32 moments, so they are re-read from ``state_dict`` before that cast. Keys
+        the saved groups lack (``lr_mult``, ``wd_mult`` in a torch state_dict) keep this
+        optimizer's values; empty entries (what ``torch.distributed.checkpoint`` gives for state
+        a flattened torch state_dict lacks, such as ``master_param``) count as missing."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         ours = [p for g in self.param_groups for p in g["params"]]
         originals = {id(p): state_dict["state"].get(i, {}) for i, p in zip(saved_ids, ours)}
+        kept = [{k: g[k] for k in _MLR_KEYS if k in g} for g in self.param_groups]
+        # Per-parameter multipliers are the saved ones (torch's loader re-packs through
+        # __setstate__, which reads them).
+        self._param_lr_mult = {p: float(originals[id(p)]["lr_mult"]) for p in ours
+                               if "lr_mult" in originals[id(p)]}
         super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            for key, value in self.defaults.items():
+        for group, values in zip(self.param_groups, kept):
+            for key, value in values.items():
                 group.setdefault(key, value)
         for p in ours:
             state = self.state[p]
+            for key, value in list(state.items()):
+                if isinstance(value, Mapping) and not value:
+                    del state[key]
             for key, value in originals[id(p)].items():
                 if isinstance(value, torch.Tensor) and key != "step":
-                    state[key] = value.to(p.device)
+                    state[key] = value.to(local_tensor(p).device)
+        self._mult_version += 1
         self._build()
 
 
-def _mark_live(bucket: FlatBucket, index: int) -> Callable[[torch.Tensor], None]:
-    def hook(_: torch.Tensor) -> None:
-        bucket.live[index] = True
-
-    return hook
+def _scale_of(scaler: torch.amp.GradScaler, like: torch.Tensor) -> torch.Tensor:
+    """The scaler's current scale on ``like``'s device; its tensor (no host sync) once
+    ``scaler.scale`` has run, its initial scale before."""
+    scale = getattr(scaler, "_get_scale_async", lambda: None)()
+    if scale is None:
+        return torch.tensor(scaler.get_scale(), device=like.device, dtype=like.dtype)
+    return scale.to(like.device, like.dtype)
 
 
 def _check_parameter(p: Any) -> None:
@@ -304,11 +333,10 @@ def _check_parameter(p: Any) -> None:
         raise ValueError(f"MLRAdamW supports float32, bfloat16 and float16 parameters, got {p.dtype}")
     if p.is_sparse or p.layout != torch.strided:
         raise ValueError("MLRAdamW needs dense (strided) parameters")
-    if p.grad is not None:
-        check_dense(p.grad)
 
 
-def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
+def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any,
+                           lr_mult: Any = None, wd_mult: Any = None) -> None:
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
         raise ValueError("a tensor lr must have one element")
     if not float(lr) >= 0.0:
@@ -319,3 +347,6 @@ def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> 
         raise ValueError(f"invalid betas: {betas} (each must be in [0, 1))")
     if not float(weight_decay) >= 0.0:
         raise ValueError(f"invalid weight_decay: {weight_decay}")
+    for name, value in (("lr_mult", lr_mult), ("wd_mult", wd_mult)):
+        if value is not None and not float(value) >= 0.0:
+            raise ValueError(f"invalid {name}: {value} (must be >= 0)")

@@ -1,10 +1,15 @@
-"""The per-segment table every AdamW kernel reads.
+"""The segment table every AdamW kernel reads.
 
-A *segment* is one parameter inside a flat buffer. Its row in the ``hyper`` table (float64, on the
-buffer's device) holds everything the kernel needs to update it, so any number of param groups and
-per-parameter multipliers costs one launch:
+A *segment* is one parameter. Its optimizer state lives in flat float32 buffers (``exp_avg``,
+``exp_avg_sq``, ``max_exp_avg_sq`` and, for a bfloat16/float16 parameter, the float32 master
+weights), one run of elements per segment that starts on an ``ALIGN_ELEMENTS`` boundary. The
+parameter and its gradient stay where user code keeps them: the kernels reach them through the
+segment's row of ``pointers``. So one launch updates any number of parameters and param groups,
+and whatever tensor user code has put in ``.data`` or ``.grad`` is the one the kernel reads.
 
-    hyper[s, LR]            effective learning rate = group lr * group lr_mult * param lr_mult
+``hyper`` (float64, ``[S, NUM_HYPER_COLUMNS]``, on the buffers' device) holds what the update needs:
+
+    hyper[s, LR]            effective learning rate = group lr * lr multiplier
     hyper[s, WEIGHT_DECAY]  effective decoupled decay = group weight_decay * wd_mult
     hyper[s, BETA1], hyper[s, BETA2], hyper[s, EPS]
     hyper[s, STEP]          this segment's step count, already incremented for the current step
@@ -12,21 +17,38 @@ per-parameter multipliers costs one launch:
     hyper[s, MAXIMIZE]      1.0 to ascend instead of descend
     hyper[s, AMSGRAD]       1.0 to use the running max of exp_avg_sq
 
-Kernels walk *tiles*: rows ``(segment, start, end)`` of an int64 ``[T, 3]`` tensor, each a run of
-at most ``tile_size`` elements inside one segment, so a block or thread finds its multipliers with
-one lookup and never searches. Segments start on ``ALIGN_ELEMENTS`` boundaries, so 16-byte vector
-loads stay aligned for every dtype.
+``pointers`` (int64, ``[S, NUM_POINTER_COLUMNS]``, on the device) says where the segment is:
+
+    pointers[s, PARAM_PTR]  address of the parameter's first element (contiguous, NUMEL elements)
+    pointers[s, GRAD_PTR]   address of its gradient (same dtype and length), 0 when it has none
+    pointers[s, OFFSET]     where its state starts in the flat buffers
+    pointers[s, NUMEL]      its number of elements
+
+Kernels walk *tiles*: rows ``(segment, start, end)`` of an int64 ``[T, 3]`` tensor in flat-state
+coordinates, each a run of at most ``tile_size`` elements inside one segment, so a block or thread
+finds its row with one lookup and never searches. Element ``i`` of a tile is state element ``i``
+and parameter element ``i - OFFSET``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 LR, WEIGHT_DECAY, BETA1, BETA2, EPS, STEP, ACTIVE, MAXIMIZE, AMSGRAD = range(9)
 NUM_HYPER_COLUMNS = 9
+PARAM_PTR, GRAD_PTR, OFFSET, NUMEL = range(4)
+NUM_POINTER_COLUMNS = 4
 
-# 16 elements = 64 bytes of fp32 (a cache line), 32 bytes of bf16: a 16-byte vector never straddles.
+# 16 elements = 64 bytes of fp32 (a cache line): a 16-byte vector of state never straddles one.
 ALIGN_ELEMENTS = 16
+
+# The widest access the GPU kernels make.
+VECTOR_BYTES = 16
+
+# The param dtype codes the compiled kernels take (csrc/segment_table.h, ParamDtype).
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def aligned(n: int, align: int = ALIGN_ELEMENTS) -> int:
@@ -34,8 +56,8 @@ def aligned(n: int, align: int = ALIGN_ELEMENTS) -> int:
     return (n + align - 1) // align * align
 
 
-def segment_offsets(numels: list[int]) -> tuple[list[int], int]:
-    """Start offset of each segment in a flat buffer, and the buffer's padded length."""
+def segment_offsets(numels: Sequence[int]) -> tuple[list[int], int]:
+    """Start offset of each segment in a flat state buffer, and the buffer's padded length."""
     offsets, total = [], 0
     for n in numels:
         offsets.append(total)
@@ -43,16 +65,87 @@ def segment_offsets(numels: list[int]) -> tuple[list[int], int]:
     return offsets, max(total, ALIGN_ELEMENTS)
 
 
-def make_tiles(offsets: list[int], numels: list[int], tile_size: int) -> torch.Tensor:
-    """Split every segment into runs of at most ``tile_size`` elements: int64 ``[T, 3]`` rows of
-    ``(segment, start, end)`` in flat-buffer coordinates. ``tile_size`` must be a multiple of
-    ``ALIGN_ELEMENTS`` so that every tile starts aligned."""
+def make_tiles(offsets: Sequence[int], numels: Sequence[int], tile_size: int,
+               segments: Sequence[int] | None = None) -> torch.Tensor:
+    """Split segments (all, or those listed in ``segments``) into runs of at most ``tile_size``
+    elements: int64 ``[T, 3]`` rows of ``(segment, start, end)`` in flat-state coordinates.
+    ``tile_size`` must be a multiple of ``ALIGN_ELEMENTS`` so that every tile starts aligned."""
     if tile_size <= 0 or tile_size % ALIGN_ELEMENTS:
         raise ValueError(f"tile_size must be a positive multiple of {ALIGN_ELEMENTS}, got {tile_size}")
     rows = []
-    for seg, (start, n) in enumerate(zip(offsets, numels)):
+    for seg in range(len(numels)) if segments is None else segments:
+        start, n = offsets[seg], numels[seg]
         for lo in range(0, n, tile_size):
             rows.append((seg, start + lo, start + min(lo + tile_size, n)))
     if not rows:
         return torch.empty((0, 3), dtype=torch.int64)
     return torch.tensor(rows, dtype=torch.int64)
+
+
+class SegmentTable:
+    """The per-segment rows of one flat state layout: ``hyper``, ``pointers`` and tile lists.
+
+    Args:
+        numels: elements of each segment, in order.
+        dtype: the parameters' (and gradients') dtype: float32, bfloat16 or float16.
+        device: where the parameters, the state buffers and the tables live.
+
+    ``params`` and ``grads`` are the tensors the ``pointers`` rows were last written from
+    (:meth:`point_at`); keeping them here keeps that memory alive until the step is done, and the
+    reference backend reads them directly. The optimizer fills the table, a
+    :class:`~mlr_kernels.flat.FlatBucket` owns it, the kernels read it.
+    """
+
+    def __init__(self, numels: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
+        if dtype not in DTYPE_CODES:
+            raise ValueError(f"segments must be float32, bfloat16 or float16, got {dtype}")
+        self.numels = list(numels)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.offsets, self.length = segment_offsets(self.numels)
+        count = len(self.numels)
+        self.hyper = torch.zeros(count, NUM_HYPER_COLUMNS, dtype=torch.float64, device=self.device)
+        self.pointers = torch.zeros(count, NUM_POINTER_COLUMNS, dtype=torch.int64, device=self.device)
+        self.params: list[torch.Tensor | None] = [None] * count
+        self.grads: list[torch.Tensor | None] = [None] * count
+        self._pointer_rows: list[tuple[int, int, int, int]] = []
+        # Every parameter and gradient address is a multiple of VECTOR_BYTES: the GPU kernels may
+        # then move whole chunks with 16-byte accesses (tiles start ALIGN_ELEMENTS into a segment).
+        self.vector_aligned = True
+        self._active: list[bool] | None = None
+        self._tiles: dict[tuple[int, tuple[int, ...] | None], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.numels)
+
+    def point_at(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None],
+                 param_ptrs: Sequence[int], grad_ptrs: Sequence[int]) -> None:
+        """Make every segment's row point at ``params[s]`` and ``grads[s]`` (None: no gradient),
+        whose addresses are ``param_ptrs[s]`` and ``grad_ptrs[s]`` (0 for None).
+
+        The caller has checked that each is a contiguous tensor of the table's dtype and device
+        with the segment's number of elements: the kernels trust these addresses. The device
+        table is written only when an address changed."""
+        rows = list(zip(param_ptrs, grad_ptrs, self.offsets, self.numels))
+        if rows != self._pointer_rows:
+            table = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), NUM_POINTER_COLUMNS)
+            self.pointers.copy_(table, non_blocking=True)
+            self._pointer_rows = rows
+            self.vector_aligned = all(p % VECTOR_BYTES == 0 and g % VECTOR_BYTES == 0
+                                      for p, g, _, _ in rows)
+        self.params, self.grads = list(params), list(grads)
+
+    def set_active(self, active: Sequence[bool]) -> None:
+        """Write the ACTIVE column, only when it changed since the last call."""
+        active = list(active)
+        if active != self._active:
+            self.hyper[:, ACTIVE].copy_(torch.tensor(active, dtype=torch.float64), non_blocking=True)
+            self._active = active
+
+    def tiles(self, tile_size: int, segments: Sequence[int] | None = None) -> torch.Tensor:
+        """The tile list of all segments, or of ``segments`` only, for a backend's tile size; built
+        once and kept on the device."""
+        key = (tile_size, None if segments is None else tuple(segments))
+        if key not in self._tiles:
+            self._tiles[key] = make_tiles(self.offsets, self.numels, tile_size, segments).to(self.device)
+        return self._tiles[key]

@@ -6,8 +6,11 @@ Shared by the ``tests/test_kernel_*.py`` files::
     got = check_against_reference(backend_module, case, steps=2)
     got = check_cuda_graph_replay(backend_module, cuda_case)  # GPU only
 
-``make_case`` builds flat buffers of random values (never zeros) with every padding element set
-to a signalling-NaN sentinel, a random per-segment ``hyper`` table and the tile list.
+``make_case`` builds random values (never zeros): the parameters and gradients as tensors inside
+an arena each (odd segments one element off 16-byte alignment, gaps between them), the flat state
+buffers, every element outside a segment set to a signalling-NaN sentinel, a random per-segment
+``hyper`` table and the tile list; ``step_kwargs`` points a
+:class:`~mlr_kernels.segments.SegmentTable` at it.
 ``check_against_reference`` runs the backend and :mod:`mlr_kernels.backends.reference` (on CPU
 copies: the oracle) for a few steps; ``assert_step_result`` then asserts that the results agree
 within ``STATE_TOLERANCE``/``PARAM_TOLERANCE``, that a low-precision param is its master copy
@@ -43,14 +46,21 @@ _BITS_DTYPE = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.fl
 
 # The buffers a step writes (grad is read-only).
 WRITTEN = ("param", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+_TENSORS = ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "hyper", "tiles",
+            "grad_mult", "found_inf")
 
 
 @dataclasses.dataclass
 class AdamWCase:
-    """Arguments of one ``adamw_step`` call, plus the layout they were built from."""
+    """Arguments of one ``adamw_step`` call, and the layout they were built from.
+
+    ``param`` and ``grad`` are arenas: segment ``s`` is ``param[param_offsets[s]:][:numels[s]]``;
+    the state buffers are laid out by ``offsets`` (:func:`mlr_kernels.segments.segment_offsets`).
+    """
 
     numels: list[int]
     offsets: list[int]
+    param_offsets: list[int]
     param: torch.Tensor
     grad: torch.Tensor
     master: torch.Tensor | None
@@ -62,31 +72,44 @@ class AdamWCase:
     grad_mult: torch.Tensor | None = None
     found_inf: torch.Tensor | None = None
 
-    def step_kwargs(self) -> dict[str, torch.Tensor | None]:
-        """Keyword arguments for ``backend.adamw_step``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("numels", "offsets")}
+    def segment_views(self, arena: torch.Tensor) -> list[torch.Tensor]:
+        return [arena[o : o + n] for o, n in zip(self.param_offsets, self.numels)]
+
+    def step_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``backend.adamw_step``: a segment table pointed at the arenas
+        (its ``hyper`` is this case's) and the state buffers."""
+        table = segments.SegmentTable(self.numels, self.param.dtype, self.param.device)
+        table.hyper = self.hyper
+        params, grads = self.segment_views(self.param), self.segment_views(self.grad)
+        table.point_at(params, grads, [p.data_ptr() for p in params], [g.data_ptr() for g in grads])
+        return dict(table=table, master=self.master, exp_avg=self.exp_avg, exp_avg_sq=self.exp_avg_sq,
+                    max_exp_avg_sq=self.max_exp_avg_sq, tiles=self.tiles, grad_mult=self.grad_mult,
+                    found_inf=self.found_inf)
 
     def to(self, device: torch.device | str) -> AdamWCase:
         """A copy with every tensor cloned onto ``device``."""
         def move(value):
             return value.detach().to(device, copy=True) if isinstance(value, torch.Tensor) else value
-        return dataclasses.replace(self, **{k: move(v) for k, v in self.step_kwargs().items()})
+        return dataclasses.replace(self, **{k: move(getattr(self, k)) for k in _TENSORS})
 
     def advance_step(self) -> None:
         """Count one more step for every segment, as an optimizer does between calls."""
         self.hyper[:, segments.STEP] += 1
 
-    def updated_mask(self) -> torch.Tensor:
-        """Bool mask of the flat elements a step may write: tiles of active segments."""
-        mask = torch.zeros(self.param.numel(), dtype=torch.bool)
+    def updated_mask(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bool masks of the elements a step may write (tiles of active segments): of the state
+        buffers, and of the parameter arena."""
+        state = torch.zeros(self.exp_avg.numel(), dtype=torch.bool)
+        param = torch.zeros(self.param.numel(), dtype=torch.bool)
         if self.found_inf is not None and float(self.found_inf.reshape(-1)[0]) != 0.0:
-            return mask
+            return state, param
         active = self.hyper[:, segments.ACTIVE].cpu() != 0
         for seg, start, end in self.tiles.tolist():
             if active[seg]:
-                mask[start:end] = True
-        return mask
+                state[start:end] = True
+                shift = self.param_offsets[seg] - self.offsets[seg]
+                param[start + shift : end + shift] = True
+        return state, param
 
 
 def make_case(
@@ -97,6 +120,7 @@ def make_case(
     tile_size: int = 64,
     amsgrad: bool = False,
     maximize: bool = False,
+    misalign: bool = True,
     inactive: tuple[int, ...] = (),
     grad_mult: float | None = None,
     found_inf: float | None = None,
@@ -106,17 +130,38 @@ def make_case(
 
     ``amsgrad`` allocates ``max_exp_avg_sq`` and turns AMSGrad on for every even segment,
     ``maximize`` turns it on for every odd one, so each case mixes both settings; ``inactive``
-    lists segments with ACTIVE = 0. ``grad_mult``/``found_inf`` become one-element tensors."""
+    lists segments with ACTIVE = 0. With ``misalign`` every odd segment's parameter and gradient
+    start one element past a 16-byte boundary. ``grad_mult``/``found_inf`` become one-element
+    tensors."""
     gen = torch.Generator().manual_seed(seed)
     offsets, total = segments.segment_offsets(numels)
-    in_segment = torch.zeros(total, dtype=torch.bool)
-    for start, n in zip(offsets, numels):
-        in_segment[start:start + n] = True
+    # Parameters in the arena: after a sentinel gap, odd ones (with misalign) off alignment.
+    param_offsets, arena = [], 0
+    for s, n in enumerate(numels):
+        start = segments.aligned(arena + 1) + (s % 2 if misalign else 0)
+        param_offsets.append(start)
+        arena = start + n
+    arena = segments.aligned(arena + 1)
 
-    def buffer(dtype: torch.dtype, values: torch.Tensor) -> torch.Tensor:
-        sentinel = torch.full((total,), _SENTINEL_BITS[dtype], dtype=_BITS_DTYPE[dtype])
+    def mask(starts: list[int], length: int) -> torch.Tensor:
+        inside = torch.zeros(length, dtype=torch.bool)
+        for start, n in zip(starts, numels):
+            inside[start:start + n] = True
+        return inside
+
+    in_segment, in_arena = mask(offsets, total), mask(param_offsets, arena)
+
+    def buffer(dtype: torch.dtype, values: torch.Tensor, inside: torch.Tensor = in_segment) -> torch.Tensor:
+        sentinel = torch.full((inside.numel(),), _SENTINEL_BITS[dtype], dtype=_BITS_DTYPE[dtype])
         out = sentinel.view(dtype)
-        out[in_segment] = values[in_segment].to(dtype)
+        out[inside] = values[: inside.numel()][inside].to(dtype)
+        return out
+
+    def in_arena_order(values: torch.Tensor) -> torch.Tensor:
+        """The same per-element values as a state buffer, at the arena's positions."""
+        out = torch.zeros(max(arena, total))
+        for state_start, arena_start, n in zip(offsets, param_offsets, numels):
+            out[arena_start:arena_start + n] = values[state_start:state_start + n]
         return out
 
     def normal(scale: float) -> torch.Tensor:
@@ -130,8 +175,9 @@ def make_case(
     case = AdamWCase(
         numels=list(numels),
         offsets=offsets,
-        param=buffer(param_dtype, master_values),
-        grad=buffer(param_dtype, normal(0.3)),
+        param_offsets=param_offsets,
+        param=buffer(param_dtype, in_arena_order(master_values), in_arena),
+        grad=buffer(param_dtype, torch.randn(arena, generator=gen) * 0.3, in_arena),
         master=None if param_dtype == torch.float32 else buffer(torch.float32, master_values),
         exp_avg=buffer(torch.float32, normal(0.1)),
         exp_avg_sq=buffer(torch.float32, exp_avg_sq),
@@ -211,11 +257,12 @@ def assert_step_result(before: AdamWCase, got: AdamWCase, expected: AdamWCase) -
     """Assert that ``got`` (a backend's result from ``before``) matches ``expected`` (the
     reference's) and changed nothing outside the active tiles. Returns ``got`` on the CPU."""
     before, got = before.to("cpu"), got.to("cpu")
-    updated = before.updated_mask()
+    state_mask, param_mask = before.updated_mask()
     for name in WRITTEN:
         old, new, ref = getattr(before, name), getattr(got, name), getattr(expected, name)
         if old is None:
             continue
+        updated = param_mask if name == "param" else state_mask
         assert torch.equal(_bits(new)[~updated], _bits(old)[~updated]), (
             f"{name} changed outside the active tiles")
         tolerance = PARAM_TOLERANCE[new.dtype] if name == "param" else STATE_TOLERANCE
@@ -225,7 +272,10 @@ def assert_step_result(before: AdamWCase, got: AdamWCase, expected: AdamWCase) -
     assert torch.equal(got.hyper, expected.hyper) and torch.equal(got.tiles, before.tiles), (
         "the hyper table or the tile list was written")
     if got.master is not None:
-        rounded = got.master[updated].to(got.param.dtype)
-        assert torch.equal(_bits(got.param[updated]), _bits(rounded)), (
-            "param is not its master copy rounded to nearest even")
+        for seg, (state_start, arena_start, n) in enumerate(
+                zip(before.offsets, before.param_offsets, before.numels)):
+            master = got.master[state_start:state_start + n]
+            param = got.param[arena_start:arena_start + n]
+            assert torch.equal(_bits(param), _bits(master.to(got.param.dtype))), (
+                f"segment {seg}: param is not its master copy rounded to nearest even")
     return got

@@ -9,16 +9,16 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from mlr_kernels.backends import BACKENDS, _try_load
+from mlr_kernels.backends import BACKENDS, unavailable_reason
 
 
 def available_backends() -> list:
     """One pytest param per backend, skipped when it cannot run on CPU tensors here."""
     params = []
     for name in BACKENDS:
-        module = _try_load(name)
-        ok = module is not None and module.is_available(torch.device("cpu"))
-        params.append(pytest.param(name, marks=pytest.mark.skipif(not ok, reason=f"{name} unavailable")))
+        reason = unavailable_reason(name, "cpu")
+        params.append(pytest.param(name, marks=pytest.mark.skipif(reason is not None,
+                                                                  reason=f"{name}: {reason}")))
     return params
 
 

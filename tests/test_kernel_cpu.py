@@ -13,8 +13,8 @@ from kernel_cases import check_against_reference, make_case
 from mlr_kernels import segments
 from mlr_kernels.backends import cpu
 
-pytestmark = pytest.mark.skipif(not cpu.is_available("cpu"),
-                                reason=f"CPU backend: {cpu.UNAVAILABLE_REASON}")
+pytestmark = pytest.mark.skipif(cpu.unavailable_reason("cpu") is not None,
+                                reason=f"CPU backend: {cpu.unavailable_reason('cpu')}")
 
 # Segments shorter than a vector, exactly one, one plus a tail, and one spanning many tiles;
 # segment 2 is the one made inactive below.
@@ -96,7 +96,7 @@ def test_grad_mult_and_maximize_act_on_the_gradient():
     base = case(amsgrad=True)
     runs = {"halved": base.to("cpu"), "mult": base.to("cpu"), "negated": base.to("cpu"),
             "maximize": base.to("cpu")}
-    runs["halved"].grad = base.grad * 0.5
+    runs["halved"].grad = base.grad * 0.5  # the sentinels in the gaps stay NaN
     runs["mult"].grad_mult = torch.tensor([0.5])
     runs["negated"].grad = -base.grad
     runs["maximize"].hyper[:, segments.MAXIMIZE] = 1.0
@@ -148,7 +148,7 @@ def test_param_is_master_rounded_to_nearest_even_for_every_kind_of_value(param_d
     ties to even, overflow to infinity, subnormals, signed zeros, infinities; NaN stays NaN."""
     values = float32_values_to_round(param_dtype)
     run = make_case([values.numel()], param_dtype=param_dtype, tile_size=4096)
-    run.master.copy_(values)
+    run.master[: values.numel()].copy_(values)
     # exp_avg stays >= 0, so the update lr * exp_avg / denom is -0.0, which keeps a -0.0 master.
     run.grad.abs_()
     run.exp_avg.abs_()
@@ -156,9 +156,10 @@ def test_param_is_master_rounded_to_nearest_even_for_every_kind_of_value(param_d
     cpu.adamw_step(**run.step_kwargs())
     expected = values.to(param_dtype)
     nan = values.isnan()
-    assert torch.equal(run.param.isnan(), nan)
-    assert torch.equal(bits(run.param)[~nan], bits(expected)[~nan])
-    assert torch.equal(bits(run.master)[~nan], bits(values)[~nan])
+    param = run.segment_views(run.param)[0]
+    assert torch.equal(param.isnan(), nan)
+    assert torch.equal(bits(param)[~nan], bits(expected)[~nan])
+    assert torch.equal(bits(run.master[: values.numel()])[~nan], bits(values)[~nan])
 
 
 @pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -168,11 +169,12 @@ def test_grad_is_widened_exactly_for_every_finite_value(param_dtype):
     grads = grads[grads.isfinite()]
     grads = grads[: grads.numel() // 16 * 16]
     run = make_case([grads.numel()], param_dtype=param_dtype, tile_size=4096)
-    run.grad.copy_(grads)
+    run.segment_views(run.grad)[0].copy_(grads)
+    run.exp_avg.abs_()  # g + 0 * (g - m) keeps the sign of a -0.0 gradient only when m > 0
     run.hyper[:, segments.BETA1] = 0.0
     run.hyper[:, segments.LR] = 0.0
     cpu.adamw_step(**run.step_kwargs())
-    assert torch.equal(bits(run.exp_avg), bits(grads.float()))
+    assert torch.equal(bits(run.exp_avg[: grads.numel()]), bits(grads.float()))
 
 
 @pytest.mark.parametrize(("tile", "message"), [
@@ -181,6 +183,8 @@ def test_grad_is_widened_exactly_for_every_finite_value(param_dtype):
     ((0, -16, 0), "not a range inside the buffers"),
     ((6, 0, 16), "names a segment outside the table's 6 rows"),
     ((-1, 0, 16), "names a segment outside the table's 6 rows"),
+    ((0, 0, 16), "lies outside its segment's elements"),  # segment 0 has 1 element
+    ((5, 0, 16), "lies outside its segment's elements"),  # another segment's state
 ])
 def test_rejects_tiles_outside_the_buffers_before_writing(tile, message):
     bad = case(amsgrad=True)
@@ -199,11 +203,22 @@ def test_rejects_amsgrad_segment_without_its_buffer():
         cpu.adamw_step(**bad.step_kwargs())
 
 
+def test_rejects_active_segment_without_a_gradient_before_writing():
+    bad = case()
+    kwargs = bad.step_kwargs()
+    kwargs["table"].pointers[3, segments.GRAD_PTR] = 0
+    before = bad.to("cpu")
+    with pytest.raises(ValueError, match="active segment without a parameter or gradient"):
+        cpu.adamw_step(**kwargs)
+    assert torch.equal(bits(bad.param), bits(before.param))
+
+
 @pytest.mark.parametrize(("field", "bad", "message"), [
-    ("param", lambda c: c.param.to("meta"), "needs CPU tensors"),
-    ("grad", lambda c: c.grad.to(torch.float16), "grad must be torch.float32"),
+    ("exp_avg", lambda c: c.exp_avg.to("meta"), "exp_avg is on meta"),
     ("exp_avg_sq", lambda c: c.exp_avg_sq[::2], "exp_avg_sq"),
-    ("hyper", lambda c: c.hyper[:, :8], r"hyper must be a torch.float64 \[N, 9\] table"),
+    ("exp_avg", lambda c: c.exp_avg.double(), "exp_avg must be torch.float32"),
+    ("hyper", lambda c: c.hyper[:, :8], r"hyper must be a torch.float64 \[6, 9\] table"),
+    ("hyper", lambda c: c.hyper[:5], r"hyper must be a torch.float64 \[6, 9\] table"),
     ("tiles", lambda c: c.tiles.int(), "tiles must be a torch.int64"),
 ])
 def test_rejects_bad_arguments(field, bad, message):
@@ -213,9 +228,16 @@ def test_rejects_bad_arguments(field, bad, message):
         cpu.adamw_step(**bad_case.step_kwargs())
 
 
-def test_is_available_for_cpu_tensors_only():
-    assert cpu.is_available("cpu") and cpu.is_available(torch.device("cpu"))
-    assert not cpu.is_available("cuda") and not cpu.is_available("meta")
+def test_low_precision_param_needs_master():
+    bad_case = case(param_dtype=torch.bfloat16)
+    bad_case.master = None
+    with pytest.raises(ValueError, match="master copy is required"):
+        cpu.adamw_step(**bad_case.step_kwargs())
+
+
+def test_available_for_cpu_tensors_only():
+    assert cpu.unavailable_reason("cpu") is None and cpu.unavailable_reason(torch.device("cpu")) is None
+    assert "CPU tensors only" in cpu.unavailable_reason("cuda")
 
 
 def test_stream_4r3w_adds_d_to_a_b_c():

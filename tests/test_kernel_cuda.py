@@ -83,6 +83,12 @@ def test_large_buffer_matches_reference():
 
 @needs_gpu
 @pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_aligned_parameters_take_the_vector_path(param_dtype):
+    check_against_reference(cuda_backend, case(param_dtype=param_dtype, misalign=False, amsgrad=True))
+
+
+@needs_gpu
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
 def test_cuda_graph_replay(param_dtype):
     check_cuda_graph_replay(cuda_backend, case(param_dtype=param_dtype, amsgrad=True,
                                                maximize=True, grad_mult=0.37, found_inf=0.0))
@@ -91,7 +97,7 @@ def test_cuda_graph_replay(param_dtype):
 @needs_gpu
 def test_rejects_misaligned_buffer():
     bad_case = case()
-    storage = torch.empty(bad_case.param.numel() + 1, device="cuda")
+    storage = torch.empty(bad_case.exp_avg.numel() + 1, device="cuda")
     bad_case.exp_avg = storage[1:]  # 4 bytes past an allocation's start
     with pytest.raises(ValueError, match="exp_avg must start on a 16-byte boundary"):
         cuda_backend.adamw_step(**bad_case.step_kwargs())
@@ -108,8 +114,7 @@ def test_rejects_cpu_state_with_cuda_param():
 def test_not_available_for_cpu_tensors_and_library_not_loaded(monkeypatch):
     monkeypatch.setattr(cuda_backend, "_library", None)
     monkeypatch.setattr(cuda_backend, "_load_error", None)
-    assert not cuda_backend.is_available(torch.device("cpu"))
-    assert "CUDA tensors only" in cuda_backend.UNAVAILABLE_REASON
+    assert "CUDA tensors only" in cuda_backend.unavailable_reason(torch.device("cpu"))
     assert cuda_backend._library is None and cuda_backend._load_error is None
 
 

@@ -19,8 +19,8 @@ from kernel_cases import check_against_reference, check_cuda_graph_replay, make_
 from mlr_kernels.backends import triton as triton_backend
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-pytestmark = pytest.mark.skipif(not triton_backend.is_available(DEVICE),
-                                reason=f"Triton backend: {triton_backend.UNAVAILABLE_REASON}")
+pytestmark = pytest.mark.skipif(triton_backend.unavailable_reason(DEVICE) is not None,
+                                reason=f"Triton backend: {triton_backend.unavailable_reason(DEVICE)}")
 
 # Tails shorter than a vector, exactly one 16-element unit, and segments spanning several whole
 # BLOCK chunks; segment 2 is the one made inactive below.
@@ -59,6 +59,14 @@ def test_inactive_segments_untouched():
 
 
 @pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_aligned_parameters_take_the_vector_path(param_dtype):
+    aligned = case(param_dtype=param_dtype, misalign=False, amsgrad=True)
+    assert aligned.step_kwargs()["table"].vector_aligned
+    assert not case(param_dtype=param_dtype).step_kwargs()["table"].vector_aligned
+    check_against_reference(triton_backend, aligned)
+
+
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
 def test_grad_mult(param_dtype):
     check_against_reference(triton_backend, case(param_dtype=param_dtype, grad_mult=0.37))
 
@@ -77,7 +85,7 @@ def test_empty_tile_list_is_a_no_op():
 
 
 @pytest.mark.parametrize(("field", "bad", "message"), [
-    ("grad", lambda c: c.grad.to(torch.float16), "grad must be torch.float32"),
+    ("master", lambda c: torch.zeros_like(c.exp_avg), "master must be None"),
     ("exp_avg", lambda c: c.exp_avg[:-16], "exp_avg has"),
     ("hyper", lambda c: c.hyper.float(), "hyper must be a torch.float64"),
     ("tiles", lambda c: c.tiles.int(), "tiles must be a torch.int64"),

@@ -15,29 +15,32 @@ from __future__ import annotations
 import torch
 
 from mlr_kernels.backends.checks import check_step_args
+from mlr_kernels.segments import DTYPE_CODES, SegmentTable
 
 try:
     from mlr_kernels import _cpu
 except ImportError as error:
     _cpu = None
-    UNAVAILABLE_REASON: str | None = (
+    _IMPORT_ERROR: str | None = (
         f"the C++ extension mlr_kernels._cpu cannot be imported ({error}); build it with "
         "`python setup.py build_ext --inplace` or `pip install .`"
     )
 else:
-    UNAVAILABLE_REASON = None
+    _IMPORT_ERROR = None
 
+NAME = "cpu"
 # Elements per tile: enough that the per-tile work (a table row, two pow) vanishes, few enough that
 # the threads' shares of a step stay even (a tile is the unit they are split by). On the 2-core
 # EPYC, 16K, 64K and 256K all step a 64M fp32 buffer at 98-101% of the stream_4r3w ceiling.
 TILE_SIZE = 1 << 16
 
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
-
-def is_available(device: torch.device | str) -> bool:
-    """True for CPU tensors once the extension is built."""
-    return torch.device(device).type == "cpu" and _cpu is not None
+def unavailable_reason(device: torch.device | str) -> str | None:
+    """None for CPU tensors once the extension is built; else why not."""
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    device = torch.device(device)
+    return None if device.type == "cpu" else f"the C++ kernel runs on CPU tensors only, not {device.type}"
 
 
 def _address(tensor: torch.Tensor | None) -> int:
@@ -46,38 +49,34 @@ def _address(tensor: torch.Tensor | None) -> int:
 
 def _require_extension() -> None:
     if _cpu is None:
-        raise RuntimeError(UNAVAILABLE_REASON)
+        raise RuntimeError(_IMPORT_ERROR)
 
 
 def adamw_step(
-    param: torch.Tensor,
-    grad: torch.Tensor,
+    table: SegmentTable,
     master: torch.Tensor | None,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     max_exp_avg_sq: torch.Tensor | None,
-    hyper: torch.Tensor,
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step over every active tile, in place. See ``mlr_kernels.backends``."""
     _require_extension()
-    if param.device.type != "cpu":
-        raise ValueError(f"the cpu backend needs CPU tensors, got param on {param.device}")
-    check_step_args(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
-                    grad_mult, found_inf)
+    if table.device.type != "cpu":
+        raise ValueError(f"the cpu backend needs CPU tensors, got a segment table on {table.device}")
+    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf)
     _cpu.adamw_step(
-        param=_address(param),
-        grad=_address(grad),
+        hyper=_address(table.hyper),
+        pointers=_address(table.pointers),
+        num_segments=len(table),
+        dtype=DTYPE_CODES[table.dtype],
         master=_address(master),
         exp_avg=_address(exp_avg),
         exp_avg_sq=_address(exp_avg_sq),
         max_exp_avg_sq=_address(max_exp_avg_sq),
-        numel=param.numel(),
-        dtype=_DTYPE_CODES[param.dtype],
-        hyper=_address(hyper),
-        num_segments=hyper.shape[0],
+        numel=table.length,
         tiles=_address(tiles),
         num_tiles=tiles.shape[0],
         grad_mult=_address(grad_mult),

@@ -15,18 +15,12 @@ from pathlib import Path
 import torch
 
 from mlr_kernels.backends.checks import check_step_args
+from mlr_kernels.segments import DTYPE_CODES, VECTOR_BYTES, SegmentTable
 
+NAME = "cuda"
 TILE_SIZE = 1 << 14
 LIBRARY_PATH = Path(__file__).resolve().parent.parent / "_adamw_cuda.so"
-
-# Codes of the `dtype` argument of mlr_adamw_cuda_step.
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-# The kernel moves 16 bytes per access; tiles start on 16-element boundaries, so aligned buffers
-# keep every vector access aligned.
-_VECTOR_BYTES = 16
 _MAX_GRID_BLOCKS = 2**31 - 1
-
-UNAVAILABLE_REASON: str | None = None
 
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
@@ -47,9 +41,9 @@ def _load_library() -> ctypes.CDLL | None:
         return None
     pointer = ctypes.c_void_p
     library.mlr_adamw_cuda_step.argtypes = [
-        pointer, pointer, pointer, pointer, pointer, pointer,  # param .. max_exp_avg_sq
-        pointer, pointer, ctypes.c_int64,  # hyper, tiles, num_tiles
-        pointer, pointer, ctypes.c_int, pointer,  # grad_mult, found_inf, dtype, stream
+        pointer, pointer, pointer, ctypes.c_int64, ctypes.c_int,  # hyper .. num_tiles, dtype
+        pointer, pointer, pointer, pointer,  # master, exp_avg, exp_avg_sq, max_exp_avg_sq
+        pointer, pointer, pointer,  # grad_mult, found_inf, stream
     ]
     library.mlr_adamw_cuda_step.restype = ctypes.c_int
     library.mlr_adamw_cuda_error_string.argtypes = [ctypes.c_int]
@@ -58,19 +52,16 @@ def _load_library() -> ctypes.CDLL | None:
     return _library
 
 
-def is_available(device: torch.device) -> bool:
-    """True for CUDA tensors when torch sees a GPU and the kernel library loads."""
-    global UNAVAILABLE_REASON
+def unavailable_reason(device: torch.device | str) -> str | None:
+    """None for CUDA tensors when torch sees a GPU and the kernel library loads; else why not."""
     device = torch.device(device)
     if device.type != "cuda":
-        UNAVAILABLE_REASON = f"the CUDA kernel runs on CUDA tensors only, not {device.type}"
-    elif not torch.cuda.is_available():
-        UNAVAILABLE_REASON = "torch sees no CUDA device"
-    elif _load_library() is None:
-        UNAVAILABLE_REASON = _load_error
-    else:
-        UNAVAILABLE_REASON = None
-    return UNAVAILABLE_REASON is None
+        return f"the CUDA kernel runs on CUDA tensors only, not {device.type}"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    if _load_library() is None:
+        return _load_error
+    return None
 
 
 def _address(tensor: torch.Tensor | None) -> int | None:
@@ -78,13 +69,11 @@ def _address(tensor: torch.Tensor | None) -> int | None:
 
 
 def adamw_step(
-    param: torch.Tensor,
-    grad: torch.Tensor,
+    table: SegmentTable,
     master: torch.Tensor | None,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     max_exp_avg_sq: torch.Tensor | None,
-    hyper: torch.Tensor,
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
@@ -92,15 +81,15 @@ def adamw_step(
     """One AdamW step over every active tile, in one launch. See ``mlr_kernels.backends``.
 
     With ``max_exp_avg_sq`` None the AMSGRAD column is not read: checking it would sync."""
-    if not is_available(param.device):
-        raise RuntimeError(f"the CUDA backend cannot run on {param.device}: {UNAVAILABLE_REASON}")
-    check_step_args(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
-                    grad_mult, found_inf)
-    vectors = {"param": param, "grad": grad, "master": master, "exp_avg": exp_avg,
-               "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": max_exp_avg_sq}
-    misaligned = [name for name, t in vectors.items() if t is not None and t.data_ptr() % _VECTOR_BYTES]
+    reason = unavailable_reason(table.device)
+    if reason is not None:
+        raise RuntimeError(f"the CUDA backend cannot run on {table.device}: {reason}")
+    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf)
+    state = {"master": master, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+             "max_exp_avg_sq": max_exp_avg_sq}
+    misaligned = [name for name, t in state.items() if t is not None and t.data_ptr() % VECTOR_BYTES]
     if misaligned:
-        raise ValueError(f"{', '.join(misaligned)} must start on a {_VECTOR_BYTES}-byte boundary "
+        raise ValueError(f"{', '.join(misaligned)} must start on a {VECTOR_BYTES}-byte boundary "
                          "for the kernel's vector accesses (a view at an offset?)")
     num_tiles = tiles.shape[0]
     if num_tiles > _MAX_GRID_BLOCKS:
@@ -109,12 +98,12 @@ def adamw_step(
     if num_tiles == 0:
         return
     library = _load_library()
-    with torch.cuda.device(param.device):
+    with torch.cuda.device(table.device):
         error = library.mlr_adamw_cuda_step(
-            _address(param), _address(grad), _address(master), _address(exp_avg),
-            _address(exp_avg_sq), _address(max_exp_avg_sq), _address(hyper), _address(tiles),
-            num_tiles, _address(grad_mult), _address(found_inf), _DTYPE_CODES[param.dtype],
-            torch.cuda.current_stream(param.device).cuda_stream,
+            _address(table.hyper), _address(table.pointers), _address(tiles), num_tiles,
+            DTYPE_CODES[table.dtype], _address(master), _address(exp_avg), _address(exp_avg_sq),
+            _address(max_exp_avg_sq), _address(grad_mult), _address(found_inf),
+            torch.cuda.current_stream(table.device).cuda_stream,
         )
     if error:
         message = library.mlr_adamw_cuda_error_string(error).decode()

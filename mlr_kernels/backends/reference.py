@@ -1,8 +1,8 @@
-"""Plain-PyTorch AdamW over flat buffers: the oracle every kernel is tested against.
+"""Plain-PyTorch AdamW over a segment table: the oracle every kernel is tested against.
 
-It walks the same tiles as the kernels and does the math of ``torch.optim.AdamW`` (single-tensor
-path) in float32, with the bias corrections computed in float64 from the table. It is slow and
-meant to be obviously right.
+It walks the same tiles as the kernels, on the tensors the table points at, and does the math of
+``torch.optim.AdamW`` (single-tensor path) in float32, with the bias corrections computed in
+float64 from the table. It is slow and meant to be obviously right.
 """
 
 from __future__ import annotations
@@ -11,38 +11,59 @@ import math
 
 import torch
 
-from mlr_kernels.segments import ACTIVE, AMSGRAD, BETA1, BETA2, EPS, LR, MAXIMIZE, STEP, WEIGHT_DECAY
+from mlr_kernels.backends.checks import check_step_args
+from mlr_kernels.segments import (
+    ACTIVE,
+    AMSGRAD,
+    BETA1,
+    BETA2,
+    EPS,
+    LR,
+    MAXIMIZE,
+    STEP,
+    WEIGHT_DECAY,
+    SegmentTable,
+)
+
+NAME = "reference"
+TILE_SIZE = 1 << 20
+
+
+def unavailable_reason(device: torch.device | str) -> str | None:
+    """None: plain torch runs wherever torch does."""
+    return None
 
 
 def adamw_step(
-    param: torch.Tensor,
-    grad: torch.Tensor,
+    table: SegmentTable,
     master: torch.Tensor | None,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     max_exp_avg_sq: torch.Tensor | None,
-    hyper: torch.Tensor,
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step over every active tile. See ``mlr_kernels.backends`` for the contract."""
+    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf)
     if found_inf is not None and float(found_inf.reshape(-1)[0]) != 0.0:
         return
-    table = hyper.detach().cpu().tolist()
+    rows = table.hyper.detach().cpu().tolist()
     mult = None if grad_mult is None else grad_mult.reshape(1).to(torch.float32)
     for seg, start, end in tiles.tolist():
-        h = table[seg]
+        h = rows[seg]
         if h[ACTIVE] == 0.0:
             continue
+        local = slice(start - table.offsets[seg], end - table.offsets[seg])
+        param = table.params[seg].detach().reshape(-1)[local]
+        g = table.grads[seg].detach().reshape(-1)[local].float()
         lr, wd, beta1, beta2, eps = h[LR], h[WEIGHT_DECAY], h[BETA1], h[BETA2], h[EPS]
         step = h[STEP]
-        g = grad[start:end].float()
         if mult is not None:
             g = g * mult
         if h[MAXIMIZE]:
             g = -g
-        p = master[start:end] if master is not None else param[start:end]
+        p = master[start:end] if master is not None else param
         m, v = exp_avg[start:end], exp_avg_sq[start:end]
 
         p.mul_(1.0 - lr * wd)
@@ -58,11 +79,4 @@ def adamw_step(
             denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
         p.addcdiv_(m, denom, value=-step_size)
         if master is not None:
-            param[start:end].copy_(p)
-
-
-TILE_SIZE = 1 << 20
-
-
-def is_available(device: torch.device) -> bool:
-    return True
+            param.copy_(p)

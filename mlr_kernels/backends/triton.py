@@ -1,10 +1,12 @@
-"""Fused multi-segment AdamW in Triton: one launch per step per flat buffer, however many segments.
+"""Fused multi-segment AdamW in Triton: one launch per step per segment table, however many segments.
 
-One program per tile row ``(segment, start, end)``. The program reads its segment's row of the
-hyper table (float64) and derives the step size and bias correction there, so the step count lives
-on the device: no host sync, and a captured CUDA graph replays correctly. It then walks the tile in
-``BLOCK``-element chunks: whole chunks without a mask (tiles start on ``ALIGN_ELEMENTS`` boundaries,
-so those loads vectorize), then one masked tail chunk. See :mod:`mlr_kernels.backends` for the
+One program per tile row ``(segment, start, end)``. The program reads its segment's rows of the
+``hyper`` table (float64) and of the ``pointers`` table (where the parameter and its gradient are:
+int64 addresses cast to pointers), and derives the step size and bias correction there, so the
+step count lives on the device: no host sync, and a captured CUDA graph replays correctly. It then
+walks the tile in ``BLOCK``-element chunks: whole chunks without a mask (tiles start on
+``ALIGN_ELEMENTS`` boundaries, and with ``ALIGNED`` every address is 16-byte aligned, so those
+loads vectorize), then one masked tail chunk. See :mod:`mlr_kernels.backends` for the
 math and the contract.
 
 On CPU tensors the same kernel runs through Triton's interpreter (``TRITON_INTERPRET=1`` set before
@@ -27,6 +29,7 @@ import torch
 
 from mlr_kernels import segments
 from mlr_kernels.backends.checks import check_step_args
+from mlr_kernels.segments import SegmentTable
 
 try:
     import triton
@@ -41,28 +44,25 @@ TILE_SIZE = 1 << 14
 BLOCK = 1024
 NUM_WARPS = 8
 
-UNAVAILABLE_REASON: str | None = _IMPORT_ERROR
+NAME = "triton"
 # triton.jit chooses between compiling and interpreting when it decorates, i.e. at this import.
 _INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
 
 
-def is_available(device: torch.device) -> bool:
-    """True for CUDA tensors when triton imports, and for CPU tensors under the interpreter."""
-    global UNAVAILABLE_REASON
+def unavailable_reason(device: torch.device | str) -> str | None:
+    """None for CUDA tensors when triton imports, and for CPU tensors under the interpreter."""
     device = torch.device(device)
     if triton is None:
-        UNAVAILABLE_REASON = _IMPORT_ERROR
-    elif _INTERPRETED:
-        UNAVAILABLE_REASON = None if device.type == "cpu" else (
+        return _IMPORT_ERROR
+    if _INTERPRETED:
+        return None if device.type == "cpu" else (
             "Triton's interpreter is on (TRITON_INTERPRET=1), so the kernel runs on CPU tensors only")
-    elif device.type == "cuda":
-        UNAVAILABLE_REASON = None if torch.cuda.is_available() else "torch sees no CUDA device"
-    elif device.type == "cpu":
-        UNAVAILABLE_REASON = ("Triton runs on CPU tensors only through its interpreter "
-                              "(set TRITON_INTERPRET=1 before triton is imported)")
-    else:
-        UNAVAILABLE_REASON = f"Triton does not support {device.type} tensors"
-    return UNAVAILABLE_REASON is None
+    if device.type == "cuda":
+        return None if torch.cuda.is_available() else "torch sees no CUDA device"
+    if device.type == "cpu":
+        return ("Triton runs on CPU tensors only through its interpreter "
+                "(set TRITON_INTERPRET=1 before triton is imported)")
+    return f"Triton does not support {device.type} tensors"
 
 
 if triton is not None:
@@ -77,7 +77,13 @@ if triton is not None:
     _MAXIMIZE = tl.constexpr(segments.MAXIMIZE)
     _AMSGRAD = tl.constexpr(segments.AMSGRAD)
     _NUM_HYPER_COLUMNS = tl.constexpr(segments.NUM_HYPER_COLUMNS)
+    _PARAM_PTR = tl.constexpr(segments.PARAM_PTR)
+    _GRAD_PTR = tl.constexpr(segments.GRAD_PTR)
+    _OFFSET = tl.constexpr(segments.OFFSET)
+    _NUM_POINTER_COLUMNS = tl.constexpr(segments.NUM_POINTER_COLUMNS)
     _ALIGN_ELEMENTS = tl.constexpr(segments.ALIGN_ELEMENTS)
+
+    _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
     @triton.jit
     def _round_to_bfloat16(x):
@@ -90,17 +96,24 @@ if triton is not None:
 
     @triton.jit
     def _adamw_chunk(
-        offsets, mask,
+        offsets, mask, aligned: tl.constexpr,
         param_ptr, grad_ptr, master_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
         amsgrad, grad_scale, decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
         bias_correction2_sqrt,
     ):
-        """Update the elements at ``offsets`` (``mask`` is None for a whole aligned chunk)."""
-        g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32) * grad_scale
+        """Update the elements at ``offsets`` from every pointer, each already at the tile's first
+        element (``mask`` is None for a whole chunk). With ``aligned`` the parameter and gradient
+        of a whole chunk start on a 16-byte boundary."""
+        param_ptrs = param_ptr + offsets
+        grad_ptrs = grad_ptr + offsets
+        if aligned:
+            param_ptrs = tl.multiple_of(param_ptrs, 16)
+            grad_ptrs = tl.multiple_of(grad_ptrs, 16)
+        g = tl.load(grad_ptrs, mask=mask).to(tl.float32) * grad_scale
         if master_ptr is not None:
             p = tl.load(master_ptr + offsets, mask=mask)
         else:
-            p = tl.load(param_ptr + offsets, mask=mask)
+            p = tl.load(param_ptrs, mask=mask)
         m = tl.load(exp_avg_ptr + offsets, mask=mask)
         v = tl.load(exp_avg_sq_ptr + offsets, mask=mask)
 
@@ -123,24 +136,30 @@ if triton is not None:
         if master_ptr is not None:
             tl.store(master_ptr + offsets, p, mask=mask)
             if param_ptr.dtype.element_ty == tl.bfloat16:
-                tl.store(param_ptr + offsets, _round_to_bfloat16(p), mask=mask)
+                tl.store(param_ptrs, _round_to_bfloat16(p), mask=mask)
             else:
-                tl.store(param_ptr + offsets, p.to(param_ptr.dtype.element_ty), mask=mask)
+                tl.store(param_ptrs, p.to(param_ptr.dtype.element_ty), mask=mask)
         else:
-            tl.store(param_ptr + offsets, p, mask=mask)
+            tl.store(param_ptrs, p, mask=mask)
 
     @triton.jit
     def _adamw_tile_kernel(
-        param_ptr, grad_ptr, master_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
-        hyper_ptr, tiles_ptr, grad_mult_ptr, found_inf_ptr,
-        BLOCK: tl.constexpr,
+        hyper_ptr, pointers_ptr, tiles_ptr,
+        master_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
+        grad_mult_ptr, found_inf_ptr,
+        PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
     ):
-        """One program per tile. Optional pointers arrive as None and are specialized away."""
+        """One program per tile. Optional pointers arrive as None and are specialized away.
+        ``ALIGNED``: every parameter and gradient address is a multiple of 16 bytes (the launcher
+        checked), so chunks may use 16-byte accesses. Without it the compiler gives parameter and
+        gradient accesses a narrower layout than the state's and converts between the two through
+        shared memory (tests/compile_triton_kernel.py --unaligned counts the barriers)."""
         tile = tl.program_id(0).to(tl.int64)
         segment = tl.load(tiles_ptr + 3 * tile)
         start = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), _ALIGN_ELEMENTS)
         end = tl.load(tiles_ptr + 3 * tile + 2)
         row = hyper_ptr + segment * _NUM_HYPER_COLUMNS
+        where = pointers_ptr + segment * _NUM_POINTER_COLUMNS
 
         active = tl.load(row + _ACTIVE) != 0.0
         if found_inf_ptr is not None:
@@ -167,30 +186,43 @@ if triton is not None:
             beta2_f32 = beta2.to(tl.float32)
             eps = tl.load(row + _EPS).to(tl.float32)
 
-            num_whole = (end - start) // BLOCK
+            # The tile's first parameter and gradient element: state element `start` is element
+            # `start - OFFSET` of the segment. Tiles start a multiple of ALIGN_ELEMENTS into it.
+            local = tl.multiple_of(start - tl.load(where + _OFFSET), _ALIGN_ELEMENTS)
+            param_address = tl.load(where + _PARAM_PTR)
+            grad_address = tl.load(where + _GRAD_PTR)
+            param_ptr = param_address.to(tl.pointer_type(PARAM_DTYPE), bitcast=True) + local
+            grad_ptr = grad_address.to(tl.pointer_type(PARAM_DTYPE), bitcast=True) + local
+            master_tile = master_ptr
+            if master_ptr is not None:
+                master_tile = master_ptr + start
+            max_exp_avg_sq_tile = max_exp_avg_sq_ptr
+            if max_exp_avg_sq_ptr is not None:
+                max_exp_avg_sq_tile = max_exp_avg_sq_ptr + start
+
+            n = end - start
+            num_whole = n // BLOCK
             for chunk in range(num_whole):
-                offsets = start + chunk * BLOCK + tl.arange(0, BLOCK)
-                _adamw_chunk(offsets, None, param_ptr, grad_ptr, master_ptr, exp_avg_ptr,
-                             exp_avg_sq_ptr, max_exp_avg_sq_ptr, amsgrad, grad_scale, decay,
-                             one_minus_beta1, beta2_f32, one_minus_beta2, eps, step_size,
-                             bias_correction2_sqrt)
-            tail = start + num_whole * BLOCK
-            if tail < end:
+                offsets = chunk * BLOCK + tl.arange(0, BLOCK)
+                _adamw_chunk(offsets, None, ALIGNED, param_ptr, grad_ptr, master_tile,
+                             exp_avg_ptr + start, exp_avg_sq_ptr + start, max_exp_avg_sq_tile,
+                             amsgrad, grad_scale, decay, one_minus_beta1, beta2_f32,
+                             one_minus_beta2, eps, step_size, bias_correction2_sqrt)
+            tail = num_whole * BLOCK
+            if tail < n:
                 offsets = tail + tl.arange(0, BLOCK)
-                _adamw_chunk(offsets, offsets < end, param_ptr, grad_ptr, master_ptr, exp_avg_ptr,
-                             exp_avg_sq_ptr, max_exp_avg_sq_ptr, amsgrad, grad_scale, decay,
-                             one_minus_beta1, beta2_f32, one_minus_beta2, eps, step_size,
-                             bias_correction2_sqrt)
+                _adamw_chunk(offsets, offsets < n, ALIGNED, param_ptr, grad_ptr, master_tile,
+                             exp_avg_ptr + start, exp_avg_sq_ptr + start, max_exp_avg_sq_tile,
+                             amsgrad, grad_scale, decay, one_minus_beta1, beta2_f32,
+                             one_minus_beta2, eps, step_size, bias_correction2_sqrt)
 
 
 def adamw_step(
-    param: torch.Tensor,
-    grad: torch.Tensor,
+    table: SegmentTable,
     master: torch.Tensor | None,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     max_exp_avg_sq: torch.Tensor | None,
-    hyper: torch.Tensor,
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
@@ -198,19 +230,20 @@ def adamw_step(
     """One AdamW step over every active tile, in one launch. See ``mlr_kernels.backends``.
 
     With ``max_exp_avg_sq`` None the AMSGRAD column is not read: checking it would sync."""
-    if not is_available(param.device):
-        raise RuntimeError(f"the Triton backend cannot run on {param.device}: {UNAVAILABLE_REASON}")
-    check_step_args(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
-                    grad_mult, found_inf)
+    reason = unavailable_reason(table.device)
+    if reason is not None:
+        raise RuntimeError(f"the Triton backend cannot run on {table.device}: {reason}")
+    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf)
     num_tiles = tiles.shape[0]
     if num_tiles == 0:
         return
     # Triton launches on the current device; the buffers may live on another one.
-    on_device = torch.cuda.device(param.device) if param.is_cuda else contextlib.nullcontext()
+    on_device = torch.cuda.device(table.device) if table.device.type == "cuda" else contextlib.nullcontext()
     with on_device:
         _adamw_tile_kernel[(num_tiles,)](
-            param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper, tiles,
-            grad_mult, found_inf, BLOCK=BLOCK, num_warps=NUM_WARPS,
+            table.hyper, table.pointers, tiles, master, exp_avg, exp_avg_sq, max_exp_avg_sq,
+            grad_mult, found_inf, PARAM_DTYPE=_TRITON_DTYPES[table.dtype],
+            ALIGNED=table.vector_aligned, BLOCK=BLOCK, num_warps=NUM_WARPS,
             # Only the explicit tl.fma calls may fuse: they are where torch rounds once.
             enable_fp_fusion=False,
         )

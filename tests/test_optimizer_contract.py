@@ -1,0 +1,546 @@
+"""The flat-buffer contract (docs/optimizer_contract.md): whatever user code does to parameters,
+gradients, param groups and optimizer state between steps, MLRAdamW steps as torch.optim.AdamW
+does. One test per pattern found in public bug reports about fused optimizers, then a randomized
+mix of all of them over several steps and param groups."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import random
+from collections import defaultdict
+
+import pytest
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from mlr_kernels import MLRAdamW
+from tests.optim_cases import assert_same_params, available_backends, forward, make_model
+
+BACKENDS = available_backends()
+
+
+def ones_param() -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.ones(2))
+
+
+def torch_twin(p: torch.Tensor) -> torch.nn.Parameter:
+    return torch.nn.Parameter(p.detach().clone())
+
+
+# --------------------------------------------------------------- one test per failure pattern
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_assigned_or_copied_without_backward_is_used(backend):
+    """Row 1: no backward at all; ``p.grad = g`` if None else ``p.grad.copy_(g)``."""
+    p, q = ones_param(), ones_param()
+    ours = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    ref = torch.optim.AdamW([q], lr=0.1, weight_decay=0.0)
+    assert p.grad is None
+    for g in (torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0])):
+        for param, opt in ((p, ours), (q, ref)):
+            if param.grad is None:
+                param.grad = g.clone()
+            else:
+                param.grad.copy_(g)
+            opt.step()
+    torch.testing.assert_close(p, q)
+    assert not torch.equal(p, torch.ones(2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("write", ["fill_", "load_state_dict", "nn.init", "clamp_"])
+def test_in_place_write_to_bf16_weight_moves_its_master(backend, write):
+    """Row 2: a bf16 weight written after the optimizer exists is where the step starts; the
+    fp32 master follows. Oracle: torch AdamW on an fp32 copy given the same values and grads."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    ours = MLRAdamW(lin.parameters(), lr=1e-3, weight_decay=0.0, backend=backend)
+    with torch.no_grad():
+        if write == "fill_":
+            lin.weight.fill_(1.0)
+        elif write == "load_state_dict":
+            lin.load_state_dict({"weight": torch.ones(2, 2), "bias": torch.zeros(2)})
+        elif write == "nn.init":
+            torch.nn.init.constant_(lin.weight, 1.0)
+        else:
+            lin.weight.clamp_(min=1.0)
+    twin = torch.nn.Linear(2, 2)
+    twin.load_state_dict({k: v.float() for k, v in lin.state_dict().items()})
+    ref = torch.optim.AdamW(twin.parameters(), lr=1e-3, weight_decay=0.0)
+    lin(torch.ones(1, 2, dtype=torch.bfloat16)).sum().backward()
+    twin(torch.ones(1, 2)).sum().backward()
+    ours.step()
+    ref.step()
+    torch.testing.assert_close(lin.weight, torch.full((2, 2), 0.999, dtype=torch.bfloat16))
+    torch.testing.assert_close(ours.state[lin.weight]["master_param"], twin.weight)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_data_replaced_after_construction_is_stepped(backend):
+    """Row 3: ``p.data = t`` after the optimizer exists."""
+    p = ones_param()
+    opt = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    p.data = torch.zeros(2)
+    p.sum().backward()
+    opt.step()
+    torch.testing.assert_close(p, torch.full((2,), -0.1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_optimizers_over_one_parameter(backend):
+    """Row 4: the optimizer that steps reads the parameter as it is, not a private copy."""
+    p = ones_param()
+    a = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    b = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    p.sum().backward()
+    a.step()
+    torch.testing.assert_close(p, torch.full((2,), 0.9))
+    b.step()
+    torch.testing.assert_close(p, torch.full((2,), 0.8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frozen_parameters_are_accepted_and_left_alone_then_unfrozen(backend):
+    """Row 5: ``requires_grad=False`` parameters in the list (a LoRA model's parameters()), frozen
+    and unfrozen mid-training, as torch steps them."""
+    m_ours, m_ref = make_model(1), make_model(1)
+    for model in (m_ours, m_ref):
+        model["mid"].requires_grad_(False)
+    ours = MLRAdamW(m_ours.parameters(), lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2)
+    mid = m_ours["mid"].weight.detach().clone()
+    gen = torch.Generator().manual_seed(1)
+    for step in range(6):
+        if step == 3:
+            for model in (m_ours, m_ref):
+                model["mid"].requires_grad_(True)
+                model["inp"].requires_grad_(False)
+        x = torch.randn(5, 7, generator=gen)
+        for model, opt in ((m_ours, ours), (m_ref, ref)):
+            opt.zero_grad()
+            forward(model, x).pow(2).mean().backward()
+            opt.step()
+        if step < 3:
+            assert torch.equal(m_ours["mid"].weight, mid)
+    assert_same_params(m_ours, m_ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("clip", ["torch", "optimizer"])
+def test_skipped_nan_batch_leaves_no_trace(backend, clip):
+    """Row 6: NaN grads, clip, ``zero_grad()`` (the batch is skipped), a good batch, step."""
+    p = ones_param()
+    opt = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    p.grad = torch.full((2,), float("nan"))
+    norm = (torch.nn.utils.clip_grad_norm_([p], 1.0) if clip == "torch" else opt.clip_grad_norm_(1.0))
+    assert norm.isnan()
+    opt.zero_grad()
+    p.sum().backward()
+    opt.step()
+    torch.testing.assert_close(p, torch.full((2,), 0.9))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reset", ["new mapping", "clear", "one entry"])
+def test_state_reset_starts_adam_afresh(backend, reset):
+    """Row 7: two steps, reset the state as torch allows, step with grad -1: a fresh first step."""
+    p, q = ones_param(), ones_param()
+    ours = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    ref = torch.optim.AdamW([q], lr=0.1, weight_decay=0.0)
+    for opt, param in ((ours, p), (ref, q)):
+        for _ in range(2):
+            param.grad = torch.ones(2)
+            opt.step()
+        if reset == "new mapping":
+            opt.state = defaultdict(dict)
+        elif reset == "clear":
+            opt.state.clear()
+        else:
+            del opt.state[param]
+        param.grad = -torch.ones(2)
+        opt.step()
+    torch.testing.assert_close(p, torch.full((2,), 0.9))
+    torch.testing.assert_close(p, q)
+    saved = ours.state_dict()["state"][0]
+    assert saved["step"].item() == 1 and saved["exp_avg"].tolist() == pytest.approx([-0.1, -0.1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_storage_tie_is_kept_and_stepped_like_torch(backend, dtype):
+    """Row 8: ``b.data = a.data`` before the optimizer: the tie survives and both updates land,
+    in order, as torch's single-tensor AdamW applies them."""
+    gen = torch.Generator().manual_seed(8)
+    a, c = (torch.nn.Parameter(torch.randn(3, generator=gen).to(dtype)) for _ in range(2))
+    b = torch.nn.Parameter(torch.zeros(3, dtype=dtype))
+    b.data = a.data
+    refs = [torch.nn.Parameter(t.detach().float().clone()) for t in (a, c)]
+    refs.insert(1, torch.nn.Parameter(torch.zeros(3)))
+    refs[1].data = refs[0].data
+    ours = MLRAdamW([a, b, c], lr=0.1, backend=backend)
+    ref = torch.optim.AdamW(refs, lr=0.1, foreach=False)
+    assert a.data_ptr() == b.data_ptr()
+    for _ in range(3):
+        grads = [torch.randn(3, generator=gen).to(dtype) for _ in range(3)]
+        for params, opt in (([a, b, c], ours), (refs, ref)):
+            for param, g in zip(params, grads):
+                param.grad = g.to(param.dtype)
+            opt.step()
+    assert a.data_ptr() == b.data_ptr()
+    tolerance = {} if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    for got, want in zip((a, b, c), refs):
+        torch.testing.assert_close(got.float(), want, **tolerance)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_group_then_add_param_group(backend):
+    """Row 9."""
+    p = ones_param()
+    opt = MLRAdamW([{"params": []}], lr=0.1, weight_decay=0.0, backend=backend)
+    opt.step()
+    opt.add_param_group({"params": [p]})
+    p.sum().backward()
+    opt.step()
+    torch.testing.assert_close(p, torch.full((2,), 0.9))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copy_of_model_and_optimizer_trains_on_identically(backend, how):
+    """Row 10: ``copy.deepcopy`` / pickling of the optimizer with its model."""
+    model = make_model(10)
+    opt = MLRAdamW(model.parameters(), lr=1e-2, backend=backend)
+    gen = torch.Generator().manual_seed(10)
+    batches = [torch.randn(4, 7, generator=gen) for _ in range(5)]
+
+    def train(m, o, xs):
+        for x in xs:
+            o.zero_grad()
+            forward(m, x).pow(2).mean().backward()
+            o.step()
+
+    train(model, opt, batches[:2])
+    if how == "deepcopy":
+        model2, opt2 = copy.deepcopy((model, opt))
+    else:
+        model2, opt2 = pickle.loads(pickle.dumps((model, opt)))
+    alone = copy.deepcopy(opt)
+    alone.zero_grad()
+    train(model, opt, batches[2:])
+    train(model2, opt2, batches[2:])
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_fp16_clipping_under_grad_scaler_uses_the_true_norm():
+    """Row 11: fp16 parameters under a GradScaler: ``clip_grad_norm_(..., grad_scaler=scaler)``
+    returns the unscaled norm and clips to it; the fp32 master follows torch AdamW on fp32
+    copies clipped with torch's own function."""
+    half, full = make_model(11, torch.float16), make_model(11, torch.float16).float()
+    ours = MLRAdamW(half.parameters(), lr=1e-2, backend="cpu" if BACKENDS else "reference")
+    ref = torch.optim.AdamW(full.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen).to(torch.float16) for p in half.parameters()]
+        scaler.scale(torch.ones(()))  # as scaler.scale(loss) does before backward
+        for p, q, g in zip(half.parameters(), full.parameters(), grads):
+            p.grad = g * scaler.get_scale()  # what scaler.scale(loss).backward() leaves
+            q.grad = g.float()
+        norm = ours.clip_grad_norm_(1.0, grad_scaler=scaler)
+        want = torch.nn.utils.clip_grad_norm_(full.parameters(), 1.0)
+        torch.testing.assert_close(norm, want, rtol=1e-3, atol=0)
+        assert want > 1.0
+        scaler.step(ours)
+        scaler.update()
+        ref.step()
+    for p, q in zip(half.parameters(), full.parameters()):
+        torch.testing.assert_close(ours.state[p]["master_param"], q, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="FP16"):  # why the keyword exists: torch refuses
+        scaler.unscale_(ours)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_betas_list_edited_in_place_is_read(backend):
+    """Row 12."""
+    m_ours, m_ref = make_model(12), make_model(12)
+    ours = MLRAdamW([{"params": list(m_ours.parameters()), "betas": [0.9, 0.999]}], lr=1e-2,
+                    backend=backend)
+    ref = torch.optim.AdamW([{"params": list(m_ref.parameters()), "betas": [0.9, 0.999]}], lr=1e-2)
+    gen = torch.Generator().manual_seed(12)
+    for step in range(4):
+        x = torch.randn(4, 7, generator=gen)
+        for model, opt in ((m_ours, ours), (m_ref, ref)):
+            if step == 2:
+                opt.param_groups[0]["betas"][0] = 0.0
+            opt.zero_grad()
+            forward(model, x).pow(2).mean().backward()
+            opt.step()
+    assert_same_params(m_ours, m_ref)
+
+
+def test_refused_param_group_is_not_added():
+    """Row 13."""
+    p, q = ones_param(), ones_param()
+    opt = MLRAdamW([p], backend="reference")
+    with pytest.raises(ValueError, match="twice"):
+        opt.add_param_group({"params": [q, q]})
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.add_param_group({"params": [q], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [q]})
+    assert len(opt.param_groups) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saving_one_layer_writes_that_layer_only(backend):
+    """Row 14: parameters own their storage, so torch.save writes a layer's bytes, not a flat
+    buffer of the whole model."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(256, 256))
+    opt = MLRAdamW(model.parameters(), backend=backend)
+    model[0](torch.randn(2, 16)).sum().backward()
+    opt.step()
+    buffers = [io.BytesIO(), io.BytesIO()]
+    torch.save(model[0].state_dict(), buffers[0])
+    torch.save(torch.nn.Linear(16, 16).state_dict(), buffers[1])
+    assert len(buffers[0].getvalue()) == len(buffers[1].getvalue())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flattened_torch_state_dict_loads(backend):
+    """Row 15: ``torch.distributed.checkpoint``'s flattened (FQN-keyed) state_dict of a
+    torch.optim.AdamW loads; keys only MLRAdamW has keep their values."""
+    m_ours, m_ref = make_model(15), make_model(15)
+    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(15)
+    for _ in range(2):
+        ref.zero_grad()
+        forward(m_ref, torch.randn(4, 7, generator=gen)).pow(2).mean().backward()
+        ref.step()
+    options = StateDictOptions(flatten_optimizer_state_dict=True)
+    saved = get_optimizer_state_dict(m_ref, ref, options=options)
+    assert "state.inp.weight.exp_avg" in saved
+    m_ours.load_state_dict(m_ref.state_dict())
+    ours = MLRAdamW(m_ours.parameters(), lr=1e-2, backend=backend)
+    set_optimizer_state_dict(m_ours, ours, saved, options=options)
+    for _ in range(2):
+        x = torch.randn(4, 7, generator=gen)
+        for model, opt in ((m_ours, ours), (m_ref, ref)):
+            opt.zero_grad()
+            forward(model, x).pow(2).mean().backward()
+            opt.step()
+    assert_same_params(m_ours, m_ref)
+    assert ours.state[m_ours["inp"].weight]["step"].item() == 4
+
+
+@pytest.mark.parametrize("foreach", [None, False])
+def test_clip_grad_norm_takes_torchs_keywords(foreach):
+    """Row 16."""
+    p = ones_param()
+    opt = MLRAdamW([p], backend="reference")
+    p.grad = torch.tensor([3.0, 4.0])
+    norm = opt.clip_grad_norm_(1.0, 2.0, error_if_nonfinite=True, foreach=foreach)
+    assert norm.item() == pytest.approx(5.0)
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8]), rtol=1e-5, atol=0)
+    p.grad = torch.tensor([float("nan"), 1.0])
+    with pytest.raises(RuntimeError, match="non-finite"):
+        opt.clip_grad_norm_(1.0, error_if_nonfinite=True)
+
+
+# ----------------------------------------------------------------------- past the rows
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cast_after_construction_repacks(backend):
+    """``model.to(dtype)`` after steps: the optimizer re-packs, its moments carried over and the
+    master taken from the cast weights, as a fresh optimizer loading the old state would."""
+    model = make_model(20)
+    opt = MLRAdamW(model.parameters(), lr=1e-2, backend=backend)
+    gen = torch.Generator().manual_seed(20)
+    for _ in range(2):
+        opt.zero_grad()
+        forward(model, torch.randn(4, 7, generator=gen)).pow(2).mean().backward()
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    model.to(torch.bfloat16)
+    twin = copy.deepcopy(model)
+    fresh = MLRAdamW(twin.parameters(), lr=1e-2, backend=backend)
+    fresh.load_state_dict(saved)
+    for p in twin.parameters():  # the fp32 masters of the state_dict follow the cast weights
+        fresh.state[p]["master_param"].copy_(p.detach().float())
+    grads = [torch.randn(p.shape, generator=gen).to(torch.bfloat16) for p in model.parameters()]
+    for m, o in ((model, opt), (twin, fresh)):
+        for p, g in zip(m.parameters(), grads):
+            p.grad = g.clone()
+        o.step()
+    assert opt.backends == {"cpu/torch.bfloat16": opt.backends["cpu/torch.bfloat16"]}
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert p.dtype == torch.bfloat16 and torch.equal(p, q)
+
+
+def test_reshaped_parameter_is_refused_in_one_line():
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = MLRAdamW([p], backend="reference")
+    p.data = torch.ones(5)
+    p.grad = torch.ones(5)
+    with pytest.raises(ValueError, match=r"now has shape \(5,\).*build a new optimizer"):
+        opt.step()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_parameters_and_gradients(backend):
+    """A transposed parameter and a transposed gradient step as torch steps them."""
+    gen = torch.Generator().manual_seed(21)
+    base = torch.randn(3, 5, generator=gen)
+    p, q = torch.nn.Parameter(base.t()), torch.nn.Parameter(base.t().clone())
+    assert not p.is_contiguous()
+    ours = MLRAdamW([p], lr=0.1, backend=backend)
+    ref = torch.optim.AdamW([q], lr=0.1)
+    for _ in range(3):
+        g = torch.randn(3, 5, generator=gen).t()
+        p.grad, q.grad = g, g.contiguous()
+        ours.step()
+        ref.step()
+    torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_parameter_multiplier_survives_a_state_reset(backend):
+    p = ones_param()
+    opt = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    opt.set_lr_mult({p: 0.5})
+    opt.state = defaultdict(dict)
+    p.grad = torch.ones(2)
+    opt.step()
+    torch.testing.assert_close(p, torch.full((2,), 0.95))
+
+
+# ------------------------------------------------------------------- randomized write patterns
+GRAD_WRITES = ("keep", "accumulate", "assign", "in_place", "none", "transposed", "scaled")
+PARAM_WRITES = ("nothing", "nothing", "in_place", "replace", "freeze", "unfreeze")
+
+
+def _write_param(action: str, p: torch.nn.Parameter, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        if action == "in_place":
+            p.mul_(0.5).add_(value.to(p.dtype))
+        elif action == "replace":
+            p.data = value.to(p.dtype).clone()
+        elif action == "freeze":
+            p.requires_grad_(False)
+        elif action == "unfreeze":
+            p.requires_grad_(True)
+
+
+def _write_grad(action: str, p: torch.nn.Parameter, g: torch.Tensor) -> None:
+    g = g.to(p.dtype)
+    if action == "assign":
+        p.grad = g.clone()
+    elif action == "accumulate":
+        p.grad = g.clone() if p.grad is None else p.grad.add_(g)
+    elif action == "in_place":
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+    elif action == "none":
+        p.grad = None
+    elif action == "transposed" and p.dim() == 2:
+        p.grad = g.t().contiguous().t()
+    elif action == "scaled" and p.grad is not None:
+        p.grad.mul_(0.25)
+
+
+def _random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps: int = 8) -> None:
+    """Both optimizers see the same writes. For float32 each write is done to both models; for
+    bfloat16 it is done to ours and the fp32 oracle is given the resulting values (weights
+    written, gradients always), and our fp32 master must follow torch AdamW on fp32."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    low = dtype != torch.float32
+    ours_model, ref_model = make_model(seed, dtype), make_model(seed, dtype).float()
+    names = [n for n, _ in ours_model.named_parameters()]
+    cut = rng.randint(1, len(names) - 1)
+    spans = [names[:cut], names[cut:]]
+    mults = [rng.choice([1.0, 0.5, 0.0]), rng.choice([1.0, 0.3])]
+    ours_params, ref_params = dict(ours_model.named_parameters()), dict(ref_model.named_parameters())
+    ours = MLRAdamW([{"params": [ours_params[n] for n in span], "lr_mult": m, "betas": [0.9, 0.99]}
+                     for span, m in zip(spans, mults)], lr=1e-2, weight_decay=0.05, backend=backend)
+    ref = torch.optim.AdamW([{"params": [ref_params[n] for n in span], "lr": 1e-2 * m,
+                              "betas": [0.9, 0.99]} for span, m in zip(spans, mults)], weight_decay=0.05)
+
+    def mirror_weight(name: str) -> None:
+        ref_params[name].data = ours_params[name].detach().float().clone()
+        ref_params[name].requires_grad_(ours_params[name].requires_grad)
+
+    for step in range(steps):
+        for name in names:
+            action = rng.choice(PARAM_WRITES)
+            value = torch.randn(ours_params[name].shape, generator=gen).to(dtype)
+            _write_param(action, ours_params[name], value)
+            if low and action in ("in_place", "replace"):
+                mirror_weight(name)
+            else:
+                _write_param(action, ref_params[name], value)
+        if rng.random() < 0.2:  # a checkpoint loaded into the model
+            state = {k: v.to(dtype) for k, v in make_model(rng.randint(0, 99)).state_dict().items()}
+            ours_model.load_state_dict(state)
+            ref_model.load_state_dict(state)
+        kind = rng.choice(("zero_grad", "zero_grad_keep", "model_zero_grad", "accumulate"))
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            if kind == "zero_grad":
+                opt.zero_grad()
+            elif kind == "zero_grad_keep":
+                opt.zero_grad(set_to_none=False)
+            elif kind == "model_zero_grad":
+                model.zero_grad()
+        if not low:  # backward (accumulating onto whatever .grad holds)
+            x, use_side = torch.randn(4, 7, generator=gen), rng.random() < 0.7
+            for model in (ours_model, ref_model):
+                forward(model, x, use_side).pow(2).mean().backward()
+        for name in names:
+            action = rng.choice(GRAD_WRITES)
+            g = torch.randn(ours_params[name].shape, generator=gen)
+            for params in (ours_params,) if low else (ours_params, ref_params):
+                _write_grad(action, params[name], g)
+        if rng.random() < 0.3:
+            torch.nn.utils.clip_grad_norm_(ours_model.parameters(), 0.5)
+            if not low:
+                torch.nn.utils.clip_grad_norm_(ref_model.parameters(), 0.5)
+        if low:
+            for name in names:
+                grad = ours_params[name].grad
+                ref_params[name].grad = None if grad is None else grad.float()
+        if rng.random() < 0.3:
+            k, beta1 = rng.randrange(2), rng.choice([0.0, 0.5, 0.9])
+            for opt in (ours, ref):
+                opt.param_groups[k]["betas"][0] = beta1
+        if rng.random() < 0.15:
+            for opt in (ours, ref):
+                opt.state = defaultdict(dict)
+            if low:  # the fp32 masters were state: the weights user code sees are what is left
+                for name in names:
+                    mirror_weight(name)
+        ours.step()
+        ref.step()
+        for name in names:
+            got = ours.state[ours_params[name]]["master_param"] if low else ours_params[name]
+            torch.testing.assert_close(got.float(), ref_params[name], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, name=name, step=step: f"step {step}, {name}: {m}")
+            if low:  # and the weight user code sees is that master, rounded
+                assert torch.equal(ours_params[name], got.to(dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(6))
+def test_random_write_patterns_match_torch(backend, seed):
+    _random_write_pattern_run(backend, seed, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_random_write_patterns_bf16_follow_fp32_torch(backend, seed):
+    _random_write_pattern_run(backend, seed, torch.bfloat16)
