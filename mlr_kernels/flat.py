@@ -312,8 +312,10 @@ class FlatBucket:
         local = self._local_params()
         for i, staged in self._staged.items():
             local[i].detach().copy_(staged.view(self.shapes[i]))
+            self._staged[i] = local[i]
         if self.master is not None:  # the kernels' writes are not in-place writes of user code
             self._versions = list(map(_version_of, local))
+        self.table.release()
 
 
 def _launch_passes(data_ptrs: Sequence[int]) -> list[list[int]] | None:

@@ -91,8 +91,8 @@ class SegmentTable:
         device: where the parameters, the state buffers and the tables live.
 
     ``params`` and ``grads`` are the tensors the ``pointers`` rows were last written from
-    (:meth:`point_at`); keeping them here keeps that memory alive until the step is done, and the
-    reference backend reads them directly. The optimizer fills the table, a
+    (:meth:`point_at`); keeping them here keeps that memory alive until the step is done
+    (:meth:`release`), and the reference backend reads them directly. The optimizer fills the table, a
     :class:`~mlr_kernels.flat.FlatBucket` owns it, the kernels read it.
     """
 
@@ -134,6 +134,13 @@ class SegmentTable:
             self.vector_aligned = all(p % VECTOR_BYTES == 0 and g % VECTOR_BYTES == 0
                                       for p, g, _, _ in rows)
         self.params, self.grads = list(params), list(grads)
+
+    def release(self) -> None:
+        """Drop the references to the tensors the rows point at (after a step): a gradient that
+        user code sets to None must be freed before the next backward allocates its successor.
+        The rows stay, to be compared with the next :meth:`point_at`, never to be read."""
+        count = len(self.numels)
+        self.params, self.grads = [None] * count, [None] * count
 
     def set_active(self, active: Sequence[bool]) -> None:
         """Write the ACTIVE column, only when it changed since the last call."""

@@ -9,6 +9,7 @@ import copy
 import io
 import pickle
 import random
+import weakref
 from collections import defaultdict
 
 import pytest
@@ -405,6 +406,19 @@ def test_non_contiguous_parameters_and_gradients(backend):
         ours.step()
         ref.step()
     torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_set_to_none_are_freed_before_the_next_backward(backend):
+    """The optimizer holds no reference to a gradient past the step, so peak memory is torch's:
+    the old gradient is gone when backward allocates the new one."""
+    model = make_model(22)
+    opt = MLRAdamW(model.parameters(), backend=backend)
+    forward(model, torch.randn(4, 7)).sum().backward()
+    old = [weakref.ref(p.grad) for p in model.parameters()]
+    opt.step()
+    opt.zero_grad()
+    assert all(ref() is None for ref in old)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
