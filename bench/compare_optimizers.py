@@ -43,18 +43,40 @@ def group_dicts(named_groups, lr: float, with_mult: bool):
 
 
 def build_variants(workload: Workload, device: str, dtype: torch.dtype, backends: list[str]):
-    """name -> zero-argument step function, each over its own copy of the workload."""
+    """name -> zero-argument step function, each over its own copy of the workload; and the
+    MLRAdamW optimizers by name."""
     variants: dict[str, Callable[[], None]] = {}
+    optimizers: dict[str, MLRAdamW] = {}
     for backend in backends:
         opt = MLRAdamW(group_dicts(make_params(workload, device, dtype), 1e-3, True), backend=backend)
         variants[f"MLRAdamW[{backend}] per-module groups"] = opt.step
+        optimizers[f"MLRAdamW[{backend}] per-module groups"] = opt
     torch_kinds = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
     for kind, flags in torch_kinds.items():
         opt = torch.optim.AdamW(group_dicts(make_params(workload, device, dtype), 1e-3, False), **flags)
         variants[f"torch AdamW {kind} per-module groups"] = opt.step
     single = [p for _, ps in make_params(workload, device, dtype) for p in ps]
     variants["torch AdamW fused 1 group"] = torch.optim.AdamW(single, lr=1e-3, fused=True).step
-    return variants
+    return variants, optimizers
+
+
+def host_check_ms(opt: MLRAdamW, rounds: int = 30) -> tuple[float, float]:
+    """Median host time of the per-step contract check (``MLRAdamW._sync``) alone: with the
+    gradients unchanged since the last step, and with every ``.grad`` a new tensor at a new
+    address, as after torch's default ``zero_grad()`` and a backward."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    spare = [[p.grad, p.grad.clone()] for p in params]
+    unchanged, replaced = [], []
+    for k in range(rounds):
+        start = time.perf_counter()
+        opt._sync()
+        unchanged.append(time.perf_counter() - start)
+        for p, grads in zip(params, spare):
+            p.grad = grads[k % 2]
+        start = time.perf_counter()
+        opt._sync()
+        replaced.append(time.perf_counter() - start)
+    return statistics.median(unchanged) * 1e3, statistics.median(replaced) * 1e3
 
 
 def ceiling_step(numel: int, device: str) -> Callable[[], None]:
@@ -90,8 +112,8 @@ def timer(device: str) -> Callable[[Callable[[], None]], float]:
 
 def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[str], rounds: int,
             warmup: int):
-    variants = {"ceiling (same traffic)": ceiling_step(workload.numel, device),
-                **build_variants(workload, device, dtype, backends)}
+    steps, optimizers = build_variants(workload, device, dtype, backends)
+    variants = {"ceiling (same traffic)": ceiling_step(workload.numel, device), **steps}
     time_one = timer(device)
     for _ in range(warmup):
         for fn in variants.values():
@@ -100,10 +122,12 @@ def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[
     for _ in range(rounds):
         for name, fn in variants.items():
             samples[name].append(time_one(fn))
-    return {name: statistics.median(times) for name, times in samples.items()}, samples
+    checks = {name: host_check_ms(opt) for name, opt in optimizers.items()}
+    return {name: statistics.median(times) for name, times in samples.items()}, checks
 
 
-def print_table(workload: Workload, medians: dict[str, float]) -> list[dict]:
+def print_table(workload: Workload, medians: dict[str, float],
+                checks: dict[str, tuple[float, float]]) -> list[dict]:
     gbytes = workload.numel * BYTES_PER_PARAM / 1e9
     ceiling = gbytes / (medians["ceiling (same traffic)"] / 1e3)
     fused = medians["torch AdamW fused per-module groups"]
@@ -116,6 +140,11 @@ def print_table(workload: Workload, medians: dict[str, float]) -> list[dict]:
         rows.append(dict(workload=workload.name, variant=name, ms=ms, gbs=gbs, ceiling_share=gbs / ceiling,
                          speedup_vs_fused_same_groups=fused / ms))
         print(f"  {name:42s} {ms:9.2f} {gbs:7.1f} {100 * gbs / ceiling:6.1f}% {fused / ms:8.2f}x")
+    for name, (unchanged, replaced) in checks.items():
+        print(f"  {name}: contract check {unchanged:.3f} ms per step with the same grads, "
+              f"{replaced:.3f} ms with every grad replaced ({workload.num_tensors} tensors)")
+        rows.append(dict(workload=workload.name, variant=name, check_ms_same_grads=unchanged,
+                         check_ms_new_grads=replaced))
     return rows
 
 
@@ -140,9 +169,9 @@ def main() -> None:
           f"threads={torch.get_num_threads()} rounds={args.rounds} (medians)")
     rows = []
     for name in names:
-        medians, _ = measure(catalogue[name], args.device, DTYPES[args.dtype], backends,
-                             args.rounds, args.warmup)
-        rows += print_table(catalogue[name], medians)
+        medians, checks = measure(catalogue[name], args.device, DTYPES[args.dtype], backends,
+                                  args.rounds, args.warmup)
+        rows += print_table(catalogue[name], medians, checks)
         if args.device == "cuda":
             torch.cuda.empty_cache()
     if args.json:
