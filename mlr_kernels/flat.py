@@ -259,9 +259,11 @@ class FlatBucket:
             if master is not None and seen != -1:  # a new tensor: the master follows it
                 master.copy_(p.detach().reshape(master.shape))
         self._data_ptrs = data_ptrs
-        self._passes = _launch_passes(data_ptrs)
-        counts = Counter(data_ptrs)
-        self._tied = {i for i, ptr in enumerate(data_ptrs) if counts[ptr] > 1}
+        # Empty parameters own no memory (and may all sit at address 0): they tie nothing.
+        owned = [ptr if n else -1 - i for i, (ptr, n) in enumerate(zip(data_ptrs, self.table.numels))]
+        self._passes = _launch_passes(owned)
+        counts = Counter(owned)
+        self._tied = {i for i, ptr in enumerate(owned) if counts[ptr] > 1}
 
     # ------------------------------------------------------------------------------ step
     def write_hyperparameters(self, groups: Sequence[Mapping[str, Any]], signature: Any,
