@@ -9,15 +9,13 @@ checkpoint intact; only the newest ``keep`` are kept.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mlr.io import write_atomic
+from mlr.io import publish_directory, write_atomic
 
 PATTERN = "step-*.pt"
 
@@ -85,22 +83,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def save_pretrained_atomic(model: nn.Module, tokenizer: Any, directory: str | os.PathLike) -> Path:
     """``save_pretrained`` of model and tokenizer into ``directory``, which appears complete or
-    not at all (built beside it, then renamed; an older one is replaced)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.saving-"))
-    try:
+    not at all (an older one is replaced)."""
+
+    def build(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if directory.exists():
-            retired = staging.with_name(f".{directory.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.rename(directory, retired)
-            os.rename(staging, directory)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+
+    return publish_directory(directory, build)

@@ -11,27 +11,20 @@ it trains at the base rate only when all three of its slices are robust (the saf
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from mlr.errors import MlrInputError
+from mlr.io import read_json
 from mlr.modules import canonical_module_name, decoder_modules
 
 
 def read_mods_robust(path: str | os.PathLike) -> list[str]:
     """The module names of a ``mods_robust.json`` (``{"modules": [...], ...}``)."""
-    file = Path(path)
-    if not file.is_file():
-        raise MlrInputError(f"mods_robust file not found: {path}")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise MlrInputError(f"{path} is not valid JSON: {error.msg}") from error
+    data = read_json(path, "mods_robust file")
     modules = data.get("modules") if isinstance(data, dict) else None
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise MlrInputError(f"{path}: expected {{\"modules\": [module names, ...]}}")
