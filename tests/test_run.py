@@ -8,7 +8,7 @@ import json
 import pytest
 from chat_models import one_thread  # noqa: F401 (an autouse fixture)
 from mlr import cli
-from mlr.report import ARMS
+from mlr.evaluation.report import ARMS
 
 
 def run_cli(*args: str) -> int:

@@ -21,15 +21,15 @@ from chat_models import (  # noqa: F401 (one_thread: an autouse fixture)
     write_instruction_file,
 )
 from mlr import cli
-from mlr.checkpoint import latest_checkpoint, load_checkpoint
-from mlr.ift import IGNORE_INDEX, InstructionExample
-from mlr.metrics_log import MetricsLog
-from mlr.ml_lr import module_lr_multipliers, param_groups
+from mlr.data.ift import IGNORE_INDEX, InstructionExample
 from mlr.models import load_model
-from mlr.sampler import EpochSampler
-from mlr.schedule import warmup_cosine
-from mlr.sft import encode_examples, load_training_examples
-from mlr.train import TrainConfig, train
+from mlr.tuning.checkpoint import latest_checkpoint, load_checkpoint
+from mlr.tuning.metrics_log import MetricsLog
+from mlr.tuning.ml_lr import module_lr_multipliers, param_groups
+from mlr.tuning.sampler import EpochSampler
+from mlr.tuning.schedule import warmup_cosine
+from mlr.tuning.sft import encode_examples, load_training_examples
+from mlr.tuning.train import TrainConfig, train
 from safetensors.torch import load_file
 from tiny_models import tiny_gpt2, tiny_llama
 
@@ -170,8 +170,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     killed = config(tmp_path, "killed", steps=30, save_every=3)
     child = textwrap.dedent(f"""
         import json, time, torch
-        from mlr.metrics_log import MetricsLog
-        from mlr.train import TrainConfig, train
+        from mlr.tuning.metrics_log import MetricsLog
+        from mlr.tuning.train import TrainConfig, train
         torch.set_num_threads(1)
         append = MetricsLog.append
         MetricsLog.append = lambda self, record: (append(self, record), time.sleep(0.1))
@@ -236,17 +236,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
 
 def test_a_nan_gradient_stops_training_with_one_line_and_keeps_the_checkpoints(tmp_path, capsys,
                                                                               monkeypatch):
-    import mlr.train
+    import mlr.tuning.train
 
     calls = []
-    loss_sum = mlr.train.response_loss_sum
+    loss_sum = mlr.tuning.train.response_loss_sum
 
     def nan_at_step_3(model, batch):
         calls.append(None)
         loss = loss_sum(model, batch)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(mlr.train, "response_loss_sum", nan_at_step_3)
+    monkeypatch.setattr(mlr.tuning.train, "response_loss_sum", nan_at_step_3)
     out = tmp_path / "out"
     assert run_cli("--model", str(tiny_chat_model_dir()), "--out", str(out), "--steps", "4",
                    "--data", str(write_instruction_file(tmp_path / "ift.json")),

@@ -1,4 +1,4 @@
-"""``mlr train`` (``mlr.train.train``) with ``distributed="ddp"`` and ``"fsdp2"`` on 2 CPU ranks
+"""``mlr train`` (``mlr.tuning.train.train``) with ``distributed="ddp"`` and ``"fsdp2"`` on 2 CPU ranks
 saves the model one process trains on the same global batches."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlr.distributed import DistributedContext
-from mlr.train import TrainConfig, train
+from mlr.tuning.distributed import DistributedContext
+from mlr.tuning.train import TrainConfig, train
 from safetensors.torch import load_file
 
 from tests.dist_cases import run_ranks

@@ -1,14 +1,14 @@
 """``mlr run``: the ML-LR method end to end.
 
 1. data: the benign fine-tuning set and the fixed held-out evaluation set;
-2. the aligned model: the embedded default, safety-aligned (``mlr.align``, cached), or ``--model``;
+2. the aligned model: the embedded default, safety-aligned (``mlr.tuning.align``, cached), or ``--model``;
 3. analysis on the aligned model: probe, robustness map, Mods_Robust search (the ``mlr search``
    command's own functions, in this process; outputs in ``out``);
 4. benign fine-tuning three ways with the same data, steps and seeds: vanilla (ratio 1), ML-LR
    (``ratio``) and frozen-but-robust (ratio 0), plus the control that tells ML-LR from simply
    training slower: every module at base × ``ratio``; each seed resumable from its checkpoints;
 5. evaluation of the aligned model and of every arm and seed, all with the same prompts and judge;
-6. the report (``mlr.report``).
+6. the report (``mlr.evaluation.report``).
 
 An arm and seed that finished in ``out`` with the same settings is not trained again, and its
 evaluation is reused when made with the same settings: a killed ``mlr run`` continues where it was.
@@ -33,16 +33,16 @@ from typing import Any
 import torch
 import transformers
 
-from mlr.align import QUICK_ALIGNMENT, AlignSettings, align_default
+from mlr.analysis.probe import ProbeResult
+from mlr.data.ift import InstructionExample
 from mlr.errors import MlrInputError
-from mlr.evaluate import EVAL_FILE, EvalSet, evaluate, load_eval_set, write_evaluation
-from mlr.ift import InstructionExample
+from mlr.evaluation.evaluate import EVAL_FILE, EvalSet, evaluate, load_eval_set, write_evaluation
+from mlr.evaluation.report import summarize_arm, write_report
 from mlr.models import load_model
-from mlr.probe import ProbeResult
 from mlr.progress import disable_progress
-from mlr.report import summarize_arm, write_report
-from mlr.sft import example_from_record, load_training_examples
-from mlr.train import TrainConfig, train
+from mlr.tuning.align import QUICK_ALIGNMENT, AlignSettings, align_default
+from mlr.tuning.sft import example_from_record, load_training_examples
+from mlr.tuning.train import TrainConfig, train
 
 HELDOUT_FRACTION = 0.05  # of an --ift file, when no --heldout file is given
 MAX_HELDOUT = 200
@@ -224,7 +224,7 @@ def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSe
         if config.heldout is not None:
             train_examples = load_training_examples(config.ift)
         else:
-            from mlr.prompts import load_instruction_data
+            from mlr.data.prompts import load_instruction_data
 
             records = load_instruction_data(config.ift)
             random.Random(0).shuffle(records)

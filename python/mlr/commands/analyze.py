@@ -11,6 +11,11 @@ from pathlib import Path
 
 import torch
 
+from mlr.analysis.perturb import PERTURBATIONS, GradientPerturbation, NoisePerturbation, Perturbation
+from mlr.analysis.plots import plot_robustness
+from mlr.analysis.probe import ProbeResult
+from mlr.analysis.replay import LayerReplay
+from mlr.analysis.robustness import ProbeEvaluator, RobustnessMap, score_modules
 from mlr.commands.common import (
     Session,
     load_session,
@@ -21,17 +26,12 @@ from mlr.commands.common import (
 )
 from mlr.commands.probe import add_arguments as add_probe_arguments
 from mlr.commands.probe import obtain_probe, probe_config
+from mlr.data.ift import instruction_gradients
+from mlr.data.security_data import SecurityData, load_security_data
 from mlr.features import forward
-from mlr.ift import instruction_gradients
 from mlr.io import write_json_atomic
 from mlr.modules import MODULE_TYPES
-from mlr.perturb import PERTURBATIONS, GradientPerturbation, NoisePerturbation, Perturbation
-from mlr.plots import plot_robustness
-from mlr.probe import ProbeResult
-from mlr.replay import LayerReplay
-from mlr.robustness import ProbeEvaluator, RobustnessMap, score_modules
-from mlr.security_data import SecurityData, load_security_data
-from mlr.sft import encode_examples, load_training_examples, make_batch
+from mlr.tuning.sft import encode_examples, load_training_examples, make_batch
 
 NAME = "analyze"
 HELP = "robustness of every module to a perturbation, as seen by the probe"

@@ -9,12 +9,12 @@ import argparse
 import json
 from pathlib import Path
 
+from mlr.analysis.probe import ProbeResult
 from mlr.commands.common import add_device_arguments
 from mlr.errors import MlrInputError
-from mlr.evaluate import ANSWERS_FILE, evaluate, load_eval_set, write_evaluation
-from mlr.judge import ModelJudge
+from mlr.evaluation.evaluate import ANSWERS_FILE, evaluate, load_eval_set, write_evaluation
+from mlr.evaluation.judge import ModelJudge
 from mlr.models import load_model
-from mlr.probe import ProbeResult
 
 NAME = "eval"
 HELP = "ASR, over-refusal, held-out loss, task accuracy and probe separation of a model"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlr.analysis.probe import ProbeResult, train_probes
 from mlr.commands.common import (
     Session,
     add_data_arguments,
@@ -14,11 +15,10 @@ from mlr.commands.common import (
     print_table,
     reusable,
 )
+from mlr.data.security_data import SecurityData, load_security_data
 from mlr.features import capture_features
 from mlr.io import write_json_atomic
 from mlr.models import default_model_dir
-from mlr.probe import ProbeResult, train_probes
-from mlr.security_data import SecurityData, load_security_data
 
 NAME = "probe"
 HELP = "fit the security probe per layer and choose the probe layer"

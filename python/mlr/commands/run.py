@@ -13,9 +13,9 @@ from dataclasses import fields
 import torch
 import transformers
 
+from mlr.analysis.perturb import PERTURBATIONS
 from mlr.commands.common import add_device_arguments
 from mlr.errors import MlrInputError
-from mlr.perturb import PERTURBATIONS
 from mlr.run import RunConfig, quick_config, run_pipeline
 
 NAME = "run"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlr.analysis.plots import plot_search
+from mlr.analysis.search import DEFAULT_TAU, SearchResult, grow_robust_set, rank_modules
 from mlr.commands.analyze import add_arguments as add_analyze_arguments
 from mlr.commands.analyze import (
     build_evaluator,
@@ -18,11 +20,9 @@ from mlr.commands.analyze import (
 )
 from mlr.commands.common import load_session, print_table, unit_fraction
 from mlr.commands.probe import obtain_probe
+from mlr.data.security_data import load_security_data
 from mlr.errors import MlrInputError
 from mlr.io import write_json_atomic
-from mlr.plots import plot_search
-from mlr.search import DEFAULT_TAU, SearchResult, grow_robust_set, rank_modules
-from mlr.security_data import load_security_data
 
 NAME = "search"
 HELP = "grow Mods_Robust from the most robust module while the probe stays accurate"

@@ -11,8 +11,8 @@ import os
 from dataclasses import fields
 
 from mlr.commands.common import add_device_arguments
-from mlr.distributed import STRATEGIES, cleanup_distributed
-from mlr.train import TrainConfig, train
+from mlr.tuning.distributed import STRATEGIES, cleanup_distributed
+from mlr.tuning.train import TrainConfig, train
 
 NAME = "train"
 HELP = "ML-LR instruction fine-tuning (full or LoRA) with MLRAdamW"

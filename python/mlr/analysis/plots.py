@@ -8,10 +8,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mlr.analysis.robustness import RobustnessMap
+from mlr.analysis.search import SearchResult
 from mlr.io import save_figure_atomic
 from mlr.modules import MODULE_TYPES
-from mlr.robustness import RobustnessMap
-from mlr.search import SearchResult
 
 matplotlib.use("Agg")  # files only, never a window
 

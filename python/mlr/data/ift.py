@@ -1,5 +1,5 @@
 """Instruction examples as token ids and labels, and the gradient of their loss, for the
-``ift-grad`` perturbation (``mlr.sft`` builds the trainer's data on the same encoding).
+``ift-grad`` perturbation (``mlr.tuning.sft`` builds the trainer's data on the same encoding).
 
 Examples are (prompt, response) pairs formatted with the chat template; the loss covers the
 response tokens only (the usual supervised fine-tuning loss), or the whole text for an example

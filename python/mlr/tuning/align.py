@@ -2,7 +2,7 @@
 
 The tiny default starts from random weights, so its alignment is its whole chat training: the
 ``mlr train`` recipe (full fine-tuning, every module at the base LR) on the embedded alignment set
-(``mlr.embedded_data.alignment_examples``: harmful request → refusal, benign twin → help, general
+(``mlr.data.embedded_data.alignment_examples``: harmful request → refusal, benign twin → help, general
 questions → answers). The result depends only on the default model's recipe and these settings, so
 it is cached under ``$MLR_CACHE`` in a folder named by their hash, built beside it and renamed into
 place (a reader never sees half of one).
@@ -15,10 +15,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlr.embedded_data import alignment_examples
+from mlr.data.embedded_data import alignment_examples
 from mlr.io import publish_directory
 from mlr.models.default_model import cache_root, recipe_hash
-from mlr.train import TrainConfig, train
+from mlr.tuning.train import TrainConfig, train
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Harmful vs benign queries for the security probe, with a fixed train / held-out split.
 
-With no files the project's own paired set is used with its fixed split (``mlr.corpus``). A file
+With no files the project's own paired set is used with its fixed split (``mlr.data.corpus``). A file
 given for either side replaces that side (the other stays the embedded set); both sides are then
 split afresh: a seeded shuffle per class, ``HELDOUT_FRACTION`` of each class held out.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from mlr.corpus import benign_prompts, harmful_prompts
+from mlr.data.corpus import benign_prompts, harmful_prompts
+from mlr.data.prompts import load_prompts
 from mlr.errors import MlrInputError
-from mlr.prompts import load_prompts
 
 HELDOUT_FRACTION = 0.25
 HARMFUL, BENIGN = 1, 0
@@ -54,7 +54,7 @@ def _nonempty(prompts: list[str], what: str, source: str) -> list[str]:
 
 
 def load_security_data(harmful: str | None, benign: str | None, seed: int = 0) -> SecurityData:
-    """Load the probe's data; ``harmful`` / ``benign`` are prompt files (see ``mlr.prompts``) or
+    """Load the probe's data; ``harmful`` / ``benign`` are prompt files (see ``mlr.data.prompts``) or
     ``None`` for the embedded set. Raises ``MlrInputError`` for empty or unreadable sources."""
     if harmful is None and benign is None:
         return SecurityData(

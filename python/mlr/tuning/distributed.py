@@ -17,7 +17,7 @@ The building blocks of ``mlr train --distributed ddp|fsdp2``, meant to read top 
     cleanup_distributed()
 
 DDP all-reduces gradients, FSDP2 reduce-scatters them, and MLRAdamW steps each rank's parameters
-or shards with no further communication. ``mlr.train`` is this recipe; ``docs/distributed.md``
+or shards with no further communication. ``mlr.tuning.train`` is this recipe; ``docs/distributed.md``
 has the torchrun commands and the memory each rank holds.
 """
 

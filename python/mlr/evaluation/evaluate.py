@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlr.analysis.probe import ProbeResult, accuracy, auc
+from mlr.data.ift import InstructionExample
 from mlr.errors import MlrInputError
-from mlr.generation import generate_responses
-from mlr.ift import InstructionExample
+from mlr.evaluation.generation import generate_responses
+from mlr.evaluation.judge import KeywordJudge, share
 from mlr.io import write_json_atomic, write_text_atomic
-from mlr.judge import KeywordJudge, share
-from mlr.probe import ProbeResult, accuracy, auc
-from mlr.sft import (
+from mlr.tuning.sft import (
     batches_in_order,
     encode_examples,
     example_from_record,
@@ -51,8 +51,8 @@ class EvalSet:
 def embedded_eval_set() -> EvalSet:
     """The held-out split of the embedded corpus (fixed; never trained on): harmful requests,
     their benign twins, and the fine-tuning tasks' held-out instructions."""
-    from mlr.corpus import benign_prompts, harmful_prompts
-    from mlr.embedded_data import instruction_records
+    from mlr.data.corpus import benign_prompts, harmful_prompts
+    from mlr.data.embedded_data import instruction_records
 
     records = instruction_records("heldout")
     return EvalSet(harmful_prompts("heldout"), benign_prompts("heldout"),
@@ -63,7 +63,7 @@ def embedded_eval_set() -> EvalSet:
 def load_eval_set(harmful: str | None, benign: str | None, heldout: str | None) -> EvalSet:
     """Files replace the matching part of the embedded held-out set (every prompt of a file is
     evaluated)."""
-    from mlr.prompts import load_instruction_data, load_prompts
+    from mlr.data.prompts import load_instruction_data, load_prompts
 
     embedded = embedded_eval_set()
     instructions, tasks = embedded.instructions, embedded.tasks

@@ -12,7 +12,7 @@
 8. the final model (LoRA merged into it) saved atomically in ``out/model``.
 
 ``distributed="ddp"`` or ``"fsdp2"`` runs the same recipe on every rank under ``torchrun``
-(:mod:`mlr.distributed`): each rank takes its share of every batch, rank 0 alone logs and writes,
+(:mod:`mlr.tuning.distributed`): each rank takes its share of every batch, rank 0 alone logs and writes,
 and the result equals one process with the same global batch.
 
 On the CPU a resumed run reaches the same final weights, bit for bit, as an uninterrupted one with
@@ -32,7 +32,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mlr.checkpoint import (
+from mlr.data.ift import InstructionExample
+from mlr.errors import MlrInputError
+from mlr.io import write_json_atomic
+from mlr.models import load_model
+from mlr.progress import progress_enabled
+from mlr.tuning.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     restore_training_state,
@@ -40,7 +45,7 @@ from mlr.checkpoint import (
     save_pretrained_atomic,
     training_state,
 )
-from mlr.distributed import (
+from mlr.tuning.distributed import (
     STRATEGIES,
     all_reduce_sum,
     barrier,
@@ -51,17 +56,12 @@ from mlr.distributed import (
     unwrap,
     wrap_model,
 )
-from mlr.errors import MlrInputError
-from mlr.ift import InstructionExample
-from mlr.io import write_json_atomic
-from mlr.lora import add_lora, merged
-from mlr.metrics_log import MetricsLog
-from mlr.ml_lr import module_lr_multipliers, param_groups, read_mods_robust
-from mlr.models import load_model
-from mlr.progress import progress_enabled
-from mlr.sampler import EpochSampler
-from mlr.schedule import warmup_cosine
-from mlr.sft import (
+from mlr.tuning.lora import add_lora, merged
+from mlr.tuning.metrics_log import MetricsLog
+from mlr.tuning.ml_lr import module_lr_multipliers, param_groups, read_mods_robust
+from mlr.tuning.sampler import EpochSampler
+from mlr.tuning.schedule import warmup_cosine
+from mlr.tuning.sft import (
     encode_examples,
     load_training_examples,
     make_batch,

@@ -84,7 +84,7 @@ class ModelJudge:
         self.max_new_tokens = max_new_tokens
 
     def verdicts(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
-        from mlr.generation import generate_texts
+        from mlr.evaluation.generation import generate_texts
 
         texts = [self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
