@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from mlr.data.ift import InstructionExample
 from mlr.errors import MlrInputError
-from mlr.io import write_json_atomic
+from mlr.io import reusable, write_json_atomic
 from mlr.models import load_model
 from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
 from mlr.progress import progress_enabled
@@ -149,6 +149,9 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     # 1. Inputs first, so that bad ones fail before a model is loaded.
     examples = load_training_examples(config.data) if examples is None else examples
     robust = read_mods_robust(config.mods_robust) if config.mods_robust else []
+    if not config.resume and latest_checkpoint(out / "checkpoints") is not None:
+        raise MlrInputError(f"{out} holds checkpoints of an earlier run; pass --resume to continue "
+                            "it, or choose another --out")
 
     # 2. Model and tokenizer (right padding for training), LoRA adapters.
     ctx = (init_distributed(torch.device(config.device).type) if config.distributed
@@ -256,25 +259,21 @@ def _fingerprint(config: TrainConfig, encoded: list[tuple[list[int], list[int]]]
 def _finished(config: TrainConfig, out: Path, fingerprint: dict) -> TrainResult | None:
     """With ``resume``, the result of a run that already finished in ``out`` with this
     fingerprint (its model is saved), else None."""
-    summary = out / "train.json"
-    if not (config.resume and summary.is_file() and (out / "model").is_dir()):
+    if not (config.resume and (out / "model").is_dir()):
         return None
-    saved = json.loads(summary.read_text(encoding="utf-8"))
-    if saved.get("fingerprint") != fingerprint:
+    saved = reusable(out / "train.json", fingerprint, field="fingerprint")
+    if saved is None:
         return None
     return TrainResult(**{**saved["result"], "model_dir": Path(saved["result"]["model_dir"])})
 
 
 def _resume(config: TrainConfig, out: Path, fingerprint: dict, model, optimizer, scheduler,
             sampler) -> int:
-    """The step to start from: that of the newest checkpoint with ``resume``, else 0 (a fresh run
-    refuses an ``out`` that holds another run's checkpoints)."""
+    """The step to start from: that of the newest checkpoint (``train`` has refused one without
+    ``resume`` before loading the model), else 0."""
     path = latest_checkpoint(out / "checkpoints")
     if path is None:
         return 0
-    if not config.resume:
-        raise MlrInputError(f"{out} holds checkpoints of an earlier run; pass --resume to continue "
-                            "it, or choose another --out")
     state = load_checkpoint(path)
     changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
     if changed:
