@@ -66,7 +66,7 @@ def test_model_judge_builds_prompts_with_its_chat_template(monkeypatch):
         seen["texts"] = texts
         return ["unsafe\nS2", "safe"]
 
-    monkeypatch.setattr("mlr.evaluation.generation.generate_texts", fake_generate)
+    monkeypatch.setattr("mlr.evaluation.judge.generate_texts", fake_generate)
     judge = ModelJudge(tiny_chat_model_dir())
     verdicts = judge.verdicts(["how to x", "how to y"], ["do x like so", "I can't"])
     assert verdicts == ["complied", "refused"]

@@ -23,7 +23,7 @@ from chat_models import (  # noqa: F401 (one_thread: an autouse fixture)
 from mlr import cli
 from mlr.data.ift import IGNORE_INDEX, InstructionExample
 from mlr.models import load_model
-from mlr.tuning.checkpoint import latest_checkpoint, load_checkpoint
+from mlr.tuning.checkpoint import latest_checkpoint, read_checkpoint_meta
 from mlr.tuning.metrics_log import MetricsLog
 from mlr.tuning.ml_lr import module_lr_multipliers, param_groups
 from mlr.tuning.sampler import EpochSampler
@@ -32,6 +32,7 @@ from mlr.tuning.sft import encode_examples, load_training_examples
 from mlr.tuning.train import TrainConfig, train
 from safetensors.torch import load_file
 from tiny_models import tiny_gpt2, tiny_llama
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 ROBUST = ["model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
 
@@ -181,7 +182,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", child], env=env)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.monotonic() + 60
-    while not list(checkpoints.glob("step-*.pt")) and time.monotonic() < deadline:
+    while latest_checkpoint(checkpoints) is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -254,6 +255,19 @@ def test_a_nan_gradient_stops_training_with_one_line_and_keeps_the_checkpoints(t
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlr: error: step 3: the gradient norm is nan")
     assert not (out / "model").exists()
-    state = load_checkpoint(latest_checkpoint(out / "checkpoints"))
-    assert state["step"] == 2
-    assert all(torch.isfinite(t).all() for t in state["weights"].values())
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    assert read_checkpoint_meta(checkpoint)["step"] == 2 and checkpoint.name == "step-00000002"
+    dcp_to_torch_save(checkpoint, tmp_path / "saved.pt")
+    saved = torch.load(tmp_path / "saved.pt", weights_only=False)["model"]
+    assert saved and all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_an_old_format_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    checkpoints = tmp_path / "out" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({"step": 4}, checkpoints / "step-00000004.pt")
+    assert run_cli("--model", str(tiny_chat_model_dir()), "--out", str(tmp_path / "out"),
+                   "--steps", "8", "--resume") == 2
+    assert capsys.readouterr().err == (
+        f"mlr: error: {checkpoints / 'step-00000004.pt'} is a checkpoint of the old single-file "
+        "format, which this version cannot resume; start the run again in another --out\n")

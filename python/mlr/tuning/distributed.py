@@ -12,6 +12,7 @@ The building blocks of ``mlr train --distributed ddp|fsdp2``, meant to read top 
         loss = loss_sum(model, rank_share(indices, ctx)) / (all_reduce_sum(tokens) / ctx.world_size)
         ...
     save_sharded_checkpoint(run_dir / "checkpoint", model, optimizer)  # every rank, resumable
+    # (mlr.tuning.checkpoint saves the whole training state the same way, for `mlr train`)
     whole = gathered_model(model, build=load_plain_model_on_cpu, ctx=ctx)   # every rank
     run_on_main(ctx, lambda: whole.save_pretrained(out))
     cleanup_distributed()

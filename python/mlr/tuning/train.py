@@ -41,10 +41,8 @@ from mlr.progress import progress_enabled
 from mlr.tuning.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    restore_training_state,
     save_checkpoint,
     save_pretrained_atomic,
-    training_state,
 )
 from mlr.tuning.distributed import (
     STRATEGIES,
@@ -122,8 +120,6 @@ class TrainConfig:
                 f"--warmup-steps must be in 0..{self.steps}, got {self.warmup_steps}")
         require(self.distributed in (None, *STRATEGIES),
                 f"--distributed must be one of {', '.join(STRATEGIES)}, got {self.distributed}")
-        require(not (self.distributed and (self.save_every or self.resume)),
-                "--save-every and --resume do not work with --distributed yet")
         require(not (self.distributed == "fsdp2" and self.lora_rank),
                 "LoRA with --distributed fsdp2 is not supported yet; use ddp")
 
@@ -149,7 +145,8 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     # 1. Inputs first, so that bad ones fail before a model is loaded.
     examples = load_training_examples(config.data) if examples is None else examples
     robust = read_mods_robust(config.mods_robust) if config.mods_robust else []
-    if not config.resume and latest_checkpoint(out / "checkpoints") is not None:
+    checkpoint = latest_checkpoint(out / "checkpoints")  # refuses an old-format one
+    if checkpoint is not None and not config.resume:
         raise MlrInputError(f"{out} holds checkpoints of an earlier run; pass --resume to continue "
                             "it, or choose another --out")
 
@@ -186,7 +183,8 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     finished = _finished(config, out, fingerprint)
     if finished is not None:
         return finished
-    step = _resume(config, out, fingerprint, model, optimizer, scheduler, sampler)
+    step = 0 if checkpoint is None else load_checkpoint(checkpoint, model, optimizer, scheduler,
+                                                         sampler, fingerprint)
     log = MetricsLog(out / "metrics.jsonl")
     if ctx.is_main:
         log.rewind(step)
@@ -233,8 +231,8 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
             bar.update()
             if config.save_every and step % config.save_every == 0:
-                save_checkpoint(out / "checkpoints", training_state(
-                    step, model, optimizer, scheduler, sampler, fingerprint), config.keep_checkpoints)
+                save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler, sampler,
+                                fingerprint, config.keep_checkpoints)
 
     # 8. The final model, LoRA merged in.
     whole = gathered_model(model, lambda: load_model(config.model, config.dtype, "cpu")[0], ctx)
@@ -265,17 +263,3 @@ def _finished(config: TrainConfig, out: Path, fingerprint: dict) -> TrainResult 
     if saved is None:
         return None
     return TrainResult(**{**saved["result"], "model_dir": Path(saved["result"]["model_dir"])})
-
-
-def _resume(config: TrainConfig, out: Path, fingerprint: dict, model, optimizer, scheduler,
-            sampler) -> int:
-    """The step to start from: that of the newest checkpoint (``train`` has refused one without
-    ``resume`` before loading the model), else 0."""
-    path = latest_checkpoint(out / "checkpoints")
-    if path is None:
-        return 0
-    state = load_checkpoint(path)
-    changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-    if changed:
-        raise MlrInputError(f"cannot resume from {path}: the run differs in {', '.join(changed)}")
-    return restore_training_state(state, model, optimizer, scheduler, sampler)
