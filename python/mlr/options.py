@@ -21,7 +21,10 @@ import typing
 from collections.abc import Collection, Sequence
 from typing import Any, TypeVar
 
+import torch
+
 from mlr.errors import MlrInputError
+from mlr.models import DTYPES
 
 C = TypeVar("C")
 
@@ -113,7 +116,8 @@ def require_at_least(config: Any, minimum: float, *names: str) -> None:
         require(value >= minimum, f"{flag(name)} must be at least {minimum}, got {value}")
 
 
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+# The canonical names of mlr.models' dtype table (it also takes aliases such as bf16).
+DTYPE_CHOICES = tuple(name for name, dtype in DTYPES.items() if dtype is getattr(torch, name, None))
 
 
 def dtype_option(help: str = "dtype of the model's weights") -> Any:
