@@ -130,6 +130,6 @@ def device_option() -> Any:
     return option("cpu", "torch device, e.g. cpu, cuda or cuda:1")
 
 
-def model_option(none: str = "the embedded tiny Llama, as built (not aligned)") -> Any:
+def model_option(none: str = "the embedded tiny Llama as built, not aligned") -> Any:
     """``--model``: a local Hugging Face model directory."""
     return option(None, "local Hugging Face model directory", metavar="DIR", none=none)

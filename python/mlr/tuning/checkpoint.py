@@ -137,6 +137,8 @@ def save_checkpoint(directory: str | os.PathLike, step: int, model: nn.Module, o
     if _rank() == 0:
         for old in sorted(p for p in Path(directory).glob(f"{PREFIX}*") if p.is_dir())[:-keep]:
             shutil.rmtree(old)
+        for stale in Path(directory).glob(f".{PREFIX}*"):  # half-written by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
     barrier()
     return target
 
