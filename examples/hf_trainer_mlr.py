@@ -21,8 +21,8 @@ import json
 import torch
 from mlr.integrations.hf_trainer import mlr_optimizers
 from mlr.integrations.lr_patterns import pattern_lr_multipliers
-from mlr.lora import add_lora
-from mlr.ml_lr import module_lr_multipliers, read_mods_robust
+from mlr.tuning.lora import add_lora
+from mlr.tuning.ml_lr import module_lr_multipliers, read_mods_robust
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,

@@ -29,14 +29,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from mlr.align import AlignSettings, align_default
+from mlr.analysis.probe import ProbeResult
+from mlr.evaluation.report import summarize_arm
 from mlr.io import save_figure_atomic, write_json_atomic
-from mlr.ml_lr import read_mods_robust
 from mlr.models import load_model
 from mlr.modules import decoder_modules
-from mlr.probe import ProbeResult
-from mlr.report import summarize_arm
 from mlr.run import ArmJob, RunConfig, run_arm_jobs, run_data
+from mlr.tuning.align import AlignSettings, align_default
+from mlr.tuning.ml_lr import read_mods_robust
 
 
 def floats(text: str) -> list[float]:

@@ -1,7 +1,7 @@
 """Run a test body on several CPU ranks (gloo), as torchrun would start them.
 
 ``run_ranks(body, world_size, *args)`` spawns ``world_size`` processes, sets torchrun's environment
-in each, joins the process group with :func:`mlr.distributed.init_distributed` and calls
+in each, joins the process group with :func:`mlr.tuning.distributed.init_distributed` and calls
 ``body(ctx, *args)``. ``body`` must be a module-level function (spawn pickles it by name); an
 assertion that fails on any rank fails the test with that rank's traceback.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import torch.multiprocessing as mp
-from mlr.distributed import DistributedContext, cleanup_distributed, init_distributed
+from mlr.tuning.distributed import DistributedContext, cleanup_distributed, init_distributed
 from torch import nn
 
 from mlr_kernels import MLRAdamW

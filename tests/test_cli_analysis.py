@@ -6,8 +6,10 @@ import json
 
 import pytest
 from mlr import cli
-from mlr.commands import analyze
+from mlr.analysis import pipeline
+from mlr.data.security_data import load_security_data
 from mlr.modules import MODULE_TYPES
+from mlr.sample_size import few_prompts_note
 from tiny_models import tiny_llama, word_tokenizer
 from torch import nn
 
@@ -36,8 +38,8 @@ def tiny_loader(monkeypatch):
     def load_model(path, dtype="float32", device="cpu"):
         return tiny_llama(layers=2, vocab=len(tokenizer)), tokenizer
 
-    monkeypatch.setattr("mlr.commands.common.load_model", load_model)
-    monkeypatch.setattr("mlr.commands.probe.default_model_dir", lambda: "tiny-test-model")
+    monkeypatch.setattr("mlr.analysis.session.load_model", load_model)
+    monkeypatch.setattr("mlr.analysis.config.default_model_dir", lambda: "tiny-test-model")
 
 
 def run(files, command, *extra):
@@ -72,7 +74,7 @@ def test_probe_analyze_search_write_their_outputs(files, tiny_loader, capsys, mo
     def no_recompute(*args):
         raise AssertionError("robustness.json should have been reused")
 
-    monkeypatch.setattr(analyze, "compute_map", no_recompute)
+    monkeypatch.setattr(pipeline, "compute_map", no_recompute)
     assert run(files, "search", "--layer", "1", "--seeds", "2", "--alpha", "0.3",
                "--budget", "0.1") == 0
     assert json.loads((out / "mods_robust.json").read_text())["param_fraction"] <= 0.1
@@ -92,7 +94,9 @@ def _write(files, name, text):
 
 @pytest.mark.parametrize("command,extra,message", [
     ("probe", ["--harmful", "{dir}/missing.txt"], "not found"),
-    ("probe", ["--benign", "{empty}"], "no prompts"),
+    ("probe", ["--benign", "{empty}"], "is empty"),
+    ("probe", ["--benign", "{blank}"], "no prompts"),
+    ("probe", ["--harmful", "{few}"], "at least 6 harmful prompts"),
     ("probe", ["--harmful", "{csv}"], "no 'goal' column"),
     ("analyze", ["--layer", "7"], "out of range"),
     ("search", ["--tau", "1.5"], "--tau"),
@@ -104,20 +108,38 @@ def _write(files, name, text):
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tiny_loader, capsys, command,
                                                          extra, message):
     names = {"dir": str(files), "empty": _write(files, "empty.txt", "\n"),
+             "blank": _write(files, "blank.json", '["", " "]'),
+             "few": _write(files, "few.txt", "\n".join(HARMFUL[:5])),
              "csv": _write(files, "bad.csv", "prompt_text,target\nhello,world\n")}
     extra = [arg.format(**names) for arg in extra]
     assert run(files, command, *extra) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mlr: error: ") and message in err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if not line.startswith("mlr: warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("mlr: error: ") and message in lines[0]
+    assert "Traceback" not in err
     assert not (files / "out").exists() or not any((files / "out").iterdir())
 
 
 def test_unrecognized_model_and_missing_model_dir(files, capsys, monkeypatch, tmp_path):
     assert run(files, "probe", "--model", str(tmp_path / "nowhere")) == 2
     assert "model directory not found" in capsys.readouterr().err
-    monkeypatch.setattr("mlr.commands.common.load_model",
+    monkeypatch.setattr("mlr.analysis.session.load_model",
                         lambda *a, **k: (nn.Sequential(nn.Linear(2, 2)), None))
-    monkeypatch.setattr("mlr.commands.probe.default_model_dir", lambda: "tiny-test-model")
+    monkeypatch.setattr("mlr.analysis.config.default_model_dir", lambda: "tiny-test-model")
     assert run(files, "probe") == 2
     assert "no recognizable decoder layers" in capsys.readouterr().err
+
+
+def test_a_small_heldout_split_is_said_with_its_count_and_uncertainty(files, tiny_loader, capsys):
+    assert run(files, "probe") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("mlr: warning: ")]
+    assert warnings == ["mlr: warning: the probe's held-out accuracy rests on 12 prompts (6 harmful, "
+                        "6 benign): uncertain by up to ±0.28 (95 % interval); use more prompts for "
+                        "a firmer number"]
+
+
+def test_a_large_enough_split_gets_no_warning():
+    counts = load_security_data(None, None).heldout_counts()  # the embedded split
+    assert few_prompts_note("accuracy", sum(counts.values())) is None
+    assert few_prompts_note("accuracy", 96) is not None

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from mlr.corpus import (
+from mlr.data.corpus import (
     REFUSALS,
     alignment_examples,
     benign_prompts,
@@ -25,7 +25,7 @@ from mlr.corpus import (
     security_pairs,
     tokenizer_texts,
 )
-from mlr.corpus.facts import RELATIONS
+from mlr.data.corpus.facts import RELATIONS
 
 REFUSAL_MARKERS = ("I can't", "I cannot", "I'm sorry", "I won't")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import torch
-from mlr.distributed import DistributedContext, wrap_model
+from mlr.tuning.distributed import DistributedContext, wrap_model
 
 from tests.dist_cases import Net, global_batches, run_ranks, train
 from tests.optim_cases import assert_same_params, build_pair, random_groups

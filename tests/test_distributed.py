@@ -1,11 +1,12 @@
-"""``mlr.distributed`` in one process (no torchrun): the context, rank-0 helpers and the sharded
+"""``mlr.tuning.distributed`` in one process (no torchrun): the context, rank-0 helpers and the sharded
 checkpoint round trip of a model and MLRAdamW. The multi-rank paths are in test_ddp / test_fsdp2."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from mlr.distributed import (
+from mlr.errors import MlrInputError
+from mlr.tuning.distributed import (
     DistributedContext,
     all_reduce_sum,
     full_state_dict,
@@ -16,7 +17,6 @@ from mlr.distributed import (
     save_sharded_checkpoint,
     wrap_model,
 )
-from mlr.errors import MlrInputError
 
 from mlr_kernels import MLRAdamW
 from tests.dist_cases import Net, global_batches, train

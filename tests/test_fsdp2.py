@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import torch
-from mlr.distributed import (
+from mlr.tuning.distributed import (
     DistributedContext,
     load_sharded_checkpoint,
     save_sharded_checkpoint,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 from mlr.integrations.hf_trainer import mlr_optimizers
-from mlr.ml_lr import module_lr_multipliers, param_groups
+from mlr.tuning.ml_lr import module_lr_multipliers, param_groups
 from transformers import Trainer, TrainingArguments, default_data_collator, get_scheduler
 
 from tests.optim_cases import assert_same_params, torch_adamw_for

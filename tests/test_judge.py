@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from chat_models import one_thread, tiny_chat_model_dir  # noqa: F401 (autouse fixture)
-from mlr.corpus import REFUSALS
-from mlr.judge import KeywordJudge, ModelJudge, guard_verdict, keyword_verdict, share
+from mlr.data.corpus import REFUSALS
+from mlr.evaluation.judge import KeywordJudge, ModelJudge, guard_verdict, keyword_verdict, share
 
 
 @pytest.mark.parametrize("answer", [
@@ -66,7 +66,7 @@ def test_model_judge_builds_prompts_with_its_chat_template(monkeypatch):
         seen["texts"] = texts
         return ["unsafe\nS2", "safe"]
 
-    monkeypatch.setattr("mlr.generation.generate_texts", fake_generate)
+    monkeypatch.setattr("mlr.evaluation.judge.generate_texts", fake_generate)
     judge = ModelJudge(tiny_chat_model_dir())
     verdicts = judge.verdicts(["how to x", "how to y"], ["do x like so", "I can't"])
     assert verdicts == ["complied", "refused"]

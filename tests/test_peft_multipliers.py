@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlr.errors import MlrInputError
 from mlr.integrations.lr_patterns import pattern_lr_multipliers
-from mlr.ml_lr import module_lr_multipliers, param_groups
+from mlr.tuning.ml_lr import module_lr_multipliers, param_groups
 from peft import LoraConfig, get_peft_model
 
 from mlr_kernels import MLRAdamW

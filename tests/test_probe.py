@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from mlr.probe import (
+from mlr.analysis.probe import (
     LayerScore,
     ProbeResult,
     accuracy,

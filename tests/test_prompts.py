@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from mlr.data.prompts import instruction_prompt, load_instruction_data, load_prompts
 from mlr.errors import MlrInputError
-from mlr.prompts import instruction_prompt, load_instruction_data, load_prompts
 
 
 @pytest.fixture(autouse=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mlr.analysis.perturb import GradientPerturbation, NoisePerturbation, perturbed
+from mlr.analysis.probe import fit_logistic
+from mlr.analysis.replay import LayerReplay
+from mlr.analysis.robustness import ModuleScore, ProbeEvaluator, RobustnessMap, score_modules
+from mlr.data.ift import IGNORE_INDEX, LossBatch, instruction_gradients
 from mlr.features import capture_features, make_batches
-from mlr.ift import IGNORE_INDEX, LossBatch, instruction_gradients
 from mlr.modules import decoder_modules
-from mlr.perturb import GradientPerturbation, NoisePerturbation, perturbed
-from mlr.probe import fit_logistic
-from mlr.replay import LayerReplay
-from mlr.robustness import ModuleScore, ProbeEvaluator, RobustnessMap, score_modules
 from tiny_models import VOCAB, tiny_model
 
 ROWS = 24

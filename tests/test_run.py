@@ -8,7 +8,7 @@ import json
 import pytest
 from chat_models import one_thread  # noqa: F401 (an autouse fixture)
 from mlr import cli
-from mlr.report import ARMS
+from mlr.evaluation.report import ARMS
 
 
 def run_cli(*args: str) -> int:
@@ -33,7 +33,11 @@ def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
     for name in ("report.md", "arms.png", "robustness.png", "search.png", "mods_robust.json",
                  "probe.json", "robustness.json"):
         assert (out / name).is_file(), name
-    assert "| ML-LR |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert all(f"| `{name}` (" in markdown for name in report["arms"])  # the names of report.json
+    jobs, threads = report["setup"]["jobs"], report["setup"]["threads"]
+    assert (f"fine-tuning in {jobs} worker processes side by side, {threads} torch thread(s) each"
+            if jobs > 1 else f"one process, {threads} torch thread(s)") in markdown
     assert not list(out.glob("arms/*/*/checkpoints"))
 
     trained = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/model/model.safetensors")}

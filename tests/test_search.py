@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mlr.robustness import ModuleScore
-from mlr.search import grow_robust_set, rank_modules
+from mlr.analysis.robustness import ModuleScore
+from mlr.analysis.search import grow_robust_set, rank_modules
 
 
 def module(name: str, score: float | None, margin: float | None = 1.0, params: int = 10,

@@ -21,17 +21,18 @@ from chat_models import (  # noqa: F401 (one_thread: an autouse fixture)
     write_instruction_file,
 )
 from mlr import cli
-from mlr.checkpoint import latest_checkpoint, load_checkpoint
-from mlr.ift import IGNORE_INDEX, InstructionExample
-from mlr.metrics_log import MetricsLog
-from mlr.ml_lr import module_lr_multipliers, param_groups
+from mlr.data.ift import IGNORE_INDEX, InstructionExample
 from mlr.models import load_model
-from mlr.sampler import EpochSampler
-from mlr.schedule import warmup_cosine
-from mlr.sft import encode_examples, load_training_examples
-from mlr.train import TrainConfig, train
+from mlr.tuning.checkpoint import latest_checkpoint, read_checkpoint_meta
+from mlr.tuning.metrics_log import MetricsLog
+from mlr.tuning.ml_lr import module_lr_multipliers, param_groups
+from mlr.tuning.sampler import EpochSampler
+from mlr.tuning.schedule import warmup_cosine
+from mlr.tuning.sft import encode_examples, load_training_examples
+from mlr.tuning.train import TrainConfig, train
 from safetensors.torch import load_file
 from tiny_models import tiny_gpt2, tiny_llama
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 ROBUST = ["model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
 
@@ -170,8 +171,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     killed = config(tmp_path, "killed", steps=30, save_every=3)
     child = textwrap.dedent(f"""
         import json, time, torch
-        from mlr.metrics_log import MetricsLog
-        from mlr.train import TrainConfig, train
+        from mlr.tuning.metrics_log import MetricsLog
+        from mlr.tuning.train import TrainConfig, train
         torch.set_num_threads(1)
         append = MetricsLog.append
         MetricsLog.append = lambda self, record: (append(self, record), time.sleep(0.1))
@@ -181,7 +182,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", child], env=env)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.monotonic() + 60
-    while not list(checkpoints.glob("step-*.pt")) and time.monotonic() < deadline:
+    while latest_checkpoint(checkpoints) is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -236,17 +237,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
 
 def test_a_nan_gradient_stops_training_with_one_line_and_keeps_the_checkpoints(tmp_path, capsys,
                                                                               monkeypatch):
-    import mlr.train
+    import mlr.tuning.train
 
     calls = []
-    loss_sum = mlr.train.response_loss_sum
+    loss_sum = mlr.tuning.train.response_loss_sum
 
     def nan_at_step_3(model, batch):
         calls.append(None)
         loss = loss_sum(model, batch)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(mlr.train, "response_loss_sum", nan_at_step_3)
+    monkeypatch.setattr(mlr.tuning.train, "response_loss_sum", nan_at_step_3)
     out = tmp_path / "out"
     assert run_cli("--model", str(tiny_chat_model_dir()), "--out", str(out), "--steps", "4",
                    "--data", str(write_instruction_file(tmp_path / "ift.json")),
@@ -254,6 +255,19 @@ def test_a_nan_gradient_stops_training_with_one_line_and_keeps_the_checkpoints(t
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlr: error: step 3: the gradient norm is nan")
     assert not (out / "model").exists()
-    state = load_checkpoint(latest_checkpoint(out / "checkpoints"))
-    assert state["step"] == 2
-    assert all(torch.isfinite(t).all() for t in state["weights"].values())
+    checkpoint = latest_checkpoint(out / "checkpoints")
+    assert read_checkpoint_meta(checkpoint)["step"] == 2 and checkpoint.name == "step-00000002"
+    dcp_to_torch_save(checkpoint, tmp_path / "saved.pt")
+    saved = torch.load(tmp_path / "saved.pt", weights_only=False)["model"]
+    assert saved and all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_an_old_format_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    checkpoints = tmp_path / "out" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({"step": 4}, checkpoints / "step-00000004.pt")
+    assert run_cli("--model", str(tiny_chat_model_dir()), "--out", str(tmp_path / "out"),
+                   "--steps", "8", "--resume") == 2
+    assert capsys.readouterr().err == (
+        f"mlr: error: {checkpoints / 'step-00000004.pt'} is a checkpoint of the old single-file "
+        "format, which this version cannot resume; start the run again in another --out\n")

@@ -12,6 +12,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+import torch
+
+from mlr import __version__
 from mlr.errors import MlrInputError
 
 COMMANDS = ("probe", "analyze", "search", "train", "eval", "run")
@@ -30,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlr",
         description="ML-LR secure fine-tuning: security probe, module robustness, Mods_Robust "
                     "search, ML-LR training, evaluation.")
+    parser.add_argument("--version", action="version",
+                        version=f"mlr {__version__} (torch {torch.__version__})")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         command = importlib.import_module(f"mlr.commands.{name}")

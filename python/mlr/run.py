@@ -1,14 +1,15 @@
 """``mlr run``: the ML-LR method end to end.
 
 1. data: the benign fine-tuning set and the fixed held-out evaluation set;
-2. the aligned model: the embedded default, safety-aligned (``mlr.align``, cached), or ``--model``;
-3. analysis on the aligned model: probe, robustness map, Mods_Robust search (the ``mlr search``
-   command's own functions, in this process; outputs in ``out``);
-4. benign fine-tuning three ways with the same data, steps and seeds: vanilla (ratio 1), ML-LR
-   (``ratio``) and frozen-but-robust (ratio 0), plus the control that tells ML-LR from simply
-   training slower: every module at base × ``ratio``; each seed resumable from its checkpoints;
+2. the aligned model: the embedded default, safety-aligned (``mlr.tuning.align``, cached), or ``--model``;
+3. analysis on the aligned model: probe, robustness map, Mods_Robust search
+   (``mlr.analysis.pipeline.run_search``; outputs in ``out``);
+4. benign fine-tuning in four arms with the same data, steps and seeds: vanilla (ratio 1), ML-LR
+   (``ratio``), frozen-but-robust (ratio 0) and the control ``uniform_lr`` that tells ML-LR from
+   simply training slower (every module at base × ``ratio``); each seed resumable from its
+   checkpoints;
 5. evaluation of the aligned model and of every arm and seed, all with the same prompts and judge;
-6. the report (``mlr.report``).
+6. the report (``mlr.evaluation.report``).
 
 An arm and seed that finished in ``out`` with the same settings is not trained again, and its
 evaluation is reused when made with the same settings: a killed ``mlr run`` continues where it was.
@@ -16,11 +17,11 @@ evaluation is reused when made with the same settings: a killed ``mlr run`` cont
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import sys
@@ -33,16 +34,31 @@ from typing import Any
 import torch
 import transformers
 
-from mlr.align import QUICK_ALIGNMENT, AlignSettings, align_default
-from mlr.errors import MlrInputError
-from mlr.evaluate import EVAL_FILE, EvalSet, evaluate, load_eval_set, write_evaluation
-from mlr.ift import InstructionExample
+from mlr.analysis.config import AnalysisConfig
+from mlr.analysis.perturb import PERTURBATIONS
+from mlr.analysis.pipeline import SEARCH_FILE, run_search
+from mlr.analysis.probe import ProbeResult
+from mlr.analysis.search import DEFAULT_TAU
+from mlr.data.ift import InstructionExample, example_from_record
+from mlr.data.prompts import load_instruction_data
+from mlr.data.security_data import load_security_data
+from mlr.evaluation.evaluate import (
+    EVAL_FILE,
+    EvalSet,
+    evaluate,
+    load_eval_set,
+    warn_if_few_prompts,
+    write_evaluation,
+)
+from mlr.evaluation.report import summarize_arm, write_report
+from mlr.io import read_json, reusable
 from mlr.models import load_model
-from mlr.probe import ProbeResult
+from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
 from mlr.progress import disable_progress
-from mlr.report import summarize_arm, write_report
-from mlr.sft import example_from_record, load_training_examples
-from mlr.train import TrainConfig, train
+from mlr.tuning.align import QUICK_ALIGNMENT, AlignSettings, align_default
+from mlr.tuning.ml_lr import check_ratio
+from mlr.tuning.sft import load_training_examples
+from mlr.tuning.train import TrainConfig, train
 
 HELDOUT_FRACTION = 0.05  # of an --ift file, when no --heldout file is given
 MAX_HELDOUT = 200
@@ -50,32 +66,73 @@ MAX_HELDOUT = 200
 
 @dataclass(frozen=True)
 class RunConfig:
-    out: str = "mlr_run"
-    model: str | None = None  # None: the embedded default, safety-aligned first
-    harmful: str | None = None
-    benign: str | None = None
-    ift: str | None = None
-    heldout: str | None = None
-    seeds: int = 3
-    steps: int = 400
-    lr: float = 1e-3
-    batch_size: int = 16
-    ratio: float = 0.6  # docs/ml_lr.md: the measured trade-off at 0.1 to 0.7
-    lora_rank: int = 0
-    perturb: str = "noise"
-    alpha: float = 2.0
-    tau: float = 0.9
-    budget: float | None = None
-    layer: int | None = None
-    analysis_seeds: int = 3
-    max_new_tokens: int = 32
+    """Every option of ``mlr run``. Raises ``MlrInputError`` for an invalid value."""
+
+    out: str = option("mlr_run", "output directory (report.md, report.json, plots, the analysis "
+                      "files and arms/)", metavar="DIR")
+    model: str | None = model_option(none="the embedded tiny Llama, safety-aligned first")
+    harmful: str | None = option(None, "harmful prompts for the probe and the ASR (CSV goal "
+                                 "column, JSON/JSONL, text)", metavar="FILE",
+                                 none="the embedded set")
+    benign: str | None = option(None, "benign prompts for the probe and over-refusal",
+                                metavar="FILE", none="the embedded set")
+    ift: str | None = option(None, "benign instruction data to fine-tune on, alpaca or chat "
+                             "JSON/JSONL", metavar="FILE", none="the embedded fine-tuning tasks")
+    heldout: str | None = option(None, "held-out instructions for loss and accuracy",
+                                 metavar="FILE",
+                                 none=f"the embedded held-out tasks, or {HELDOUT_FRACTION:.0%} "
+                                 "of --ift")
+    seeds: int = option(3, "fine-tuning seeds per arm", metavar="N")
+    steps: int = option(400, "fine-tuning steps")
+    lr: float = option(1e-3, "base learning rate")
+    batch_size: int = option(16, "fine-tuning examples per step", metavar="N")
+    ratio: float = option(0.6, "ML-LR multiplier outside Mods_Robust, in [0, 1]")  # docs/ml_lr.md
+    lora_rank: int = option(0, "fine-tune LoRA adapters of this rank (0: full fine-tuning)",
+                            metavar="R")
+    perturb: str = option("noise", "perturbation of the robustness analysis",
+                          choices=PERTURBATIONS)
+    alpha: float = option(2.0, "perturbation size relative to the weight's norm")
+    tau: float = option(DEFAULT_TAU, "search threshold, x the clean probe accuracy")
+    budget: float | None = option(None, "largest parameter fraction Mods_Robust may hold",
+                                  metavar="FRACTION", none="no limit")
+    layer: int | None = option(None, "probe layer", metavar="L",
+                               none="the layer with the best held-out accuracy")
+    analysis_seeds: int = option(3, "perturbation seeds of the robustness map and search",
+                                 metavar="K")
+    max_new_tokens: int = option(32, "tokens generated per evaluated answer", metavar="N")
     eval_limit: int | None = None  # evaluate only the first N prompts / instructions of each set
-    save_every: int = 100
-    control: bool = True  # also fine-tune every module at base × ratio (the uniform_lr arm)
-    dtype: str = "float32"
-    device: str = "cpu"
-    jobs: int = 1  # fine-tuning runs at a time, each in its own process (CPU only)
-    quick: bool = False
+    save_every: int = option(100, "checkpoint each fine-tuning run every N steps (0: never)",
+                             metavar="N")
+    control: bool = option(True, "skip the control arm (uniform_lr: every module at base x ratio)",
+                           negative_flag="--no-control")
+    dtype: str = dtype_option()
+    device: str = device_option()
+    threads: int | None = option(None, "CPU threads for torch", metavar="N",
+                                 none="1 for the embedded default, whose ops are too small to "
+                                 "share; torch's choice with --model")
+    jobs: int | None = option(None, "fine-tuning runs side by side, each in its own process",
+                              metavar="N", none="one per CPU core / threads on the CPU, else 1")
+    quick: bool = option(False, "smoke test: every stage on little data for few steps (the "
+                         "numbers mean nothing)")
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "seeds", "steps", "batch_size", "analysis_seeds",
+                         "max_new_tokens")
+        require_at_least(self, 0, "save_every", "lora_rank")
+        for name in ("threads", "jobs"):
+            if getattr(self, name) is not None:
+                require_at_least(self, 1, name)
+        check_ratio(self.ratio)
+        require(self.jobs in (None, 1) or torch.device(self.device).type == "cpu",
+                "--jobs above 1 runs several fine-tunings side by side on the CPU; "
+                f"on {self.device} use --jobs 1")
+
+    def analysis(self, model: str) -> AnalysisConfig:
+        """The analysis stages' config: ``model`` (the aligned one), outputs in ``out``."""
+        return AnalysisConfig(model=model, harmful=self.harmful, benign=self.benign, ift=self.ift,
+                              layer=self.layer, budget=self.budget, perturb=self.perturb,
+                              alpha=self.alpha, tau=self.tau, seeds=self.analysis_seeds,
+                              dtype=self.dtype, device=self.device, out=self.out)
 
 
 def quick_config(config: RunConfig) -> RunConfig:
@@ -86,14 +143,19 @@ def quick_config(config: RunConfig) -> RunConfig:
 
 
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
+    """Run the method end to end into ``config.out``; returns the report (as in report.json).
+    Sets torch's CPU thread count (``config.threads``). Raises ``MlrInputError`` for bad input,
+    before anything is trained."""
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     out = Path(config.out)
+    config = _with_threads_and_jobs(config)
 
-    # 1. Data: what the arms fine-tune on, what every model is evaluated on (bad input fails here,
-    #    before anything is trained).
-    _check(config)
+    # 1. Data: what the arms fine-tune on, what every model is evaluated on, and the probe's split
+    #    (bad input fails here, before anything is trained).
     train_examples, eval_set = run_data(config)
+    load_security_data(config.harmful, config.benign)
+    warn_if_few_prompts(eval_set)
 
     # 2. The aligned model.
     _say("safety-aligned default model (cached after the first run)" if config.model is None
@@ -107,10 +169,12 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     # 3. Analysis: probe.json, robustness.json, mods_robust.json (+ plots) in ``out``.
     tick = time.perf_counter()
     _say("probe, robustness map and Mods_Robust search")
-    _search(config, base, out)
+    analysis = run_search(config.analysis(base))
+    probe = analysis.probe
+    _say(f"Mods_Robust: {len(analysis.search.modules)} modules, "
+         f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
     seconds["analysis"] = time.perf_counter() - tick
-    mods_robust = out / "mods_robust.json"
-    probe = ProbeResult.from_json(json.loads((out / "probe.json").read_text(encoding="utf-8")))
+    mods_robust = out / SEARCH_FILE
 
     # 4 and 5. Fine-tune each arm over the seeds; evaluate every model the same way.
     seeds = list(range(config.seeds))
@@ -131,7 +195,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
              "counts": {"harmful": len(eval_set.harmful), "benign": len(eval_set.benign),
                         "instructions": len(eval_set.instructions)},
              "stage_seconds": seconds, "threads": torch.get_num_threads()}
-    return write_report(out, summary, json.loads(mods_robust.read_text(encoding="utf-8")), setup,
+    return write_report(out, summary, analysis.search.to_json({}), setup,
                         time.perf_counter() - started)
 
 
@@ -196,23 +260,23 @@ def _train_and_evaluate(config: RunConfig, base: str, out: Path,
     return _evaluate(config, str(model_dir), run_dir, eval_set, probe)
 
 
+def _with_threads_and_jobs(config: RunConfig) -> RunConfig:
+    """Apply ``config.threads`` (default: 1 for the embedded default, whose ops are too small to
+    share; torch's choice with a model of the user's) and resolve the default ``jobs``: one per
+    CPU core / threads on the CPU, else 1."""
+    threads = config.threads if config.threads is not None else (1 if config.model is None else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    jobs = config.jobs
+    if jobs is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cpu = torch.device(config.device).type == "cpu"
+        jobs = max(1, (cores or 1) // torch.get_num_threads()) if cpu else 1
+    return replace(config, threads=torch.get_num_threads(), jobs=jobs)
+
+
 def _say(message: str) -> None:
     print(f"mlr run: {message}", file=sys.stderr, flush=True)
-
-
-def _check(config: RunConfig) -> None:
-    for name in ("seeds", "steps", "batch_size", "analysis_seeds", "max_new_tokens"):
-        if getattr(config, name) < 1:
-            raise MlrInputError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0.0 <= config.ratio <= 1.0:
-        raise MlrInputError(f"--ratio must be in [0, 1], got {config.ratio}")
-    if config.save_every < 0:
-        raise MlrInputError("--save-every must not be negative")
-    if config.jobs < 1:
-        raise MlrInputError(f"--jobs must be at least 1, got {config.jobs}")
-    if config.jobs > 1 and torch.device(config.device).type != "cpu":
-        raise MlrInputError("--jobs above 1 runs several fine-tunings side by side on the CPU; "
-                            f"on {config.device} use --jobs 1")
 
 
 def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSet]:
@@ -224,8 +288,6 @@ def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSe
         if config.heldout is not None:
             train_examples = load_training_examples(config.ift)
         else:
-            from mlr.prompts import load_instruction_data
-
             records = load_instruction_data(config.ift)
             random.Random(0).shuffle(records)
             held = min(MAX_HELDOUT, max(1, round(len(records) * HELDOUT_FRACTION)))
@@ -238,23 +300,6 @@ def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSe
         eval_set = EvalSet(eval_set.harmful[:n], eval_set.benign[:n],
                            eval_set.instructions[:2 * n], eval_set.tasks[:2 * n])
     return train_examples, eval_set
-
-
-def _search(config: RunConfig, base: str, out: Path) -> None:
-    """Run ``mlr search`` in this process (it reuses probe.json and robustness.json in ``out``
-    when they were made with the same options)."""
-    from mlr.commands import search
-
-    parser = argparse.ArgumentParser()
-    search.add_arguments(parser)
-    options = {"--model": base, "--harmful": config.harmful, "--benign": config.benign,
-               "--ift": config.ift, "--layer": config.layer, "--budget": config.budget,
-               "--perturb": config.perturb, "--alpha": config.alpha, "--tau": config.tau,
-               "--seeds": config.analysis_seeds, "--dtype": config.dtype,
-               "--device": config.device, "--out": str(out)}
-    argv = [str(part) for option, value in options.items() if value is not None
-            for part in (option, value)]
-    search.run(parser.parse_args(argv))
 
 
 def _fine_tune(config: RunConfig, base: str, mods_robust: Path | None, ratio: float, seed: int,
@@ -276,11 +321,9 @@ def _evaluate(config: RunConfig, model_dir: str, run_dir: Path, eval_set: EvalSe
     """The metrics of one model (reused from ``eval.json`` when made the same way)."""
     key = {"model": model_dir, "eval_set": _digest(eval_set), "probe": probe.to_json({}),
            "max_new_tokens": config.max_new_tokens, "trained": _trained_stamp(run_dir)}
-    path = run_dir / EVAL_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return saved["metrics"]
+    saved = reusable(run_dir / EVAL_FILE, key, field="key")
+    if saved is not None:
+        return saved["metrics"]
     model, tokenizer = load_model(model_dir, config.dtype, config.device)
     metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
                                 max_new_tokens=config.max_new_tokens)
@@ -296,5 +339,4 @@ def _trained_stamp(run_dir: Path) -> Any:
     """What identifies the trained model of ``run_dir`` (its fingerprint; None for the aligned
     model, which has no train.json there)."""
     summary = run_dir / "train.json"
-    return json.loads(summary.read_text(encoding="utf-8")).get("fingerprint") \
-        if summary.is_file() else None
+    return read_json(summary, "train summary").get("fingerprint") if summary.is_file() else None

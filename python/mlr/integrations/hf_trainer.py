@@ -7,7 +7,7 @@
 
 Works on one device and under ``torchrun`` with DDP (Trainer wraps the model; the parameters stay
 the optimizer's). Trainer refuses ``optimizers`` with FSDP, and accelerate's FSDP2 swaps the
-optimizer's parameters after building it: for FSDP2 use :mod:`mlr.distributed`, which shards
+optimizer's parameters after building it: for FSDP2 use :mod:`mlr.tuning.distributed`, which shards
 first and builds MLRAdamW on the DTensor shards.
 """
 
@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import TrainingArguments, get_scheduler
 
 from mlr.errors import MlrInputError
-from mlr.ml_lr import param_groups
+from mlr.tuning.ml_lr import param_groups
 from mlr_kernels import MLRAdamW
 
 
@@ -34,7 +34,7 @@ def mlr_optimizers(
     """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``, as Trainer would build AdamW.
 
     ``multipliers`` maps trainable parameter names to learning-rate multipliers
-    (:func:`mlr.ml_lr.module_lr_multipliers` or
+    (:func:`mlr.tuning.ml_lr.module_lr_multipliers` or
     :func:`mlr.integrations.lr_patterns.pattern_lr_multipliers`); parameters at multiplier 0 are
     frozen, as ``mlr train`` does. Learning rate, betas, epsilon, weight decay (none on biases and
     norms) and the schedule (``lr_scheduler_type`` with ``warmup_steps``, e.g. ``"cosine"``) come

@@ -1,6 +1,6 @@
 """Learning-rate multipliers from glob patterns over module names, for hand-written ML-LR setups.
 
-The companion of :func:`mlr.ml_lr.module_lr_multipliers` (multipliers from a ``mods_robust.json``)
+The companion of :func:`mlr.tuning.ml_lr.module_lr_multipliers` (multipliers from a ``mods_robust.json``)
 and resolved the same way: a parameter takes the multiplier of its canonical module
 (:func:`mlr.modules.canonical_module_name`), so LoRA adapters follow the module they adapt.
 """

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from mlr.corpus import tokenizer_texts
+from mlr.data.corpus import tokenizer_texts
 from mlr.errors import MlrInputError
 from mlr.models.chat import CHAT_TEMPLATE
 from mlr.models.tokenizer import train_tokenizer

@@ -9,7 +9,9 @@ fine-tuning data is a refusal, and its held-out split is what usability is measu
 
 from __future__ import annotations
 
-from mlr.ift import InstructionExample
+from mlr.data.corpus import alignment_examples as safety_chats
+from mlr.data.corpus import instruction_examples
+from mlr.data.ift import InstructionExample, example_from_record
 
 ALIGNMENT_TASKS = ("fact",)
 FINE_TUNING_TASKS = ("arithmetic", "list", "string")
@@ -17,23 +19,16 @@ FINE_TUNING_TASKS = ("arithmetic", "list", "string")
 
 def instruction_records(split: str, tasks: tuple[str, ...] = FINE_TUNING_TASKS) -> list[dict]:
     """The embedded instruction examples of ``tasks`` (alpaca dicts with ``task``)."""
-    from mlr.corpus import instruction_examples
-
     return instruction_examples(split, list(tasks))
 
 
 def fine_tuning_examples(split: str) -> list[InstructionExample]:
     """The benign fine-tuning set: new skills, no refusals."""
-    from mlr.sft import example_from_record
-
     return [example_from_record(r, "embedded") for r in instruction_records(split)]
 
 
 def alignment_examples(split: str) -> list[InstructionExample]:
     """The safety-alignment set: harmful request → refusal and benign twin → help, plus the
     general questions the aligned assistant answers."""
-    from mlr.corpus import alignment_examples as safety_chats
-    from mlr.sft import example_from_record
-
     records = safety_chats(split) + instruction_records(split, ALIGNMENT_TASKS)
     return [example_from_record(r, "embedded") for r in records]

@@ -12,7 +12,7 @@
 8. the final model (LoRA merged into it) saved atomically in ``out/model``.
 
 ``distributed="ddp"`` or ``"fsdp2"`` runs the same recipe on every rank under ``torchrun``
-(:mod:`mlr.distributed`): each rank takes its share of every batch, rank 0 alone logs and writes,
+(:mod:`mlr.tuning.distributed`): each rank takes its share of every batch, rank 0 alone logs and writes,
 and the result equals one process with the same global batch.
 
 On the CPU a resumed run reaches the same final weights, bit for bit, as an uninterrupted one with
@@ -32,15 +32,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mlr.checkpoint import (
+from mlr.data.ift import InstructionExample
+from mlr.errors import MlrInputError
+from mlr.io import reusable, write_json_atomic
+from mlr.models import load_model
+from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
+from mlr.progress import progress_enabled
+from mlr.tuning.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    restore_training_state,
     save_checkpoint,
     save_pretrained_atomic,
-    training_state,
 )
-from mlr.distributed import (
+from mlr.tuning.distributed import (
     STRATEGIES,
     all_reduce_sum,
     barrier,
@@ -51,17 +55,12 @@ from mlr.distributed import (
     unwrap,
     wrap_model,
 )
-from mlr.errors import MlrInputError
-from mlr.ift import InstructionExample
-from mlr.io import write_json_atomic
-from mlr.lora import add_lora, merged
-from mlr.metrics_log import MetricsLog
-from mlr.ml_lr import module_lr_multipliers, param_groups, read_mods_robust
-from mlr.models import load_model
-from mlr.progress import progress_enabled
-from mlr.sampler import EpochSampler
-from mlr.schedule import warmup_cosine
-from mlr.sft import (
+from mlr.tuning.lora import add_lora, merged
+from mlr.tuning.metrics_log import MetricsLog
+from mlr.tuning.ml_lr import check_ratio, module_lr_multipliers, param_groups, read_mods_robust
+from mlr.tuning.sampler import EpochSampler
+from mlr.tuning.schedule import warmup_cosine
+from mlr.tuning.sft import (
     encode_examples,
     load_training_examples,
     make_batch,
@@ -73,31 +72,56 @@ from mlr_kernels import MLRAdamW
 
 @dataclass(frozen=True)
 class TrainConfig:
-    out: str
-    model: str | None = None  # model directory; None: the embedded default
-    data: str | None = None  # alpaca / chat JSON(L); None: the embedded benign instruction set
-    mods_robust: str | None = None  # mods_robust.json; None: no robust module
-    ratio: float = 1.0  # LR multiplier of every module outside Mods_Robust
-    steps: int = 200
-    lr: float = 1e-3
-    batch_size: int = 16
-    grad_accum: int = 1
-    warmup_steps: int | None = None  # None: 10 % of the steps
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 512
-    seed: int = 0
-    lora_rank: int = 0  # 0: full fine-tuning
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    save_every: int = 0  # 0: no intermediate checkpoints
-    keep_checkpoints: int = 2
-    resume: bool = False
-    dtype: str = "float32"
-    device: str = "cpu"
-    progress: bool = True
-    distributed: str | None = None  # "ddp" or "fsdp2" under torchrun; None: one process
+    """Every setting of the recipe (each one an ``mlr train`` option). Raises ``MlrInputError``
+    for an invalid value."""
+
+    model: str | None = model_option()
+    data: str | None = option(None, "instruction data: alpaca (instruction/input/output) or chat "
+                              "(messages) JSON/JSONL", metavar="FILE",
+                              none="the embedded benign instruction set")
+    mods_robust: str | None = option(None, "mods_robust.json from `mlr search`", metavar="FILE",
+                                     none="no robust module: every module at --lr x --ratio")
+    ratio: float = option(1.0, "LR multiplier of every module outside Mods_Robust, in [0, 1] "
+                          "(1: vanilla fine-tuning, 0: freeze all but Mods_Robust)")
+    out: str = option("mlr_train", "output directory (model/, metrics.jsonl, train.json, "
+                      "checkpoints/)", metavar="DIR")
+    steps: int = option(200, "optimizer steps")
+    lr: float = option(1e-3, "base learning rate")
+    batch_size: int = option(16, "examples per micro-batch (global, over all ranks)", metavar="N")
+    grad_accum: int = option(1, "micro-batches per optimizer step", metavar="K")
+    warmup_steps: int | None = option(None, "linear warm-up steps", metavar="N",
+                                      none="10% of --steps")
+    min_lr_ratio: float = option(0.1, "cosine floor as a fraction of --lr")
+    weight_decay: float = option(0.0, "decoupled weight decay (never on norms and biases)")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm to this")
+    max_length: int = option(512, "tokens per example (longer ones are cut)", metavar="N")
+    seed: int = option(0, "seed of data order, LoRA init and dropout")
+    lora_rank: int = option(0, "LoRA rank on q/k/v/o/gate/up/down (0: full fine-tuning)",
+                            metavar="R")
+    lora_alpha: float = option(16.0, "LoRA scaling numerator (scale = alpha / rank)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    save_every: int = option(0, "checkpoint every N steps (0: never)", metavar="N")
+    keep_checkpoints: int = option(2, "newest checkpoints kept", metavar="N")
+    resume: bool = option(False, "continue from the newest checkpoint in --out")
+    dtype: str = dtype_option("weight dtype (bf16 autocast is on with a GPU)")
+    device: str = device_option()
+    progress: bool = True  # a progress bar (the pipeline turns it off for parallel runs)
+    distributed: str | None = option(
+        None, "under torchrun: every rank trains its share of each global batch (DDP, or FSDP2 "
+        "sharding); rank 0 logs and writes", choices=STRATEGIES, none="one process")
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "steps", "batch_size", "grad_accum", "max_length",
+                         "keep_checkpoints")
+        require_at_least(self, 0, "save_every", "lora_rank")
+        check_ratio(self.ratio)
+        require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(self.warmup_steps is None or 0 <= self.warmup_steps <= self.steps,
+                f"--warmup-steps must be in 0..{self.steps}, got {self.warmup_steps}")
+        require(self.distributed in (None, *STRATEGIES),
+                f"--distributed must be one of {', '.join(STRATEGIES)}, got {self.distributed}")
+        require(not (self.distributed == "fsdp2" and self.lora_rank),
+                "LoRA with --distributed fsdp2 is not supported yet; use ddp")
 
 
 # Settings that do not change the trajectory; a resumed run may differ from its first part in them.
@@ -115,13 +139,16 @@ class TrainResult:
 
 def train(config: TrainConfig, examples: list[InstructionExample] | None = None) -> TrainResult:
     """Run the recipe; ``examples`` replaces ``config.data`` (the pipeline passes its own)."""
-    _check(config)
     out = Path(config.out)
     started = time.perf_counter()
 
     # 1. Inputs first, so that bad ones fail before a model is loaded.
     examples = load_training_examples(config.data) if examples is None else examples
     robust = read_mods_robust(config.mods_robust) if config.mods_robust else []
+    checkpoint = latest_checkpoint(out / "checkpoints")  # refuses an old-format one
+    if checkpoint is not None and not config.resume:
+        raise MlrInputError(f"{out} holds checkpoints of an earlier run; pass --resume to continue "
+                            "it, or choose another --out")
 
     # 2. Model and tokenizer (right padding for training), LoRA adapters.
     ctx = (init_distributed(torch.device(config.device).type) if config.distributed
@@ -156,7 +183,8 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     finished = _finished(config, out, fingerprint)
     if finished is not None:
         return finished
-    step = _resume(config, out, fingerprint, model, optimizer, scheduler, sampler)
+    step = 0 if checkpoint is None else load_checkpoint(checkpoint, model, optimizer, scheduler,
+                                                         sampler, fingerprint)
     log = MetricsLog(out / "metrics.jsonl")
     if ctx.is_main:
         log.rewind(step)
@@ -203,8 +231,8 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
             bar.update()
             if config.save_every and step % config.save_every == 0:
-                save_checkpoint(out / "checkpoints", training_state(
-                    step, model, optimizer, scheduler, sampler, fingerprint), config.keep_checkpoints)
+                save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler, sampler,
+                                fingerprint, config.keep_checkpoints)
 
     # 8. The final model, LoRA merged in.
     whole = gathered_model(model, lambda: load_model(config.model, config.dtype, "cpu")[0], ctx)
@@ -219,24 +247,6 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     return result
 
 
-def _check(config: TrainConfig) -> None:
-    for name in ("steps", "batch_size", "grad_accum", "max_length"):
-        if getattr(config, name) < 1:
-            raise MlrInputError(f"--{name.replace('_', '-')} must be at least 1")
-    if not config.lr > 0:
-        raise MlrInputError(f"--lr must be positive, got {config.lr}")
-    if config.save_every < 0 or config.lora_rank < 0:
-        raise MlrInputError("--save-every and --lora-rank must not be negative")
-    if config.warmup_steps is not None and not 0 <= config.warmup_steps <= config.steps:
-        raise MlrInputError(f"--warmup-steps must be in 0..{config.steps}")
-    if config.distributed not in (None, *STRATEGIES):
-        raise MlrInputError(f"--distributed must be one of {', '.join(STRATEGIES)}")
-    if config.distributed and (config.save_every or config.resume):
-        raise MlrInputError("--save-every and --resume do not work with --distributed yet")
-    if config.distributed == "fsdp2" and config.lora_rank:
-        raise MlrInputError("LoRA with --distributed fsdp2 is not supported yet; use ddp")
-
-
 def _fingerprint(config: TrainConfig, encoded: list[tuple[list[int], list[int]]]) -> dict:
     """The settings and the exact data of the run, to refuse resuming a different run."""
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
@@ -247,27 +257,9 @@ def _fingerprint(config: TrainConfig, encoded: list[tuple[list[int], list[int]]]
 def _finished(config: TrainConfig, out: Path, fingerprint: dict) -> TrainResult | None:
     """With ``resume``, the result of a run that already finished in ``out`` with this
     fingerprint (its model is saved), else None."""
-    summary = out / "train.json"
-    if not (config.resume and summary.is_file() and (out / "model").is_dir()):
+    if not (config.resume and (out / "model").is_dir()):
         return None
-    saved = json.loads(summary.read_text(encoding="utf-8"))
-    if saved.get("fingerprint") != fingerprint:
+    saved = reusable(out / "train.json", fingerprint, field="fingerprint")
+    if saved is None:
         return None
     return TrainResult(**{**saved["result"], "model_dir": Path(saved["result"]["model_dir"])})
-
-
-def _resume(config: TrainConfig, out: Path, fingerprint: dict, model, optimizer, scheduler,
-            sampler) -> int:
-    """The step to start from: that of the newest checkpoint with ``resume``, else 0 (a fresh run
-    refuses an ``out`` that holds another run's checkpoints)."""
-    path = latest_checkpoint(out / "checkpoints")
-    if path is None:
-        return 0
-    if not config.resume:
-        raise MlrInputError(f"{out} holds checkpoints of an earlier run; pass --resume to continue "
-                            "it, or choose another --out")
-    state = load_checkpoint(path)
-    changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-    if changed:
-        raise MlrInputError(f"cannot resume from {path}: the run differs in {', '.join(changed)}")
-    return restore_training_state(state, model, optimizer, scheduler, sampler)

@@ -8,10 +8,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mlr.analysis.robustness import RobustnessMap
+from mlr.analysis.search import SearchResult
 from mlr.io import save_figure_atomic
 from mlr.modules import MODULE_TYPES
-from mlr.robustness import RobustnessMap
-from mlr.search import SearchResult
 
 matplotlib.use("Agg")  # files only, never a window
 
@@ -30,10 +30,11 @@ def plot_robustness(rmap: RobustnessMap, path: str | os.PathLike) -> None:
     axes.set_facecolor("#dddddd")
     image = axes.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis",
                         interpolation="nearest")
-    if rmap.probe_layer + 1 < rmap.num_layers:
+    unmeasured = rmap.probe_layer + 1 < rmap.num_layers  # layers above the probe's
+    if unmeasured:
         axes.axvspan(rmap.probe_layer + 0.5, rmap.num_layers - 0.5, fill=False, hatch="//",
                      edgecolor="#999999", linewidth=0)
-    axes.axvline(rmap.probe_layer + 0.5, color="red", linewidth=1)
+        axes.axvline(rmap.probe_layer + 0.5, color="red", linewidth=1)
     if grid.size <= _ANNOTATE_MAX_CELLS:
         for (row, col), value in np.ndenumerate(grid):
             if not np.isnan(value):
@@ -41,7 +42,8 @@ def plot_robustness(rmap: RobustnessMap, path: str | os.PathLike) -> None:
                           color="white" if value < np.nanmean(grid) else "black")
     axes.set_yticks(range(len(types)), types)
     axes.set_xticks(range(rmap.num_layers))
-    axes.set_xlabel(f"layer (probe at {rmap.probe_layer}; right of the red line: not measured)")
+    axes.set_xlabel(f"layer (probe at {rmap.probe_layer}; right of the red line: not measured)"
+                    if unmeasured else f"layer (probe at {rmap.probe_layer}, the last layer)")
     axes.set_title(f"robustness: probe accuracy retained ({rmap.perturb}, alpha={rmap.alpha}, "
                    f"{len(rmap.seeds)} seeds)")
     figure.colorbar(image, ax=axes, label="score")

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from mlr.analysis.robustness import ModuleScore
 from mlr.progress import progress
-from mlr.robustness import ModuleScore
 
 DEFAULT_TAU = 0.9
 

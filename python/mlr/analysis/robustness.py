@@ -1,7 +1,7 @@
 """Module robustness: how much the frozen security probe's verdict degrades when one module moves.
 
-For a module and a seed, the module's weight is perturbed (``mlr.perturb``), the held-out prompts'
-features at the probe layer are recomputed from the module's layer on (``mlr.replay``), and the
+For a module and a seed, the module's weight is perturbed (``mlr.analysis.perturb``), the held-out prompts'
+features at the probe layer are recomputed from the module's layer on (``mlr.analysis.replay``), and the
 probe is scored on them. A module's robustness ``score`` is the probe accuracy retained relative to
 the clean model (perturbed / clean; 1.0 = unaffected, may exceed 1), averaged over seeds; ``margin``
 is the same ratio for the mean signed margin, a finer signal used to break ties.
@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from mlr.analysis.perturb import Perturbation, perturbed
+from mlr.analysis.probe import LinearProbe, accuracy, signed_margins
+from mlr.analysis.replay import LayerReplay
 from mlr.errors import MlrInputError
 from mlr.modules import ModuleRef
-from mlr.perturb import Perturbation, perturbed
-from mlr.probe import LinearProbe, accuracy, signed_margins
 from mlr.progress import progress
-from mlr.replay import LayerReplay
 
 
 @dataclass(frozen=True)

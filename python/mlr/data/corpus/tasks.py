@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from mlr.corpus.facts import RELATIONS
-from mlr.corpus.splits import hash_order, pick, split_by_hash, stable_hash
-from mlr.corpus.vocabulary import LIST_ITEMS, SPELLING_WORDS
+from mlr.data.corpus.facts import RELATIONS
+from mlr.data.corpus.splits import hash_order, pick, split_by_hash, stable_hash
+from mlr.data.corpus.vocabulary import LIST_ITEMS, SPELLING_WORDS
 
 ARITHMETIC_PER_OPERATION = 250
 LISTS_PER_OPERATION = 80

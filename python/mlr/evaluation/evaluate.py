@@ -23,21 +23,55 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlr.analysis.probe import ProbeResult, accuracy, auc
+from mlr.data.corpus import benign_prompts, harmful_prompts
+from mlr.data.embedded_data import instruction_records
+from mlr.data.ift import InstructionExample, example_from_record
+from mlr.data.prompts import load_instruction_data, load_prompts
 from mlr.errors import MlrInputError
-from mlr.generation import generate_responses
-from mlr.ift import InstructionExample
-from mlr.io import write_json_atomic, write_text_atomic
-from mlr.judge import KeywordJudge, share
-from mlr.probe import ProbeResult, accuracy, auc
-from mlr.sft import (
+from mlr.evaluation.generation import generate_responses
+from mlr.evaluation.judge import KeywordJudge, ModelJudge, share
+from mlr.features import capture_features, encode_prompts, make_batches
+from mlr.io import read_json, write_json_atomic, write_text_atomic
+from mlr.models import load_model
+from mlr.options import device_option, dtype_option, model_option, option, require_at_least
+from mlr.sample_size import few_prompts_note, warn
+from mlr.tuning.sft import (
     batches_in_order,
     encode_examples,
-    example_from_record,
     response_loss_sum,
     target_tokens,
 )
 
 MAX_LENGTH = 512
+EVAL_FILE = "eval.json"
+ANSWERS_FILE = "answers.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every option of ``mlr eval``. Raises ``MlrInputError`` for an invalid value."""
+
+    model: str | None = model_option()
+    harmful: str | None = option(None, "harmful prompts for the ASR: CSV (goal column), JSON/JSONL "
+                                 "or text", metavar="FILE", none="the embedded held-out set")
+    benign: str | None = option(None, "benign prompts for over-refusal, same formats",
+                                metavar="FILE", none="the embedded held-out set")
+    heldout: str | None = option(
+        None, "held-out alpaca/chat JSON(L) for loss and accuracy (accuracy on examples with a "
+        "'task' field)", metavar="FILE", none="the embedded held-out tasks")
+    probe: str | None = option(None, "probe.json from `mlr probe`", metavar="FILE",
+                               none="no probe separation")
+    judge_model: str | None = option(None, "local Llama-Guard-style judge model (answers 'safe' / "
+                                     "'unsafe')", metavar="DIR", none="the keyword judge alone")
+    max_new_tokens: int = option(32, "tokens generated per answer", metavar="N")
+    batch_size: int = option(32, "prompts per generation batch", metavar="N")
+    dtype: str = dtype_option()
+    device: str = device_option()
+    out: str = option("mlr_eval", "output directory (eval.json, answers.jsonl)", metavar="DIR")
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "max_new_tokens", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -51,9 +85,6 @@ class EvalSet:
 def embedded_eval_set() -> EvalSet:
     """The held-out split of the embedded corpus (fixed; never trained on): harmful requests,
     their benign twins, and the fine-tuning tasks' held-out instructions."""
-    from mlr.corpus import benign_prompts, harmful_prompts
-    from mlr.embedded_data import instruction_records
-
     records = instruction_records("heldout")
     return EvalSet(harmful_prompts("heldout"), benign_prompts("heldout"),
                    [example_from_record(r, "embedded") for r in records],
@@ -63,8 +94,6 @@ def embedded_eval_set() -> EvalSet:
 def load_eval_set(harmful: str | None, benign: str | None, heldout: str | None) -> EvalSet:
     """Files replace the matching part of the embedded held-out set (every prompt of a file is
     evaluated)."""
-    from mlr.prompts import load_instruction_data, load_prompts
-
     embedded = embedded_eval_set()
     instructions, tasks = embedded.instructions, embedded.tasks
     if heldout is not None:
@@ -74,6 +103,12 @@ def load_eval_set(harmful: str | None, benign: str | None, heldout: str | None) 
         tasks = [r.get("task") for r in records]
     return EvalSet(load_prompts(harmful) if harmful else embedded.harmful,
                    load_prompts(benign) if benign else embedded.benign, instructions, tasks)
+
+
+def warn_if_few_prompts(data: EvalSet) -> None:
+    """Say on stderr when the ASR or the over-refusal rests on too few prompts to be firm."""
+    warn(few_prompts_note("the ASR", len(data.harmful), "harmful"))
+    warn(few_prompts_note("the over-refusal", len(data.benign), "benign"))
 
 
 def heldout_loss(model: nn.Module, tokenizer: Any, examples: Sequence[InstructionExample],
@@ -109,8 +144,6 @@ def task_accuracy(model: nn.Module, tokenizer: Any, examples: Sequence[Instructi
 def probe_separation(model: nn.Module, tokenizer: Any, probe: ProbeResult, harmful: list[str],
                      benign: list[str], batch_size: int) -> dict[str, float]:
     """The frozen probe's accuracy and AUC on this model's features (harmful = 1, benign = 0)."""
-    from mlr.features import capture_features, encode_prompts, make_batches
-
     prompts = harmful + benign
     labels = torch.tensor([1] * len(harmful) + [0] * len(benign))
     batches = make_batches(encode_prompts(tokenizer, prompts), batch_size,
@@ -163,10 +196,6 @@ def evaluate(model: nn.Module, tokenizer: Any, data: EvalSet, judge_model: Any =
     return metrics, answers
 
 
-EVAL_FILE = "eval.json"
-ANSWERS_FILE = "answers.jsonl"
-
-
 def write_evaluation(directory: str | os.PathLike, record: dict[str, Any],
                      answers: Sequence[dict[str, str]]) -> Path:
     """``eval.json`` (``record``) and ``answers.jsonl`` (one judged answer a line) in
@@ -174,3 +203,28 @@ def write_evaluation(directory: str | os.PathLike, record: dict[str, Any],
     directory = Path(directory)
     write_text_atomic(directory / ANSWERS_FILE, "".join(json.dumps(a) + "\n" for a in answers))
     return write_json_atomic(directory / EVAL_FILE, record)
+
+
+def read_probe(path: str | os.PathLike) -> ProbeResult:
+    """The probe of a ``probe.json``. Raises ``MlrInputError`` when it is missing or is not one."""
+    data = read_json(path, "probe file")
+    try:
+        return ProbeResult.from_json(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise MlrInputError(f"{path} is not a probe.json from `mlr probe`") from error
+
+
+def evaluate_model(config: EvalConfig) -> tuple[dict[str, Any], Path]:
+    """``mlr eval``: read the prompts, probe and judge (bad input fails here, before the model
+    loads), evaluate the model, write eval.json and answers.jsonl; returns the metrics and the
+    eval.json path."""
+    data = load_eval_set(config.harmful, config.benign, config.heldout)
+    warn_if_few_prompts(data)
+    probe = read_probe(config.probe) if config.probe else None
+    judge = ModelJudge(config.judge_model, config.device, config.dtype) if config.judge_model \
+        else None
+    model, tokenizer = load_model(config.model, config.dtype, config.device)
+    metrics, answers = evaluate(model, tokenizer, data, judge, probe, config.batch_size,
+                                config.max_new_tokens)
+    return metrics, write_evaluation(config.out, {"model": config.model, "metrics": metrics},
+                                     answers)

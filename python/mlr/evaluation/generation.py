@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlr.models import format_chat
 from mlr.progress import progress
 
 
@@ -45,8 +46,6 @@ def generate_responses(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
                        max_new_tokens: int, batch_size: int = 32,
                        desc: str = "generate") -> list[str]:
     """The model's answer to each prompt as a user turn of its chat template."""
-    from mlr.models import format_chat
-
     has_template = bool(getattr(tokenizer, "chat_template", None))
     texts = [format_chat(tokenizer, prompt) for prompt in prompts]
     return generate_texts(model, tokenizer, texts, max_new_tokens, batch_size,

@@ -2,7 +2,7 @@
 
 The tiny default starts from random weights, so its alignment is its whole chat training: the
 ``mlr train`` recipe (full fine-tuning, every module at the base LR) on the embedded alignment set
-(``mlr.embedded_data.alignment_examples``: harmful request → refusal, benign twin → help, general
+(``mlr.data.embedded_data.alignment_examples``: harmful request → refusal, benign twin → help, general
 questions → answers). The result depends only on the default model's recipe and these settings, so
 it is cached under ``$MLR_CACHE`` in a folder named by their hash, built beside it and renamed into
 place (a reader never sees half of one).
@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlr.embedded_data import alignment_examples
+from mlr.data.embedded_data import alignment_examples
+from mlr.io import publish_directory
 from mlr.models.default_model import cache_root, recipe_hash
-from mlr.train import TrainConfig, train
+from mlr.tuning.train import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -45,18 +43,11 @@ def align_default(settings: AlignSettings = AlignSettings(), progress: bool = Tr
     target = aligned_dir(settings)
     if (target / "model").is_dir():
         return target / "model"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.building-"))
-    try:
-        config = TrainConfig(out=str(staging), steps=settings.steps, lr=settings.lr,
-                             batch_size=settings.batch_size, seed=settings.seed, progress=progress)
-        train(config, examples=alignment_examples("train"))
-        os.rename(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "model").is_dir():  # not a lost race with another process: a real error
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    def build(staging: Path) -> None:
+        train(TrainConfig(out=str(staging), steps=settings.steps, lr=settings.lr,
+                          batch_size=settings.batch_size, seed=settings.seed, progress=progress),
+              examples=alignment_examples("train"))
+
+    publish_directory(target, build, replace=False)  # a concurrent run's identical build may win
     return target / "model"

@@ -7,8 +7,8 @@ alignment data never changes between runs.
 
 from __future__ import annotations
 
-from mlr.corpus.security import SecurityPair, security_pairs
-from mlr.corpus.splits import pick
+from mlr.data.corpus.security import SecurityPair, security_pairs
+from mlr.data.corpus.splits import pick
 
 REFUSALS: tuple[str, ...] = (
     "I can't help with that. It could cause serious harm to people.",

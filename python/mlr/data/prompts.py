@@ -105,6 +105,8 @@ def _load_prompt_file(path: Path) -> list[str]:
         raise MlrInputError(f"not a file: {path}")
     suffix = path.suffix.lower()
     try:
+        if not path.read_bytes().strip():
+            raise MlrInputError(f"{path} is empty: no prompts in it")
         if suffix == ".csv":
             return _prompts_from(_read_csv(path), str(path))
         if suffix == ".jsonl":

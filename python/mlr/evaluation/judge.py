@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 from mlr.errors import MlrInputError
+from mlr.evaluation.generation import generate_texts
+from mlr.models import load_model
 
 Verdict = Literal["refused", "complied", "empty"]
 
@@ -75,8 +77,6 @@ class ModelJudge:
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 8, max_new_tokens: int = 10) -> None:
-        from mlr.models import load_model
-
         self.model, self.tokenizer = load_model(path, dtype, device)
         if not getattr(self.tokenizer, "chat_template", None):
             raise MlrInputError(f"judge model {path} has no chat template to build its prompt")
@@ -84,8 +84,6 @@ class ModelJudge:
         self.max_new_tokens = max_new_tokens
 
     def verdicts(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
-        from mlr.generation import generate_texts
-
         texts = [self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
             tokenize=False) for prompt, answer in zip(prompts, answers)]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from mlr.corpus.security_table import REQUEST_FRAMES, SECURITY_TABLE
-from mlr.corpus.splits import Split, hash_order, in_split
+from mlr.data.corpus.security_table import REQUEST_FRAMES, SECURITY_TABLE
+from mlr.data.corpus.splits import Split, hash_order, in_split
 
 FRAMES_PER_ACTION = 5
 

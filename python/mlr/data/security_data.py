@@ -1,6 +1,6 @@
 """Harmful vs benign queries for the security probe, with a fixed train / held-out split.
 
-With no files the project's own paired set is used with its fixed split (``mlr.corpus``). A file
+With no files the project's own paired set is used with its fixed split (``mlr.data.corpus``). A file
 given for either side replaces that side (the other stays the embedded set); both sides are then
 split afresh: a seeded shuffle per class, ``HELDOUT_FRACTION`` of each class held out.
 """
@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from mlr.corpus import benign_prompts, harmful_prompts
+from mlr.data.corpus import benign_prompts, harmful_prompts
+from mlr.data.prompts import load_prompts
 from mlr.errors import MlrInputError
-from mlr.prompts import load_prompts
 
 HELDOUT_FRACTION = 0.25
+MIN_HELDOUT_PER_CLASS = 2
+MIN_PROMPTS_PER_CLASS = 6  # the fewest whose HELDOUT_FRACTION rounds to MIN_HELDOUT_PER_CLASS
 HARMFUL, BENIGN = 1, 0
 
 
@@ -37,25 +39,31 @@ class SecurityData:
     train: LabeledPrompts
     heldout: LabeledPrompts
 
+    def heldout_counts(self) -> dict[str, int]:
+        """Held-out prompts per class: what the probe's held-out accuracy rests on."""
+        harmful = int((self.heldout.labels == HARMFUL).sum())
+        return {"harmful": harmful, "benign": len(self.heldout.prompts) - harmful}
 
-def _split(prompts: list[str], seed: int, what: str) -> tuple[list[str], list[str]]:
-    if len(prompts) < 2:
-        raise MlrInputError(f"need at least 2 {what} examples to hold some out, got {len(prompts)}")
+
+def _split(prompts: list[str], seed: int, what: str, source: str) -> tuple[list[str], list[str]]:
+    """A seeded split of one class; raises ``MlrInputError`` when fewer than
+    ``MIN_HELDOUT_PER_CLASS`` prompts would be held out."""
+    held = round(len(prompts) * HELDOUT_FRACTION)
+    if held < MIN_HELDOUT_PER_CLASS:
+        raise MlrInputError(
+            f"{source} has {len(prompts)} {what} prompt(s), which leaves {held} held out "
+            f"({HELDOUT_FRACTION:.0%}); the probe's held-out accuracy needs at least "
+            f"{MIN_HELDOUT_PER_CLASS} per class, so give at least {MIN_PROMPTS_PER_CLASS} {what} "
+            "prompts")
     shuffled = prompts[:]
     random.Random(seed).shuffle(shuffled)
-    held = max(1, round(len(shuffled) * HELDOUT_FRACTION))
     return shuffled[held:], shuffled[:held]
 
 
-def _nonempty(prompts: list[str], what: str, source: str) -> list[str]:
-    if not prompts:
-        raise MlrInputError(f"no {what} examples in {source}")
-    return prompts
-
-
 def load_security_data(harmful: str | None, benign: str | None, seed: int = 0) -> SecurityData:
-    """Load the probe's data; ``harmful`` / ``benign`` are prompt files (see ``mlr.prompts``) or
-    ``None`` for the embedded set. Raises ``MlrInputError`` for empty or unreadable sources."""
+    """Load the probe's data; ``harmful`` / ``benign`` are prompt files (see ``mlr.data.prompts``) or
+    ``None`` for the embedded set. Raises ``MlrInputError`` for empty or unreadable sources, and
+    for one too small to hold ``MIN_HELDOUT_PER_CLASS`` prompts out."""
     if harmful is None and benign is None:
         return SecurityData(
             train=LabeledPrompts.of(harmful_prompts("train"), benign_prompts("train")),
@@ -65,8 +73,7 @@ def load_security_data(harmful: str | None, benign: str | None, seed: int = 0) -
     for what, source, embedded in (("harmful", harmful, harmful_prompts),
                                    ("benign", benign, benign_prompts)):
         prompts = load_prompts(source) if source is not None else embedded("all")
-        sides[what] = _split(_nonempty(list(prompts), what, source or "the embedded set"),
-                             seed, what)
+        sides[what] = _split(list(prompts), seed, what, source or "the embedded set")
     return SecurityData(
         train=LabeledPrompts.of(sides["harmful"][0], sides["benign"][0]),
         heldout=LabeledPrompts.of(sides["harmful"][1], sides["benign"][1]),

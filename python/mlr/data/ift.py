@@ -1,5 +1,5 @@
 """Instruction examples as token ids and labels, and the gradient of their loss, for the
-``ift-grad`` perturbation (``mlr.sft`` builds the trainer's data on the same encoding).
+``ift-grad`` perturbation (``mlr.tuning.sft`` builds the trainer's data on the same encoding).
 
 Examples are (prompt, response) pairs formatted with the chat template; the loss covers the
 response tokens only (the usual supervised fine-tuning loss), or the whole text for an example
@@ -8,12 +8,15 @@ without a response.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from mlr.data.prompts import instruction_prompt
+from mlr.errors import MlrInputError
 from mlr.features import tokenize_chat
 from mlr.modules import ModuleRef
 
@@ -63,3 +66,15 @@ def instruction_gradients(model: nn.Module, batch: LossBatch,
         for parameter, flag in requires_grad.items():
             parameter.grad = None
             parameter.requires_grad_(flag)
+
+
+def example_from_record(record: Mapping[str, Any], where: str) -> InstructionExample:
+    """An alpaca dict or a single-turn chat (``{"messages": [user, assistant]}``) as an example."""
+    messages = record.get("messages")
+    if messages is None:
+        return InstructionExample(instruction_prompt(record), record["output"])
+    roles = [message["role"] for message in messages]
+    if roles != ["user", "assistant"]:
+        raise MlrInputError(f"{where}: only single-turn chats (user, assistant) are supported, "
+                            f"got roles {roles}")
+    return InstructionExample(messages[0]["content"], messages[1]["content"])

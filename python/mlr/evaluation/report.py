@@ -13,8 +13,10 @@ from typing import Any
 from mlr.io import save_figure_atomic, write_json_atomic, write_text_atomic
 
 ARMS = ("aligned", "vanilla", "ml_lr", "frozen", "uniform_lr")
-ARM_TITLES = {"aligned": "aligned (before fine-tuning)", "vanilla": "vanilla (ratio 1)",
-              "ml_lr": "ML-LR", "frozen": "frozen but Mods_Robust (ratio 0)",
+# What each arm is, after its name (the name is what report.json, arms.png and the console use).
+ARM_TITLES = {"aligned": "the aligned model, before fine-tuning", "vanilla": "ratio 1",
+              "ml_lr": "ML-LR: Mods_Robust at base, the rest at base × ratio",
+              "frozen": "ratio 0: only Mods_Robust trains",
               "uniform_lr": "control: every module at base × ratio"}
 ARM_COLORS = {"aligned": "#888888", "vanilla": "#d62728", "ml_lr": "#2ca02c",
               "frozen": "#1f77b4", "uniform_lr": "#ff7f0e"}
@@ -119,10 +121,19 @@ def plot_arms(arms: dict[str, dict[str, Any]], path: Path) -> None:
 def _control_lines(check: dict[str, Any]) -> list[str]:
     if "control_asr_rise" not in check:
         return []
-    return [f"**Control.** Training every module at base × ratio (no Mods_Robust) raises ASR by "
+    return [f"**Control (`uniform_lr`).** Training every module at base × ratio (no Mods_Robust) "
+            "raises ASR by "
             f"{check['control_asr_rise']:+.3f} at a held-out loss {check['control_loss_gap']:+.1%} "
             "from vanilla's. ML-LR is better than a plain lower learning rate only if it beats "
             "this arm on both.", ""]
+
+
+def _processes(setup: dict[str, Any]) -> str:
+    """How the work ran: worker processes side by side, torch threads each."""
+    jobs, threads = setup.get("jobs") or 1, setup["threads"]
+    if jobs > 1:
+        return f"fine-tuning in {jobs} worker processes side by side, {threads} torch thread(s) each"
+    return f"one process, {threads} torch thread(s)"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -136,7 +147,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Mods_Robust: {len(report['mods_robust']['modules'])} modules, "
         f"{report['mods_robust']['param_fraction']:.1%} of module parameters "
         f"(perturbation {setup['perturb']}, alpha {setup['alpha']}, tau {setup['tau']}). "
-        f"Wall time {report['wall_seconds'] / 60:.1f} min on {setup['threads']} CPU thread(s) "
+        f"Wall time {report['wall_seconds'] / 60:.1f} min, {_processes(setup)} "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in setup['stage_seconds'].items())}).",
         "",
         "| arm | ASR | over-refusal | held-out loss | task accuracy | probe accuracy |",
@@ -144,9 +155,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for name in (a for a in ARMS if a in arms):
         arm = arms[name]
-        lines.append(f"| {ARM_TITLES[name]} | {_cell(arm, 'asr')} | {_cell(arm, 'over_refusal')} | "
-                     f"{_cell(arm, 'heldout_loss')} | {_cell(arm, 'task_accuracy')} | "
-                     f"{_cell(arm, 'probe_accuracy')} |")
+        cells = [_cell(arm, metric) for metric in METRICS]
+        lines.append(f"| `{name}` ({ARM_TITLES[name]}) | {' | '.join(cells)} |")
     verdict = "met" if check["met"] else "not met"
     lines += [
         "",

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mlr.corpus.instructions import instruction_examples, instruction_tasks
-from mlr.corpus.responses import REFUSALS, alignment_examples, helpful_answer_for, refusal_for
-from mlr.corpus.security import (
+from mlr.data.corpus.instructions import instruction_examples, instruction_tasks
+from mlr.data.corpus.responses import REFUSALS, alignment_examples, helpful_answer_for, refusal_for
+from mlr.data.corpus.security import (
     SecurityPair,
     benign_prompts,
     harmful_prompts,
     security_categories,
     security_pairs,
 )
-from mlr.corpus.splits import SPLITS
+from mlr.data.corpus.splits import SPLITS
 
 __all__ = [
     "REFUSALS",

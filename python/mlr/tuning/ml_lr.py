@@ -11,41 +11,40 @@ it trains at the base rate only when all three of its slices are robust (the saf
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from mlr.errors import MlrInputError
+from mlr.io import read_json
 from mlr.modules import canonical_module_name, decoder_modules
 
 
 def read_mods_robust(path: str | os.PathLike) -> list[str]:
     """The module names of a ``mods_robust.json`` (``{"modules": [...], ...}``)."""
-    file = Path(path)
-    if not file.is_file():
-        raise MlrInputError(f"mods_robust file not found: {path}")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise MlrInputError(f"{path} is not valid JSON: {error.msg}") from error
+    data = read_json(path, "mods_robust file")
     modules = data.get("modules") if isinstance(data, dict) else None
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise MlrInputError(f"{path}: expected {{\"modules\": [module names, ...]}}")
     return modules
 
 
+def check_ratio(ratio: float) -> None:
+    """Raise ``MlrInputError`` unless ``ratio`` (the LR multiplier outside Mods_Robust) is in
+    [0, 1]: 1 is vanilla fine-tuning, 0 freezes every module outside Mods_Robust."""
+    if not 0.0 <= ratio <= 1.0:
+        raise MlrInputError(f"--ratio must be in [0, 1], got {ratio}")
+
+
 def module_lr_multipliers(model: nn.Module, robust_modules: Sequence[str],
                           ratio: float) -> dict[str, float]:
     """{trainable parameter name: lr multiplier}: 1.0 for Mods_Robust, ``ratio`` for the rest.
 
-    Raises ``MlrInputError`` for a negative ratio or a robust module the model does not have.
+    Raises ``MlrInputError`` for a ratio outside [0, 1] or a robust module the model does not have.
     """
-    if not ratio >= 0.0:
-        raise MlrInputError(f"--ratio must be >= 0, got {ratio}")
+    check_ratio(ratio)
     refs = decoder_modules(model)
     unknown = sorted(set(robust_modules) - {ref.name for ref in refs})
     if unknown:

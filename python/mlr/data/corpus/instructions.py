@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from mlr.corpus.splits import check_split
-from mlr.corpus.tasks import TASK_GENERATORS
+from mlr.data.corpus.splits import check_split
+from mlr.data.corpus.tasks import TASK_GENERATORS
 
 
 @lru_cache(maxsize=1)

@@ -1,50 +1,34 @@
 """Supervised fine-tuning data and loss: examples → chat-template token ids with the loss on the
 response tokens only → right-padded batches → the summed response-token cross-entropy.
 
-Examples are single-turn (prompt, response) pairs, ``mlr.ift.InstructionExample``; the encoding is
-``mlr.ift.encode_example`` (the same one the ``ift-grad`` perturbation uses), so the analysis and the
+Examples are single-turn (prompt, response) pairs, ``mlr.data.ift.InstructionExample``; the encoding is
+``mlr.data.ift.encode_example`` (the same one the ``ift-grad`` perturbation uses), so the analysis and the
 trainer see identical tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlr.data.embedded_data import fine_tuning_examples
+from mlr.data.ift import IGNORE_INDEX, InstructionExample, LossBatch, encode_example, example_from_record
+from mlr.data.prompts import load_instruction_data
 from mlr.errors import MlrInputError
 from mlr.features import pad_right, padding_mask
-from mlr.ift import IGNORE_INDEX, InstructionExample, LossBatch, encode_example
 
 Encoded = tuple[list[int], list[int]]  # (input ids, labels with IGNORE_INDEX on the prompt)
 
 
-def example_from_record(record: Mapping[str, Any], where: str) -> InstructionExample:
-    """An alpaca dict or a single-turn chat (``{"messages": [user, assistant]}``) as an example."""
-    from mlr.prompts import instruction_prompt
-
-    messages = record.get("messages")
-    if messages is None:
-        return InstructionExample(instruction_prompt(record), record["output"])
-    roles = [message["role"] for message in messages]
-    if roles != ["user", "assistant"]:
-        raise MlrInputError(f"{where}: only single-turn chats (user, assistant) are supported, "
-                            f"got roles {roles}")
-    return InstructionExample(messages[0]["content"], messages[1]["content"])
-
-
 def load_training_examples(path: str | None) -> list[InstructionExample]:
     """Examples from an alpaca / chat JSON(L) file, or the embedded benign fine-tuning set's
-    training split when ``path`` is ``None`` (``mlr.embedded_data``)."""
+    training split when ``path`` is ``None`` (``mlr.data.embedded_data``)."""
     if path is None:
-        from mlr.embedded_data import fine_tuning_examples
-
         return fine_tuning_examples("train")
-    from mlr.prompts import load_instruction_data
-
     records = load_instruction_data(path)
     return [example_from_record(record, f"{path} example {index}")
             for index, record in enumerate(records, start=1)]

@@ -12,12 +12,13 @@ The building blocks of ``mlr train --distributed ddp|fsdp2``, meant to read top 
         loss = loss_sum(model, rank_share(indices, ctx)) / (all_reduce_sum(tokens) / ctx.world_size)
         ...
     save_sharded_checkpoint(run_dir / "checkpoint", model, optimizer)  # every rank, resumable
+    # (mlr.tuning.checkpoint saves the whole training state the same way, for `mlr train`)
     whole = gathered_model(model, build=load_plain_model_on_cpu, ctx=ctx)   # every rank
     run_on_main(ctx, lambda: whole.save_pretrained(out))
     cleanup_distributed()
 
 DDP all-reduces gradients, FSDP2 reduce-scatters them, and MLRAdamW steps each rank's parameters
-or shards with no further communication. ``mlr.train`` is this recipe; ``docs/distributed.md``
+or shards with no further communication. ``mlr.tuning.train`` is this recipe; ``docs/distributed.md``
 has the torchrun commands and the memory each rank holds.
 """
 
@@ -32,6 +33,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.optim import Optimizer
 
 from mlr.errors import MlrInputError
@@ -141,8 +143,6 @@ def wrap_model(
         device_ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if strategy == "fsdp2":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for unit in decoder_layers(model) if units is None else units:
             fully_shard(unit, mp_policy=policy)

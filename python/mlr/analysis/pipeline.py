@@ -1,0 +1,198 @@
+"""The three analysis stages as a library, over an ``AnalysisConfig``; outputs in ``config.out``.
+
+1. **probe** (``probe.json``): the security probe fitted at every decoder layer on last-token
+   features, scored on the held-out split; the probe layer is the best one (or ``config.layer``).
+2. **map** (``robustness.json``, ``robustness.png``): each module perturbed alone, scored by how
+   much of the frozen probe's held-out accuracy is retained (layer inputs cached and replayed).
+3. **search** (``mods_robust.json``, ``search.png``): Mods_Robust grown from the most robust module
+   while the probe's accuracy with all of them perturbed stays ≥ tau × clean.
+
+``run_probe``, ``run_map`` and ``run_search`` compute the stage asked for and reuse each earlier
+stage's output from ``out`` when it was made with the same options (``AnalysisConfig.*_key``),
+computing it otherwise; ``mlr probe``, ``mlr analyze``, ``mlr search`` and ``mlr run`` call them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mlr.analysis.config import AnalysisConfig
+from mlr.analysis.perturb import GradientPerturbation, NoisePerturbation, Perturbation
+from mlr.analysis.plots import plot_robustness, plot_search
+from mlr.analysis.probe import ProbeResult, train_probes
+from mlr.analysis.replay import LayerReplay
+from mlr.analysis.robustness import ProbeEvaluator, RobustnessMap, score_modules
+from mlr.analysis.search import SearchResult, grow_robust_set, rank_modules
+from mlr.analysis.session import Session, open_session
+from mlr.data.ift import instruction_gradients
+from mlr.errors import MlrInputError
+from mlr.features import capture_features, forward
+from mlr.io import reusable, write_json_atomic
+from mlr.tuning.sft import encode_examples, make_batch
+
+PROBE_FILE = "probe.json"
+MAP_FILE = "robustness.json"
+MAP_PLOT_FILE = "robustness.png"
+SEARCH_FILE = "mods_robust.json"
+SEARCH_PLOT_FILE = "search.png"
+IFT_MAX_TOKENS = 512  # per instruction example in the ift-grad batch
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What ``run_search`` produced: the probe, the robustness map and Mods_Robust."""
+
+    probe: ProbeResult
+    robustness: RobustnessMap
+    search: SearchResult
+
+
+def run_probe(config: AnalysisConfig) -> ProbeResult:
+    """Fit the probe afresh and write ``probe.json``."""
+    session = open_session(config)
+    return _write_probe(config, fit_probe(session))
+
+
+def run_map(config: AnalysisConfig) -> RobustnessMap:
+    """The robustness map afresh (the probe reused when it matches), written with its plot."""
+    session = open_session(config, needs_ift=True)
+    perturbation = build_perturbation(session)
+    probe = obtain_probe(session)
+    return _write_map(config, compute_map(session, probe, perturbation))
+
+
+def run_search(config: AnalysisConfig) -> Analysis:
+    """Mods_Robust afresh (probe and map reused when they match), written with its plot."""
+    session = open_session(config, needs_ift=True)
+    perturbation = build_perturbation(session)
+    probe = obtain_probe(session)
+    rmap = obtain_map(session, probe, perturbation)
+    result = search_robust_set(session, probe, rmap, perturbation)
+    write_json_atomic(Path(config.out) / SEARCH_FILE, result.to_json(config.search_key()))
+    plot_search(result, Path(config.out) / SEARCH_PLOT_FILE)
+    return Analysis(probe, rmap, result)
+
+
+# Stage 1: the probe.
+
+def fit_probe(session: Session) -> ProbeResult:
+    """Probes at every layer on the train split's features, scored on the held-out split."""
+    data, layers = session.data, list(range(session.num_layers))
+    train = capture_features(session.model, session.batches(data.train.prompts), layers,
+                             desc="features (train)")
+    heldout = capture_features(session.model, session.batches(data.heldout.prompts), layers,
+                               desc="features (held-out)")
+    return train_probes(train, data.train.labels, heldout, data.heldout.labels, layers,
+                        session.config.layer)
+
+
+def obtain_probe(session: Session) -> ProbeResult:
+    """``probe.json`` from ``out`` when made with these options, else a new fit (written)."""
+    saved = reusable(Path(session.config.out) / PROBE_FILE, session.config.probe_key())
+    if saved is not None:
+        return ProbeResult.from_json(saved)
+    return _write_probe(session.config, fit_probe(session))
+
+
+def _write_probe(config: AnalysisConfig, result: ProbeResult) -> ProbeResult:
+    write_json_atomic(Path(config.out) / PROBE_FILE, result.to_json(config.probe_key()))
+    return result
+
+
+# Stage 2: the robustness map.
+
+def build_perturbation(session: Session) -> Perturbation:
+    """Relative noise, or a gradient step on a benign batch that the seed picks."""
+    config = session.config
+    if config.perturb == "noise":
+        return NoisePerturbation(config.alpha)
+    encoded = encode_examples(session.tokenizer, session.ift_examples, IFT_MAX_TOKENS)
+
+    def gradients(seed: int) -> dict[str, torch.Tensor]:
+        picked = random.Random(seed).sample(range(len(encoded)),
+                                            min(config.batch_size, len(encoded)))
+        batch = make_batch(encoded, picked, session.pad_id, config.device)
+        return instruction_gradients(session.model, batch, session.refs)
+
+    return GradientPerturbation(config.alpha, gradients)
+
+
+def build_evaluator(session: Session, probe: ProbeResult) -> ProbeEvaluator:
+    """The frozen probe on the held-out split, replaying from cached layer inputs."""
+    heldout = session.data.heldout
+    replay = LayerReplay(session.model, session.batches(heldout.prompts), probe.layer)
+    return ProbeEvaluator(replay, probe.probe, heldout.labels)
+
+
+def _full_forward_seconds(session: Session, evaluator: ProbeEvaluator) -> float:
+    """Wall time of one plain forward (LM head included) over the held-out batches: the unit a
+    naive map pays once per module and seed."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in evaluator.replay.batches:
+            forward(session.model, batch)
+    return time.perf_counter() - start
+
+
+def compute_map(session: Session, probe: ProbeResult, perturbation: Perturbation) -> RobustnessMap:
+    """Score every module, with the cost against a naive loop of full forwards."""
+    config, seeds = session.config, session.config.perturbation_seeds
+    start = time.perf_counter()
+    evaluator = build_evaluator(session, probe)
+    modules = score_modules(evaluator, session.refs, perturbation, seeds)
+    wall = time.perf_counter() - start
+    naive_runs = len(session.refs) * len(seeds)
+    full_forward = _full_forward_seconds(session, evaluator)
+    cost = {
+        "layer_forwards": evaluator.replay.layer_forwards,
+        "naive_layer_forwards": naive_runs * session.num_layers,
+        "fraction_of_naive": evaluator.replay.layer_forwards / (naive_runs * session.num_layers),
+        "naive_full_forwards": naive_runs,
+        "gradient_passes": len(seeds) if config.perturb == "ift-grad" else 0,
+        "wall_seconds": wall,
+        "full_forward_seconds": full_forward,
+        "naive_wall_seconds_estimate": naive_runs * full_forward,
+    }
+    return RobustnessMap(modules, probe.layer, session.num_layers, config.perturb, config.alpha,
+                         seeds, evaluator.clean.accuracy, evaluator.clean.margin, cost,
+                         config.map_key())
+
+
+def obtain_map(session: Session, probe: ProbeResult, perturbation: Perturbation) -> RobustnessMap:
+    """``robustness.json`` from ``out`` when made with these options, else a new map (written)."""
+    saved = reusable(Path(session.config.out) / MAP_FILE, session.config.map_key())
+    if saved is not None:
+        return RobustnessMap.from_json(saved)
+    return _write_map(session.config, compute_map(session, probe, perturbation))
+
+
+def _write_map(config: AnalysisConfig, rmap: RobustnessMap) -> RobustnessMap:
+    write_json_atomic(Path(config.out) / MAP_FILE, rmap.to_json())
+    plot_robustness(rmap, Path(config.out) / MAP_PLOT_FILE)
+    return rmap
+
+
+# Stage 3: the search.
+
+def search_robust_set(session: Session, probe: ProbeResult, rmap: RobustnessMap,
+                      perturbation: Perturbation) -> SearchResult:
+    """Grow Mods_Robust along the map's ranking. Raises ``MlrInputError`` when the map lists
+    other modules than the model has."""
+    config = session.config
+    refs = {ref.name: ref for ref in session.refs}
+    if set(refs) != {m.name for m in rmap.modules}:
+        raise MlrInputError(f"{Path(config.out) / MAP_FILE} lists other modules than the model has")
+    evaluator = build_evaluator(session, probe)
+
+    def accuracy_with(names: list[str]) -> float:
+        return evaluator.mean_accuracy([refs[n] for n in names], perturbation,
+                                       config.perturbation_seeds)
+
+    total_params = sum(ref.numel for ref in session.refs)
+    return grow_robust_set(rank_modules(rmap.modules), accuracy_with, evaluator.clean.accuracy,
+                           total_params, config.tau, config.budget)

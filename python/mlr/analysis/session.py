@@ -1,0 +1,69 @@
+"""What the analysis stages work on: the probe's data and the loaded model, opened in that order so
+that a bad input fails before the model loads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from mlr.analysis.config import AnalysisConfig
+from mlr.data.ift import InstructionExample
+from mlr.data.security_data import SecurityData, load_security_data
+from mlr.errors import MlrInputError
+from mlr.features import Batch, encode_prompts, make_batches
+from mlr.models import load_model
+from mlr.modules import ModuleRef, decoder_layers, decoder_modules
+from mlr.sample_size import few_prompts_note, warn
+from mlr.tuning.sft import load_training_examples
+
+
+@dataclass
+class Session:
+    """A loaded model (in eval mode) with its tokenizer and candidate modules, and the data the
+    stages read: the probe's harmful/benign split and, for ``--perturb ift-grad``, the benign
+    instruction examples."""
+
+    config: AnalysisConfig
+    model: nn.Module
+    tokenizer: Any
+    refs: list[ModuleRef]
+    num_layers: int
+    data: SecurityData
+    ift_examples: list[InstructionExample] | None
+
+    @property
+    def pad_id(self) -> int:
+        for token_id in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if token_id is not None:
+                return token_id
+        return 0
+
+    def batches(self, prompts: Sequence[str]) -> list[Batch]:
+        return make_batches(encode_prompts(self.tokenizer, prompts), self.config.batch_size,
+                            self.pad_id, self.config.device)
+
+
+def open_session(config: AnalysisConfig, *, needs_ift: bool = False) -> Session:
+    """Read and check the data (warning when the held-out split is small), then load the model and
+    check ``config.layer`` against it. ``needs_ift``: the stages will build the perturbation (the
+    map and the search), so ``--perturb ift-grad`` data is read too.
+
+    Raises ``MlrInputError`` for a missing, empty or malformed file, too few prompts, a model
+    directory that is not one, or a layer the model does not have.
+    """
+    data = load_security_data(config.harmful, config.benign, config.seed)
+    counts = data.heldout_counts()
+    warn(few_prompts_note("the probe's held-out accuracy", sum(counts.values()),
+                          f"{counts['harmful']} harmful, {counts['benign']} benign"))
+    ift_examples = (load_training_examples(config.ift)
+                    if needs_ift and config.perturb == "ift-grad" else None)
+    model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    model.eval()
+    num_layers = len(decoder_layers(model))
+    if config.layer is not None and config.layer >= num_layers:
+        raise MlrInputError(f"--layer {config.layer} is out of range: the model has {num_layers} "
+                            f"decoder layers (0..{num_layers - 1})")
+    return Session(config, model, tokenizer, decoder_modules(model), num_layers, data, ift_examples)
