@@ -39,7 +39,8 @@ def mlr_optimizers(
     frozen, as ``mlr train`` does. Learning rate, betas, epsilon, weight decay (none on biases and
     norms) and the schedule (``lr_scheduler_type`` with ``warmup_steps``, e.g. ``"cosine"``) come
     from ``args``; ``num_training_steps`` defaults to ``args.max_steps``. The model is moved to
-    ``args.device`` first: MLRAdamW's flat buffers live where the parameters are when it is built.
+    ``args.device`` first, so MLRAdamW's state is allocated there once (moving the model later works
+    too, at the cost of re-packing the state at the next step).
     """
     steps = num_training_steps if num_training_steps is not None else args.max_steps
     if steps <= 0:
