@@ -65,6 +65,7 @@ from mlr_kernels.segments import (
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
+_PLAIN_NUMBERS = {float, int}
 _grad_of = operator.attrgetter("grad")
 _version_of = operator.attrgetter("_version")
 _data_ptr = torch.Tensor.data_ptr
@@ -181,12 +182,13 @@ class FlatBucket:
         return entry
 
     # ------------------------------------------------------------------------------- sync
-    def sync(self, state: dict[Any, Any], extra_state: Callable[[int], Mapping[str, Any]]) -> None:
+    def sync(self, state: dict[Any, Any] | None, extra_state: Callable[[int], Mapping[str, Any]]) -> None:
         """Point the segment table at what user code holds now (see the module docstring).
 
-        ``state`` is the optimizer's ``state`` mapping; an entry that is not the one this bucket
-        last wrote (replaced, cleared, or a whole new mapping) is adopted with
-        :meth:`adopt_state`, ``extra_state(i)`` giving the keys to keep beside the buffers.
+        ``state`` is the optimizer's ``state`` mapping, or None when the caller knows it is as this
+        bucket left it; an entry that is not the one this bucket last wrote (replaced, cleared, or
+        a whole new mapping) is adopted with :meth:`adopt_state`, ``extra_state(i)`` giving the
+        keys to keep beside the buffers.
 
         Raises:
             Repack: a parameter moved to another device or dtype.
@@ -195,11 +197,12 @@ class FlatBucket:
         """
         params = self.params
         local = self._local_params()
-        entries = list(map(state.get, params))
-        if not all(map(operator.is_, entries, self._states)):
-            for i, (entry, ours) in enumerate(zip(entries, self._states)):
-                if entry is not ours:
-                    state[params[i]] = self.adopt_state(i, entry, extra_state(i))
+        if state is not None:
+            entries = list(map(state.get, params))
+            if not all(map(operator.is_, entries, self._states)):
+                for i, (entry, ours) in enumerate(zip(entries, self._states)):
+                    if entry is not ours:
+                        state[params[i]] = self.adopt_state(i, entry, extra_state(i))
 
         data_ptrs = list(map(_data_ptr, local))
         if data_ptrs != self._data_ptrs:
@@ -267,11 +270,11 @@ class FlatBucket:
 
     # ------------------------------------------------------------------------------ step
     def write_hyperparameters(self, groups: Sequence[Mapping[str, Any]], signature: Any,
-                              lrs: list[Any], lr_mults: Sequence[float]) -> None:
+                              lrs: list[Any], lr_mults: Callable[[FlatBucket], Sequence[float]]) -> None:
         """Write the columns of ``table.hyper`` that changed since the last step.
 
         ``signature`` changes whenever a group value other than ``lr`` (or a per-parameter
-        multiplier ``lr_mults[i]``) does; ``lrs`` are the groups' learning rates (floats or
+        multiplier, ``lr_mults(self)``) does; ``lrs`` are the groups' learning rates (floats or
         one-element tensors). Tensor learning rates are combined on the device, so a CUDA-graph
         capture of the step stays valid."""
         hyper = self.table.hyper
@@ -283,10 +286,12 @@ class FlatBucket:
                              float(g["eps"]), float(g["maximize"]), float(g["amsgrad"])))
             table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6)
             hyper[:, [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]] = table.to(self.device)
-            self._lr_mults = torch.tensor(list(lr_mults), dtype=torch.float64, device=self.device)
+            self._lr_mults = torch.tensor(list(lr_mults(self)), dtype=torch.float64, device=self.device)
             self._hyper_signature = signature
             self._lr_signature = None
-        if any(isinstance(lr, torch.Tensor) for lr in lrs):
+        # The set of types is the fast test for plain numbers (a scheduler's numpy float takes
+        # the exact isinstance test).
+        if not set(map(type, lrs)) <= _PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
             group_lr = torch.stack([torch.as_tensor(lr, device=self.device) for lr in lrs])
             hyper[:, LR] = group_lr.to(torch.float64)[self._group_index_device] * self._lr_mults
         elif self._lr_signature != lrs:

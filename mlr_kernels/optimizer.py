@@ -101,6 +101,7 @@ class MLRAdamW(Optimizer):
                 defaults[key] = value
         self.backend_name = backend
         self._buckets: list[FlatBucket] | None = None
+        self._state_values: list[Any] = []
         self._param_lr_mult: dict[torch.Tensor, float] = {}
         self._mult_version = 0
         super().__init__(params, defaults)
@@ -151,6 +152,7 @@ class MLRAdamW(Optimizer):
             buckets.append(bucket)
         self._buckets = buckets
         self._param_count = sum(map(len, map(_params_of, self.param_groups)))
+        self._state_values = list(self.state.values())
 
     @property
     def buckets(self) -> list[FlatBucket]:
@@ -228,7 +230,7 @@ class MLRAdamW(Optimizer):
                      self._mult_version)
         lrs = list(map(_lr_value, groups))
         for bucket in self._sync():
-            bucket.write_hyperparameters(groups, signature, lrs, self._lr_mults_of(bucket))
+            bucket.write_hyperparameters(groups, signature, lrs, self._lr_mults_of)
             dev = bucket.device
             skip = None if found_inf is None else found_inf.to(dev, torch.float32).reshape(1)
             inverse_scale = None if grad_scale is None else grad_scale.to(dev, torch.float32).reshape(1)
@@ -238,19 +240,26 @@ class MLRAdamW(Optimizer):
     def _sync(self) -> list[FlatBucket]:
         """Point every bucket's segment table at what user code holds now (the contract check of
         :mod:`mlr_kernels.flat`); re-pack first if a parameter moved to another device or dtype."""
+        # optimizer.state replaced, cleared or an entry swapped: compared by identity in C, since
+        # looking parameters up (Tensor.__hash__ is Python) would cost more than the rest.
+        values = list(self.state.values())
+        state_changed = (len(values) != len(self._state_values)
+                         or not all(map(operator.is_, values, self._state_values)))
         try:
             for bucket in self.buckets:
-                bucket.sync(self.state, self._extra_state_of(bucket))
+                bucket.sync(self.state if state_changed else None, self._extra_state_of(bucket))
         except Repack:  # model.to(...) after construction
             self._build()
             for bucket in self._buckets:
                 bucket.sync(self.state, self._extra_state_of(bucket))
+        self._state_values = list(self.state.values())
         return self._buckets
 
     def _extra_state_of(self, bucket: FlatBucket) -> Callable[[int], dict[str, Any]]:
         return lambda i: self._extra_state(bucket.params[i])
 
     def _lr_mults_of(self, bucket: FlatBucket) -> list[float]:
+        """Each of ``bucket``'s parameters' learning-rate multiplier."""
         groups = self.param_groups
         return [self._param_lr_mult.get(p, groups[k].get("lr_mult", 1.0))
                 for p, k in zip(bucket.params, bucket.group_index)]

@@ -106,9 +106,12 @@ class SegmentTable:
         count = len(self.numels)
         self.hyper = torch.zeros(count, NUM_HYPER_COLUMNS, dtype=torch.float64, device=self.device)
         self.pointers = torch.zeros(count, NUM_POINTER_COLUMNS, dtype=torch.int64, device=self.device)
+        self.pointers[:, OFFSET] = torch.tensor(self.offsets, dtype=torch.int64)
+        self.pointers[:, NUMEL] = torch.tensor(self.numels, dtype=torch.int64)
         self.params: list[torch.Tensor | None] = [None] * count
         self.grads: list[torch.Tensor | None] = [None] * count
-        self._pointer_rows: list[tuple[int, int, int, int]] = []
+        self._param_ptrs: list[int] = []
+        self._grad_ptrs: list[int] = []
         # Every parameter and gradient address is a multiple of VECTOR_BYTES: the GPU kernels may
         # then move whole chunks with 16-byte accesses (tiles start ALIGN_ELEMENTS into a segment).
         self.vector_aligned = True
@@ -126,13 +129,11 @@ class SegmentTable:
         The caller has checked that each is a contiguous tensor of the table's dtype and device
         with the segment's number of elements: the kernels trust these addresses. The device
         table is written only when an address changed."""
-        rows = list(zip(param_ptrs, grad_ptrs, self.offsets, self.numels))
-        if rows != self._pointer_rows:
-            table = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), NUM_POINTER_COLUMNS)
-            self.pointers.copy_(table, non_blocking=True)
-            self._pointer_rows = rows
-            self.vector_aligned = all(p % VECTOR_BYTES == 0 and g % VECTOR_BYTES == 0
-                                      for p, g, _, _ in rows)
+        if param_ptrs != self._param_ptrs or grad_ptrs != self._grad_ptrs:
+            addresses = torch.tensor([param_ptrs, grad_ptrs], dtype=torch.int64).reshape(2, len(self))
+            self.pointers[:, PARAM_PTR : GRAD_PTR + 1].copy_(addresses.t(), non_blocking=True)
+            self._param_ptrs, self._grad_ptrs = list(param_ptrs), list(grad_ptrs)
+            self.vector_aligned = bool((addresses % VECTOR_BYTES == 0).all())
         self.params, self.grads = list(params), list(grads)
 
     def release(self) -> None:
