@@ -30,7 +30,7 @@ try:  # transformers 5 can keep GGUF blocks packed (with the `kernels` package);
 except ImportError:
     GgufConfig = None
 
-from mlr.errors import MlrInputError
+from mlr.errors import MlrInputError, first_line
 from mlr.models.cache import cache_root, cached_directory
 from mlr.models.requirements import package_dir
 
@@ -64,11 +64,6 @@ def converted_dir(path: str | os.PathLike) -> Path:
     return cache_root() / "gguf" / f"{stem}-{key}"
 
 
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def convert_gguf(path: Path, directory: Path) -> None:
     """Dequantize the GGUF file ``path`` to float32 and ``save_pretrained`` model and tokenizer
     into the existing empty ``directory``.
@@ -86,7 +81,7 @@ def convert_gguf(path: Path, directory: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, **dense)
     except (ImportError, OSError, EOFError, struct.error, ValueError, KeyError, IndexError,
             TypeError, NotImplementedError) as error:  # what a truncated or foreign file raises
-        raise MlrInputError(f"cannot convert the GGUF file {path}: {_one_line(error)}") from error
+        raise MlrInputError(f"cannot convert the GGUF file {path}: {first_line(error)}") from error
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

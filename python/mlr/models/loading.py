@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mlr.errors import MlrInputError
+from mlr.errors import MlrInputError, first_line
 from mlr.models.default_model import default_model_dir
 from mlr.models.gguf import gguf_model_dir
 from mlr.models.presets import PRESETS, preset_file
@@ -26,16 +26,11 @@ DTYPES = {
 }
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def _check_device(device: str) -> torch.device:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise MlrInputError(f"unknown device {device!r}: {_one_line(error)}") from error
+        raise MlrInputError(f"unknown device {device!r}: {first_line(error)}") from error
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise MlrInputError(f"device {device!r} asked for, but no CUDA GPU is available")
     return parsed
@@ -84,7 +79,7 @@ def load_model(path: str | os.PathLike | None = None, dtype: str = "float32",
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype],
                                                      local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise MlrInputError(f"cannot load a causal LM from {directory}: {_one_line(error)}") \
+        raise MlrInputError(f"cannot load a causal LM from {directory}: {first_line(error)}") \
             from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
