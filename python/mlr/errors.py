@@ -6,3 +6,10 @@ class MlrInputError(Exception):
 
     The message is one line that names the problem; ``mlr`` prints it and exits with code 2.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type name when it has none), for wrapping a
+    library's exception into a one-line ``MlrInputError``."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -131,5 +131,6 @@ def device_option() -> Any:
 
 
 def model_option(none: str = "the embedded tiny Llama as built, not aligned") -> Any:
-    """``--model``: a local Hugging Face model directory."""
-    return option(None, "local Hugging Face model directory", metavar="DIR", none=none)
+    """``--model``: a local Hugging Face model directory, a GGUF file or a preset name."""
+    return option(None, "local Hugging Face model directory, GGUF file, or smollm2-135m-instruct",
+                  metavar="MODEL", none=none)

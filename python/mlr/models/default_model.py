@@ -1,20 +1,16 @@
 """The embedded default model: a tiny Llama and a tokenizer trained on the project's corpus.
 
 Nothing is downloaded. The directory is built once and cached under ``$MLR_CACHE`` (default
-``~/.cache/mlr``) in a folder named by a hash of the recipe (architecture, tokenizer settings,
-seed, corpus text), so changing any of them builds a new one. Builds go into a temporary folder
-that is renamed into place, so a reader never sees a half-built model and two processes that race
-both end up using one complete directory.
+``~/.cache/mlr``; see ``mlr.models.cache``, which also makes the build atomic) in a folder named
+by a hash of the recipe (architecture, tokenizer settings, seed, corpus text), so changing any of
+them builds a new one.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,7 +18,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from mlr.data.corpus import tokenizer_texts
-from mlr.errors import MlrInputError
+from mlr.models.cache import build_directory, cache_root, cached_directory
 from mlr.models.chat import CHAT_TEMPLATE
 from mlr.models.tokenizer import train_tokenizer
 
@@ -65,10 +61,6 @@ def recipe_hash() -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("MLR_CACHE") or Path.home() / ".cache" / "mlr").expanduser()
-
-
 def _save_default_model(directory: Path) -> None:
     tokenizer = train_tokenizer(tokenizer_texts(), VOCAB_SIZE,
                                 ARCHITECTURE["max_position_embeddings"])
@@ -92,31 +84,9 @@ def build_default_model_dir(path: str | os.PathLike) -> Path:
 
     Raises ``FileExistsError`` when another process created ``path`` while this one was building.
     """
-    path = Path(path)
-    if path.exists():
-        raise MlrInputError(f"cannot build the default model into {path}: it already exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.building-"))
-    try:
-        _save_default_model(staging)
-        os.rename(staging, path)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-            raise FileExistsError(errno.EEXIST, "built concurrently", str(path)) from error
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path
+    return build_directory(path, _save_default_model)
 
 
 def default_model_dir() -> Path:
     """The cached default model directory, built on first use."""
-    path = cache_root() / f"tiny-llama-{recipe_hash()}"
-    if not path.is_dir():
-        try:
-            build_default_model_dir(path)
-        except FileExistsError:
-            pass  # another process finished first; its directory is complete
-    return path
+    return cached_directory(cache_root() / f"tiny-llama-{recipe_hash()}", _save_default_model)
