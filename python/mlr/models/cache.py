@@ -7,14 +7,12 @@ and two processes that race both end up using one complete directory.
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from mlr.errors import MlrInputError
+from mlr.io import publish_directory
 
 
 def cache_root() -> Path:
@@ -23,38 +21,19 @@ def cache_root() -> Path:
 
 
 def build_directory(path: str | os.PathLike, build: Callable[[Path], None]) -> Path:
-    """Run ``build(staging)`` on an empty folder beside ``path``, then rename it to ``path``.
+    """Build a new directory at ``path`` with ``build(staging)`` (:func:`mlr.io.publish_directory`);
+    if another process published a complete one there first, that one is kept.
 
-    ``path`` must not exist yet (``MlrInputError`` if it does). Raises ``FileExistsError`` when
-    another process renamed its own complete build into place first; the staging folder is removed
-    whatever happens.
+    Raises ``MlrInputError`` when ``path`` exists already, and whatever ``build`` raises.
     """
     path = Path(path)
     if path.exists():
         raise MlrInputError(f"cannot build into {path}: it already exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.building-"))
-    try:
-        build(staging)
-        os.rename(staging, path)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-            raise FileExistsError(errno.EEXIST, "built concurrently", str(path)) from error
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path
+    return publish_directory(path, build, replace=False)
 
 
 def cached_directory(path: str | os.PathLike, build: Callable[[Path], None]) -> Path:
-    """``path`` if it is a directory already, else built there once by ``build`` (see
-    ``build_directory``); a build that loses a race to another process yields the winner's."""
+    """``path`` if it is a directory already, else built there once by ``build``; a build that
+    loses a race to another process yields the winner's directory."""
     path = Path(path)
-    if not path.is_dir():
-        try:
-            build_directory(path, build)
-        except FileExistsError:
-            pass  # another process finished first; its directory is complete
-    return path
+    return path if path.is_dir() else publish_directory(path, build, replace=False)

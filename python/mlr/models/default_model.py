@@ -80,10 +80,8 @@ def _save_default_model(directory: Path) -> None:
 
 
 def build_default_model_dir(path: str | os.PathLike) -> Path:
-    """Build the embedded default model and tokenizer into ``path``, which must not exist yet.
-
-    Raises ``FileExistsError`` when another process created ``path`` while this one was building.
-    """
+    """Build the embedded default model and tokenizer into ``path``, which must not exist yet
+    (``MlrInputError`` otherwise); a directory another process published there meanwhile is kept."""
     return build_directory(path, _save_default_model)
 
 
