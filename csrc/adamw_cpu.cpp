@@ -98,7 +98,8 @@ struct Float16Storage {
 };
 
 // `n` consecutive elements of one segment, every pointer already at the tile's first element.
-// Low-precision params keep their float32 value in `master`. Within a tile nothing overlaps:
+// Low-precision params keep their float32 value in `master`, re-read from the param where user code
+// overwrote it. Within a tile nothing overlaps:
 // __restrict on parameters (GCC keeps it through inlining, unlike on local variables) spares the
 // vectorized loop a runtime overlap check and a scalar fallback, and the scalars come by value so
 // that no store to a buffer can change them.
@@ -111,7 +112,12 @@ MLR_INLINE void adamw_range(const AdamWScalars s, int64_t n, T* __restrict param
   for (int64_t i = 0; i < n; ++i) {
     float p;
     if constexpr (kHasMaster) {
+      // A weight that is not its master rounded was written by user code since the last step
+      // (copy_, .data, a collective, another optimizer): the step starts from what it holds.
+      // Compared as floats, like the GPU kernels: a NaN master re-reads a NaN param, harmlessly.
+      const float seen = Storage::load(param[i]);
       p = master[i];
+      if (Storage::load(Storage::store(p)) != seen) p = seen;
     } else {
       p = param[i];
     }

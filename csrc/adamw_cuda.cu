@@ -161,6 +161,14 @@ __device__ __forceinline__ void store8(T* dst, const float (&src)[kVec]) {
   *reinterpret_cast<uint4*>(dst) = raw;
 }
 
+// The weight a low-precision step starts from: the master, unless the param is no longer the
+// master rounded, i.e. user code wrote it since the last step (copy_, .data, a collective, another
+// optimizer); then what it holds. Compared as floats: a NaN master re-reads a NaN param, harmlessly.
+template <typename T>
+__device__ __forceinline__ float start_from(float master, float seen) {
+  return to_float(from_float<T>(master)) != seen ? seen : master;
+}
+
 // `n` elements of one tile, every pointer already at the tile's first element. T is the
 // param/grad dtype. For float32 the param is the weight being updated; otherwise the float32
 // master is, and the param receives it rounded to nearest even in the same pass. State pointers
@@ -178,7 +186,11 @@ __device__ __forceinline__ void adamw_tile(const SegmentScalars& s, int64_t n, b
     float g[kVec], p[kVec], m[kVec], v[kVec], vmax[kVec] = {};
     load8(grad + i, g);
     if constexpr (kHasMaster) {
+      float seen[kVec];
       load8(master + i, p);
+      load8(param + i, seen);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) p[k] = start_from<T>(p[k], seen[k]);
     } else {
       load8(param + i, p);
     }
@@ -200,7 +212,7 @@ __device__ __forceinline__ void adamw_tile(const SegmentScalars& s, int64_t n, b
     float v = exp_avg_sq[i];
     float p;
     if constexpr (kHasMaster) {
-      p = master[i];
+      p = start_from<T>(master[i], to_float(param[i]));
     } else {
       p = param[i];
     }

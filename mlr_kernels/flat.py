@@ -1,37 +1,40 @@
 """Flat optimizer state, and the check that makes the kernels read what user code sees.
 
-The flat-buffer contract of :class:`~mlr_kernels.MLRAdamW`, and how this module keeps it:
+The flat-buffer contract of :class:`~mlr_kernels.MLRAdamW` (docs/optimizer_contract.md), and how
+this module keeps it:
 
 * **Parameters and gradients stay where user code and autograd put them.** ``p.data`` and
   ``p.grad`` are never re-pointed; the kernel reaches each through its segment's row of
   :attr:`SegmentTable.pointers <mlr_kernels.segments.SegmentTable>`, written from the tensors
-  ``p`` and ``p.grad`` hold *at step time*. So a gradient assigned, written in place, accumulated
-  or clipped, a weight loaded, re-initialized or replaced (``p.data = t``), a tied storage, a
-  ``requires_grad=False`` parameter (its grad is None: left alone), and ``torch.save`` of a module
-  (each parameter owns its storage) all behave as with ``torch.optim.AdamW``.
+  ``p`` and ``p.grad`` hold *at step time*.
 * **What the optimizer owns is flat**: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` and the
   float32 master weights of bfloat16/float16 parameters live in one float32 buffer each per
-  (device, dtype); ``optimizer.state[p]`` holds views of them.
+  (device, dtype); ``optimizer.state[p]`` holds views of them. Only parameters that have had a
+  gradient are packed, as torch creates state lazily (the optimizer re-packs when another one
+  gets its first gradient).
+* **A low-precision weight written by user code is where its step starts.** The kernels compare
+  each bf16/fp16 weight with its master rounded and start from the weight where they differ, so
+  no write can be missed (``p.data``, a collective, another optimizer, a load), at the cost of
+  reading the weight once more (2 bytes per element).
 * **One check per step** (:meth:`FlatBucket.sync`), in C loops over the parameters: the gradient
-  objects (None or not), the parameters' data pointers, for low-precision parameters their version
-  counters, and the state dicts. What changed is handled for that segment only:
+  objects (None or not) and their addresses, the parameters' addresses, and, when the
+  optimizer's ``state`` changed, its entries. What changed is handled for that segment only:
 
   ==========================================  ===============================================
   user action since the last step             what sync does (cost)
   ==========================================  ===============================================
-  backward / ``p.grad = g`` / ``zero_grad``   new grad addresses; None = inactive (a pointer
-                                              row per changed grad; every step under torch's
+  backward / ``p.grad = g`` / ``zero_grad``   new gradient addresses, checked for dtype,
+                                              device and size; None = inactive (the pointer
+                                              table is rewritten: every step under torch's
                                               default ``zero_grad(set_to_none=True)``)
-  grad not contiguous                         a contiguous copy for this step (one copy)
-  in-place write to a bf16/fp16 parameter     its master re-read from it (one copy)
-  ``p.data = t``, ``load_state_dict(assign)``  new address; master re-read (one copy)
+  gradient not contiguous                     a contiguous copy for this step (one copy)
+  ``p.data = t``, ``load_state_dict(assign)``  new address (the kernel re-reads a bf16 master)
   parameter not contiguous                    stepped through a contiguous copy (two copies)
   ``optimizer.state`` entry replaced/cleared  moments zeroed or read from the new entry
   ``model.to(device or dtype)``               :class:`Repack`: the optimizer re-packs
   ==========================================  ===============================================
 
-  With nothing changed but gradient values the check is a few list comparisons: about 0.5 us per
-  parameter on the 2-core CI machine (bench/RESULTS.md).
+  bench/compare_optimizers.py measures the check's host time (bench/RESULTS.md).
 
 A DTensor parameter (FSDP2) is a segment of its rank's local shard; its gradient's local shard is
 read the same way, and its state is DTensors over views of the flat buffers (see
@@ -41,7 +44,6 @@ read the same way, and its state is DTensors over views of the flat buffers (see
 from __future__ import annotations
 
 import operator
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from itertools import compress, repeat
 from typing import Any
@@ -67,9 +69,10 @@ STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 _PLAIN_NUMBERS = {float, int}
 _grad_of = operator.attrgetter("grad")
-_version_of = operator.attrgetter("_version")
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
+_numel = torch.Tensor.numel
+_dtype_and_device = operator.attrgetter("dtype", "device")
 
 
 class Repack(Exception):
@@ -114,12 +117,11 @@ class FlatBucket:
         count = len(self.params)
         # What the last sync saw, per segment.
         self._data_ptrs: list[int] = [-1] * count
-        self._versions: list[int] = [-1] * count
+        self._grad_ptrs: list[int] = []
         self._states: list[dict[str, Any] | None] = [None] * count
         # Segments stepped through a contiguous copy, and the launch order for tied storage.
         self._staged: dict[int, torch.Tensor] = {}
         self._passes: list[list[int]] | None = None
-        self._tied: set[int] = set()
         # The group values the hyper table was last written from.
         self._hyper_signature: Any = None
         self._lr_signature: Any = None
@@ -127,7 +129,6 @@ class FlatBucket:
         self._lr_mults = torch.ones(count, dtype=torch.float64, device=self.device)
         local = self._local_params()
         self._adopt_params(local, list(map(_data_ptr, local)))
-        self._versions = list(map(_version_of, local))
 
     # ------------------------------------------------------------------------------ state
     def state_view(self, key: str, i: int) -> torch.Tensor | None:
@@ -207,14 +208,6 @@ class FlatBucket:
         data_ptrs = list(map(_data_ptr, local))
         if data_ptrs != self._data_ptrs:
             self._adopt_params(local, data_ptrs)
-        if self.master is not None:
-            versions = list(map(_version_of, local))
-            if versions != self._versions:
-                for i, (now, seen) in enumerate(zip(versions, self._versions)):
-                    if now != seen:  # written in place since the last step: the master follows
-                        self.state_view("master", i).copy_(local[i].detach().reshape(self.shapes[i]))
-                self._versions = versions
-
         grads = list(map(_grad_of, params))
         if self.sharding is not None:
             grads = [None if g is None else local_tensor(g) for g in grads]
@@ -229,6 +222,9 @@ class FlatBucket:
             grads = list(map(_dense_contiguous, grads))
         grad_ptrs = (list(map(_data_ptr, grads)) if everywhere
                      else [0 if g is None else g.data_ptr() for g in grads])
+        if grad_ptrs != self._grad_ptrs:  # new gradients: the kernel will trust their size and dtype
+            self._check_grads(present if contiguous else list(compress(grads, live)), live)
+            self._grad_ptrs = grad_ptrs
         if self._staged:
             local = list(local)
             for i in self._staged:
@@ -237,14 +233,24 @@ class FlatBucket:
         self.table.point_at(local, grads, data_ptrs, grad_ptrs)
         self.table.set_active(live)
 
+    def _check_grads(self, present: list[torch.Tensor], live: list[bool]) -> None:
+        """Raise ``RuntimeError`` unless every gradient has its parameter's dtype, device and
+        number of elements (torch checks ``p.grad = g``, but not ``p.grad.data = g``)."""
+        kinds = set(map(_dtype_and_device, present))
+        if kinds and kinds != {(self.dtype, self.device)}:
+            bad = next(k for k in kinds if k != (self.dtype, self.device))
+            raise RuntimeError(f"a gradient is {bad[0]} on {bad[1]} but its parameter is {self.dtype} "
+                               f"on {self.device}")
+        if list(map(_numel, present)) != list(compress(self.table.numels, live)):
+            raise RuntimeError("a gradient does not have its parameter's number of elements")
+
     def _local_params(self) -> list[torch.Tensor]:
         """The tensors the segments are: the parameters, or their local shards (DTensors)."""
         return self.params if self.sharding is None else list(map(local_tensor, self.params))
 
     def _adopt_params(self, local: Sequence[torch.Tensor], data_ptrs: list[int]) -> None:
         """Check the parameters whose storage changed (``p.data = t``, a load with ``assign``,
-        FSDP2 re-sharding, or all of them when the bucket is new); re-read the master of a
-        low-precision one that is not new."""
+        FSDP2 re-sharding, or all of them when the bucket is new)."""
         for i, (p, now, seen) in enumerate(zip(local, data_ptrs, self._data_ptrs)):
             if now == seen:
                 continue
@@ -258,15 +264,10 @@ class FlatBucket:
                 self._staged.pop(i, None)
             else:
                 self._staged[i] = p
-            master = self.state_view("master", i)
-            if master is not None and seen != -1:  # a new tensor: the master follows it
-                master.copy_(p.detach().reshape(master.shape))
         self._data_ptrs = data_ptrs
         # Empty parameters own no memory (and may all sit at address 0): they tie nothing.
         owned = [ptr if n else -1 - i for i, (ptr, n) in enumerate(zip(data_ptrs, self.table.numels))]
         self._passes = _launch_passes(owned)
-        counts = Counter(owned)
-        self._tied = {i for i, ptr in enumerate(owned) if counts[ptr] > 1}
 
     # ------------------------------------------------------------------------------ step
     def write_hyperparameters(self, groups: Sequence[Mapping[str, Any]], signature: Any,
@@ -309,19 +310,13 @@ class FlatBucket:
         if self._passes is None:
             self.backend.adamw_step(self.table, *state, self.table.tiles(tile_size), grad_mult, found_inf)
         else:
-            for segments in self._passes:
-                if self.master is not None:  # tied weights start from the memory they share
-                    for i in segments:
-                        if i in self._tied:
-                            self.state_view("master", i).copy_(self.table.params[i].reshape(self.shapes[i]))
+            for segments in self._passes:  # a tie's master re-reads what the last pass wrote
                 self.backend.adamw_step(self.table, *state, self.table.tiles(tile_size, segments),
                                         grad_mult, found_inf)
         local = self._local_params()
         for i, staged in self._staged.items():
             local[i].detach().copy_(staged.view(self.shapes[i]))
             self._staged[i] = local[i]
-        if self.master is not None:  # the kernels' writes are not in-place writes of user code
-            self._versions = list(map(_version_of, local))
         self.table.release()
 
 

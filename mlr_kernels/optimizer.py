@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping
+from itertools import chain, repeat
 from typing import Any
 
 import torch
@@ -36,6 +37,9 @@ _lr_mult_of = operator.methodcaller("get", "lr_mult", 1.0)
 _wd_mult_of = operator.methodcaller("get", "wd_mult", 1.0)
 _lr_value = operator.itemgetter("lr")
 _params_of = operator.itemgetter("params")
+_PLAIN_NUMBERS = {float, int, bool}
+_amsgrad_of = operator.itemgetter("amsgrad")
+_grad_of = operator.attrgetter("grad")
 
 
 class MLRAdamW(Optimizer):
@@ -101,6 +105,9 @@ class MLRAdamW(Optimizer):
                 defaults[key] = value
         self.backend_name = backend
         self._buckets: list[FlatBucket] | None = None
+        self._unpacked: list[torch.Tensor] = []
+        self._loading: dict[str, Any] | None = None  # inside load_state_dict: the dict being loaded
+        self._layout: tuple[list[int], list[torch.Tensor], list[bool]] = ([], [], [])
         self._state_values: list[Any] = []
         self._param_lr_mult: dict[torch.Tensor, float] = {}
         self._mult_version = 0
@@ -119,7 +126,10 @@ class MLRAdamW(Optimizer):
                                    group.get("lr_mult"), group.get("wd_mult"))
             seen: set[int] = set()
             for p in group["params"]:
-                _check_parameter(p)
+                if not isinstance(p, torch.Tensor):
+                    raise TypeError(f"MLRAdamW params must be tensors, got {type(p).__name__}")
+                if p.requires_grad:  # a frozen one is checked if it ever gets a gradient
+                    _check_trainable(p)
                 if id(p) in seen:
                     raise ValueError("a parameter is listed twice in one param group")
                 seen.add(id(p))
@@ -130,12 +140,23 @@ class MLRAdamW(Optimizer):
             self._build()
 
     def _build(self) -> None:
-        """(Re)pack every parameter into buckets by (device, dtype, sharding), carrying its state
-        over from ``self.state``."""
+        """(Re)pack into buckets by (device, dtype, sharding) every parameter that has state or a
+        gradient, carrying its state over from ``self.state``. As ``torch.optim.AdamW`` creates
+        state lazily, a parameter that never had a gradient (a frozen base weight under LoRA)
+        gets none, and costs nothing."""
+        with torch.inference_mode(False):  # an optimizer built under inference mode still trains
+            self._pack()
+
+    def _pack(self) -> None:
         by_key: dict[tuple[Any, ...], list[tuple[torch.Tensor, int]]] = {}
         amsgrad: dict[tuple[Any, ...], bool] = {}
+        unpacked = []
         for k, group in enumerate(self.param_groups):
             for p in group["params"]:
+                if not self.state.get(p) and p.grad is None:
+                    unpacked.append(p)
+                    continue
+                _check_trainable(p)
                 local = local_tensor(p)
                 key = (local.device, local.dtype, sharding_key(p))
                 by_key.setdefault(key, []).append((p, k))
@@ -143,21 +164,38 @@ class MLRAdamW(Optimizer):
         buckets = []
         for key, members in by_key.items():
             params = [p for p, _ in members]
-            for p in params:
-                _check_parameter(p)
             bucket = FlatBucket(params, amsgrad[key], [k for _, k in members])
             bucket.backend = resolve_backend(self.backend_name, bucket.device)
             for i, p in enumerate(params):
                 self.state[p] = bucket.adopt_state(i, self.state.get(p), self._extra_state(p))
             buckets.append(bucket)
         self._buckets = buckets
-        self._param_count = sum(map(len, map(_params_of, self.param_groups)))
+        self._unpacked = unpacked
+        self._layout = self._group_layout()
         self._state_values = list(self.state.values())
+
+    def _group_layout(self) -> tuple[list[int], list[torch.Tensor], list[bool]]:
+        """What the buckets were packed from: each group's size, every parameter in group order,
+        and each group's amsgrad flag (read in C loops: it is compared at every step)."""
+        groups = self.param_groups
+        return (list(map(len, map(_params_of, groups))), list(chain.from_iterable(map(_params_of, groups))),
+                list(map(_amsgrad_of, groups)))
+
+    def _needs_repack(self) -> bool:
+        """True when the param groups changed shape or order (params added, removed, moved or
+        swapped; groups inserted, removed or reordered), amsgrad was switched, or a parameter
+        without state got a gradient."""
+        sizes, params, amsgrad = self._group_layout()
+        seen_sizes, seen_params, seen_amsgrad = self._layout
+        return (sizes != seen_sizes or amsgrad != seen_amsgrad
+                or not all(map(operator.is_, params, seen_params))
+                or not all(map(operator.is_, map(_grad_of, self._unpacked), repeat(None))))
 
     @property
     def buckets(self) -> list[FlatBucket]:
-        """The flat-state buckets, one per (device, dtype, sharding), packed on first use."""
-        if self._buckets is None or self._param_count != sum(map(len, map(_params_of, self.param_groups))):
+        """The flat-state buckets, one per (device, dtype, sharding) of the parameters that have
+        state, re-packed when the param groups or the set of parameters with gradients changed."""
+        if self._buckets is None or self._needs_repack():
             self._build()
         return self._buckets
 
@@ -176,8 +214,13 @@ class MLRAdamW(Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling, ``copy.deepcopy`` and ``load_state_dict`` come here: re-pack the state."""
+        loading = getattr(self, "_loading", None)
+        if loading:
+            self._restore_uncast(loading["state_dict"], state)
         super().__setstate__(state)
-        self._mult_version = 0
+        self._mult_version = getattr(self, "_mult_version", 0) + 1
+        self._loading = None
         self._build()
 
     # ---------------------------------------------------------------------------- multipliers
@@ -203,7 +246,8 @@ class MLRAdamW(Optimizer):
             if not float(mult) >= 0.0:
                 raise ValueError(f"lr multiplier must be >= 0, got {mult}")
             self._param_lr_mult[key] = float(mult)
-            self.state[key]["lr_mult"] = float(mult)
+            if self.state.get(key):  # a parameter without state gets the key when it is packed
+                self.state[key]["lr_mult"] = float(mult)
         self._mult_version += 1
 
     def lr_mult_of(self, p: torch.Tensor) -> float:
@@ -225,9 +269,7 @@ class MLRAdamW(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         groups = self.param_groups
-        signature = (tuple(map(_static_values, groups)), tuple(map(tuple, map(_betas_of, groups))),
-                     tuple(map(_lr_mult_of, groups)), tuple(map(_wd_mult_of, groups)),
-                     self._mult_version)
+        signature = _group_signature(groups) + (self._mult_version,)
         lrs = list(map(_lr_value, groups))
         for bucket in self._sync():
             bucket.write_hyperparameters(groups, signature, lrs, self._lr_mults_of)
@@ -292,35 +334,66 @@ class MLRAdamW(Optimizer):
 
     # ------------------------------------------------------------------------------ state_dict
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load an ``MLRAdamW`` or ``torch.optim.AdamW`` state_dict.
+        """Load an ``MLRAdamW`` or ``torch.optim.AdamW`` state_dict, as torch does (its checks,
+        errors and load hooks included).
 
-        torch casts moment tensors to each parameter's dtype on load; for low-precision parameters
-        we keep float32 moments, so they are re-read from ``state_dict`` before that cast. Keys
-        the saved groups lack (``lr_mult``, ``wd_mult`` in a torch state_dict) keep this
-        optimizer's values; empty entries (what ``torch.distributed.checkpoint`` gives for state
-        a flattened torch state_dict lacks, such as ``master_param``) count as missing."""
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        ours = [p for g in self.param_groups for p in g["params"]]
-        originals = {id(p): state_dict["state"].get(i, {}) for i, p in zip(saved_ids, ours)}
-        kept = [{k: g[k] for k in _MLR_KEYS if k in g} for g in self.param_groups]
-        # Per-parameter multipliers are the saved ones (torch's loader re-packs through
-        # __setstate__, which reads them).
-        self._param_lr_mult = {p: float(originals[id(p)]["lr_mult"]) for p in ours
-                               if "lr_mult" in originals[id(p)]}
-        super().load_state_dict(state_dict)
-        for group, values in zip(self.param_groups, kept):
-            for key, value in values.items():
-                group.setdefault(key, value)
-        for p in ours:
-            state = self.state[p]
-            for key, value in list(state.items()):
+        torch casts state tensors to each parameter's dtype; for bfloat16/float16 parameters we
+        keep float32 moments and masters, so they are taken from the state_dict as the pre-hooks
+        left it, before that cast (and before the post-hooks run). Keys the saved groups lack
+        (``lr_mult``, ``wd_mult`` in a torch state_dict) keep this optimizer's values, as do
+        ``set_lr_mult`` multipliers; empty entries (what ``torch.distributed.checkpoint`` gives for
+        state a flattened torch state_dict lacks, such as ``master_param``) count as missing."""
+        loading: dict[str, Any] = {}
+
+        def capture(_: Optimizer, loaded: dict[str, Any]) -> None:  # runs after the user's pre-hooks
+            loading["state_dict"] = loaded
+
+        handle = self.register_load_state_dict_pre_hook(capture)
+        self._loading = loading
+        try:
+            super().load_state_dict(state_dict)  # re-packs through __setstate__
+        finally:
+            handle.remove()
+            self._loading = None
+
+    def _restore_uncast(self, loaded: dict[str, Any], state: dict[str, Any]) -> None:
+        """Inside ``load_state_dict``: put back into ``state`` (the one torch built) what its
+        cast would lose, and the MLRAdamW keys the saved state_dict lacks."""
+        for old, new in zip(self.param_groups, state["param_groups"]):
+            for key in _MLR_KEYS:
+                if key in old and key not in new:
+                    new[key] = old[key]
+        saved_ids = [i for g in loaded["param_groups"] for i in g["params"]]
+        params = [p for g in state["param_groups"] for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            entry = state["state"].get(p)
+            if entry is None:
+                continue
+            saved = loaded["state"].get(saved_id, {})
+            for key, value in list(entry.items()):
                 if isinstance(value, Mapping) and not value:
-                    del state[key]
-            for key, value in originals[id(p)].items():
-                if isinstance(value, torch.Tensor) and key != "step":
-                    state[key] = value.to(local_tensor(p).device)
-        self._mult_version += 1
-        self._build()
+                    del entry[key]
+                elif key != "step" and isinstance(saved.get(key), torch.Tensor):
+                    entry[key] = saved[key].to(local_tensor(p).device)
+            if "lr_mult" in entry:
+                self._param_lr_mult[p] = float(entry["lr_mult"])
+
+
+def _group_signature(groups: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """Every group value the hyper table holds but ``lr``, as plain numbers: it changes exactly
+    when one of them does (a ``betas`` list or a tensor edited in place included)."""
+    values = (tuple(map(_static_values, groups)), tuple(map(tuple, map(_betas_of, groups))),
+              tuple(map(_lr_mult_of, groups)), tuple(map(_wd_mult_of, groups)))
+    flat = chain(chain.from_iterable(values[0]), chain.from_iterable(values[1]), values[2], values[3])
+    if set(map(type, flat)) <= _PLAIN_NUMBERS:  # the usual case, decided in C loops
+        return values
+    return tuple(tuple(_plain(v) if not isinstance(v, tuple) else tuple(map(_plain, v)) for v in part)
+                 for part in values)
+
+
+def _plain(value: Any) -> Any:
+    """A tensor hyperparameter's current value (a host sync on a GPU; only tensor ones pay it)."""
+    return value.item() if isinstance(value, torch.Tensor) else value
 
 
 def _scale_of(scaler: torch.amp.GradScaler, like: torch.Tensor) -> torch.Tensor:
@@ -332,9 +405,8 @@ def _scale_of(scaler: torch.amp.GradScaler, like: torch.Tensor) -> torch.Tensor:
     return scale.to(like.device, like.dtype)
 
 
-def _check_parameter(p: Any) -> None:
-    if not isinstance(p, torch.Tensor):
-        raise TypeError(f"MLRAdamW params must be tensors, got {type(p).__name__}")
+def _check_trainable(p: torch.Tensor) -> None:
+    """Raise unless the kernels can step ``p``: a dense float32, bfloat16 or float16 tensor."""
     if p.is_complex():
         raise ValueError("MLRAdamW does not support complex parameters; view them as real "
                          "(torch.view_as_real) first")

@@ -231,6 +231,29 @@ def check_against_reference(backend: ModuleType, case: AdamWCase, steps: int = 2
     return assert_step_result(case, got, expected)
 
 
+def check_written_weights_reseed_the_master(backend: ModuleType, case: AdamWCase) -> AdamWCase:
+    """Overwrite every third low-precision weight (as user code may between steps): the step must
+    start from the written value, not the master. Checked against the reference, and with lr = 0
+    (nothing moves) the master must then hold exactly the written values."""
+    written = case.to("cpu")
+    gen = torch.Generator().manual_seed(3)
+    for view in written.segment_views(written.param):
+        view[::3] = (torch.randn(view[::3].shape, generator=gen) + 4.0).to(view.dtype)
+    got = check_against_reference(backend, written.to(case.param.device))
+    frozen = written.to(case.param.device)
+    frozen.hyper[:, segments.LR] = 0.0
+    backend.adamw_step(**frozen.step_kwargs())
+    frozen = frozen.to("cpu")
+    active = frozen.hyper[:, segments.ACTIVE] != 0
+    layout = zip(frozen.offsets, frozen.param_offsets, frozen.numels)
+    for seg, (state_start, arena_start, n) in enumerate(layout):
+        if active[seg]:
+            param = written.param[arena_start:arena_start + n]
+            torch.testing.assert_close(frozen.master[state_start:state_start + n][::3], param[::3].float(),
+                                       rtol=0, atol=0)
+    return got
+
+
 def check_cuda_graph_replay(backend: ModuleType, case: AdamWCase, steps: int = 2) -> AdamWCase:
     """Capture one step of ``backend`` in a CUDA graph and replay it ``steps`` times, advancing
     the step count on the device in between: the kernel must read everything it needs on the

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_cases import check_against_reference, make_case
+from kernel_cases import check_against_reference, check_written_weights_reseed_the_master, make_case
 
 from mlr_kernels import segments
 from mlr_kernels.backends import cpu
@@ -149,6 +149,7 @@ def test_param_is_master_rounded_to_nearest_even_for_every_kind_of_value(param_d
     values = float32_values_to_round(param_dtype)
     run = make_case([values.numel()], param_dtype=param_dtype, tile_size=4096)
     run.master[: values.numel()].copy_(values)
+    run.segment_views(run.param)[0].copy_(values.to(param_dtype))  # consistent: not a user write
     # exp_avg stays >= 0, so the update lr * exp_avg / denom is -0.0, which keeps a -0.0 master.
     run.grad.abs_()
     run.exp_avg.abs_()
@@ -160,6 +161,11 @@ def test_param_is_master_rounded_to_nearest_even_for_every_kind_of_value(param_d
     assert torch.equal(param.isnan(), nan)
     assert torch.equal(bits(param)[~nan], bits(expected)[~nan])
     assert torch.equal(bits(run.master[: values.numel()])[~nan], bits(values)[~nan])
+
+
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_written_low_precision_weights_are_where_the_step_starts(param_dtype):
+    check_written_weights_reseed_the_master(cpu, case(param_dtype=param_dtype, amsgrad=True))
 
 
 @pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=str)

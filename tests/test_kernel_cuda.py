@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_cases import check_against_reference, check_cuda_graph_replay, make_case
+from kernel_cases import (
+    check_against_reference,
+    check_cuda_graph_replay,
+    check_written_weights_reseed_the_master,
+    make_case,
+)
 
 from mlr_kernels.backends import cuda as cuda_backend
 
@@ -79,6 +84,12 @@ def test_large_buffer_matches_reference():
     check_against_reference(cuda_backend, make_case(numels, device="cuda", amsgrad=True,
                                                     maximize=True, tile_size=cuda_backend.TILE_SIZE),
                             steps=1)
+
+
+@needs_gpu
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_written_low_precision_weights_are_where_the_step_starts(param_dtype):
+    check_written_weights_reseed_the_master(cuda_backend, case(param_dtype=param_dtype, amsgrad=True))
 
 
 @needs_gpu

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_cases import check_against_reference, check_cuda_graph_replay, make_case
+from kernel_cases import (
+    check_against_reference,
+    check_cuda_graph_replay,
+    check_written_weights_reseed_the_master,
+    make_case,
+)
 
 from mlr_kernels.backends import triton as triton_backend
 
@@ -56,6 +61,11 @@ def test_maximize():
 
 def test_inactive_segments_untouched():
     check_against_reference(triton_backend, case(inactive=(0, 3, 5), amsgrad=True))
+
+
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_written_low_precision_weights_are_where_the_step_starts(param_dtype):
+    check_written_weights_reseed_the_master(triton_backend, case(param_dtype=param_dtype, amsgrad=True))
 
 
 @pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)

@@ -385,6 +385,8 @@ def test_cast_after_construction_repacks(backend):
 def test_reshaped_parameter_is_refused_in_one_line():
     p = torch.nn.Parameter(torch.ones(4))
     opt = MLRAdamW([p], backend="reference")
+    p.grad = torch.ones(4)
+    opt.step()  # now p has state of 4 elements (before its first step, any shape is fine, as in torch)
     p.data = torch.ones(5)
     p.grad = torch.ones(5)
     with pytest.raises(ValueError, match=r"now has shape \(5,\).*build a new optimizer"):
@@ -487,7 +489,9 @@ def _random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps
                               "betas": [0.9, 0.99]} for span, m in zip(spans, mults)], weight_decay=0.05)
 
     def mirror_weight(name: str) -> None:
-        ref_params[name].data = ours_params[name].detach().float().clone()
+        # A write that leaves a weight's bf16 value as it was cannot be seen: there the master
+        # keeps its extra precision (less than half a bf16 unit), as start_of_next_step says.
+        ref_params[name].data = start_of_next_step(ours, ours_params[name]).clone()
         ref_params[name].requires_grad_(ours_params[name].requires_grad)
 
     for step in range(steps):
@@ -503,6 +507,9 @@ def _random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps
             state = {k: v.to(dtype) for k, v in make_model(rng.randint(0, 99)).state_dict().items()}
             ours_model.load_state_dict(state)
             ref_model.load_state_dict(state)
+            if low:
+                for name in names:
+                    mirror_weight(name)
         kind = rng.choice(("zero_grad", "zero_grad_keep", "model_zero_grad", "accumulate"))
         for model, opt in ((ours_model, ours), (ref_model, ref)):
             if kind == "zero_grad":
@@ -541,11 +548,21 @@ def _random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps
         ours.step()
         ref.step()
         for name in names:
-            got = ours.state[ours_params[name]]["master_param"] if low else ours_params[name]
-            torch.testing.assert_close(got.float(), ref_params[name], rtol=1e-5, atol=1e-6,
+            got = start_of_next_step(ours, ours_params[name]) if low else ours_params[name]
+            torch.testing.assert_close(got, ref_params[name], rtol=1e-5, atol=1e-6,
                                        msg=lambda m, name=name, step=step: f"step {step}, {name}: {m}")
-            if low:  # and the weight user code sees is that master, rounded
+            if low:  # and the weight user code sees is that, rounded
                 assert torch.equal(ours_params[name], got.to(dtype))
+
+
+def start_of_next_step(opt: MLRAdamW, p: torch.Tensor) -> torch.Tensor:
+    """The fp32 weight a low-precision parameter's next step starts from: its master, where the
+    weight is still the master rounded; what the weight holds where user code wrote it since (the
+    kernels re-read those elements when they next step it); the weight itself without state."""
+    master = opt.state[p].get("master_param")
+    if master is None:
+        return p.detach().float()
+    return torch.where(master.to(p.dtype) == p, master, p.detach().float())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -558,3 +575,237 @@ def test_random_write_patterns_match_torch(backend, seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_random_write_patterns_bf16_follow_fp32_torch(backend, seed):
     _random_write_pattern_run(backend, seed, torch.bfloat16)
+
+
+# ------------------------------------------------- patterns found by trying to break it (round 2)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("write", ["data.fill_", "data[0]", "data.clamp_", "no_grad copy_"])
+def test_writes_to_low_precision_weights_the_version_counter_misses(backend, write):
+    """``p.data`` (and collectives such as ``dist.broadcast``) write without bumping the version
+    counter the optimizer cannot see: the kernels compare each bf16 weight with its rounded master
+    and start from the weight where they differ."""
+    gen = torch.Generator().manual_seed(30)
+    p = torch.nn.Parameter(torch.randn(64, generator=gen).to(torch.bfloat16))
+    opt = MLRAdamW([p], lr=1e-2, backend=backend)
+    for _ in range(2):
+        p.grad = torch.randn(64, generator=gen).to(torch.bfloat16)
+        opt.step()
+    with torch.no_grad():
+        if write == "data.fill_":
+            p.data.fill_(1.0)
+        elif write == "data[0]":
+            p.data[:32] = 3.0
+        elif write == "data.clamp_":
+            p.data.clamp_(min=0.5)
+        else:
+            p.copy_(torch.full_like(p, -2.0))
+    start = start_of_next_step(opt, p)
+    assert torch.equal(start.to(torch.bfloat16), p)  # the written values, not the old master
+    written = p != opt.state[p]["master_param"].to(torch.bfloat16)
+    assert written.any() and torch.equal(start[written], p[written].float())
+    twin = torch.nn.Parameter(start.clone())  # unwritten elements keep their fp32 master
+    ref = torch.optim.AdamW([twin], lr=1e-2)
+    saved = copy.deepcopy(opt.state_dict())  # torch's load keeps the tensors it is given
+    ref.load_state_dict({"state": {0: {k: v for k, v in saved["state"][0].items()
+                                       if k in ("step", "exp_avg", "exp_avg_sq")}},
+                         "param_groups": saved["param_groups"]})
+    g = torch.randn(64, generator=gen).to(torch.bfloat16)
+    p.grad, twin.grad = g, g.float()
+    opt.step()
+    ref.step()
+    torch.testing.assert_close(opt.state[p]["master_param"], twin, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_optimizers_over_one_bf16_parameter(backend):
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    a = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    b = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend=backend)
+    for _ in range(3):
+        p.grad = torch.ones(4, dtype=torch.bfloat16)
+        a.step()
+        b.step()
+    # Each step starts from the other's bf16 result: 6 roundings of at most half a unit (2**-9).
+    torch.testing.assert_close(p.float(), torch.full((4,), 0.4), rtol=0, atol=6 * 2**-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("surgery", ["swap", "move", "reverse", "replace", "insert", "delete"])
+def test_param_group_surgery_is_followed(backend, surgery):
+    """Editing ``param_groups`` the way trainers do (same number of parameters or not): the
+    optimizer steps the groups as they are now, with their learning rates."""
+    def build(kind):
+        a, b, c = (torch.nn.Parameter(torch.ones(2)) for _ in range(3))
+        groups = [{"params": [], "lr": 0.5}, {"params": [a, b], "lr": 0.1}, {"params": [], "lr": 0.0}]
+        opt = (MLRAdamW(groups, weight_decay=0.0, backend=backend) if kind == "ours"
+               else torch.optim.AdamW(groups, weight_decay=0.0))
+        return opt, (a, b, c)
+
+    results = []
+    for kind in ("ours", "torch"):
+        opt, (a, b, c) = build(kind)
+        a.grad, b.grad, c.grad = torch.ones(2), torch.ones(2), torch.ones(2)
+        opt.step()
+        groups = opt.param_groups
+        if surgery == "swap":
+            groups[1]["params"][1] = c
+            opt.state[c] = opt.state.pop(b)
+        elif surgery == "move":
+            del groups[1]["params"][1]  # b
+            groups[2]["params"].append(b)
+        elif surgery == "reverse":
+            groups.reverse()
+        elif surgery == "replace":
+            groups[1]["params"] = [a, c]
+        elif surgery == "insert":
+            groups.insert(0, {**groups[1], "params": [], "lr": 0.3})
+        else:
+            del groups[0]
+        opt.step()
+        results.append([t.detach().clone() for t in (a, b, c)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_amsgrad_switched_on_before_the_first_step(backend):
+    p, q = ones_param(), ones_param()
+    ours = MLRAdamW([p], lr=0.1, backend=backend)
+    ref = torch.optim.AdamW([q], lr=0.1)
+    for opt in (ours, ref):
+        opt.param_groups[0]["amsgrad"] = True
+    for g in (torch.tensor([1.0, 2.0]), torch.tensor([0.1, -3.0]), torch.tensor([0.2, 0.2])):
+        for param, opt in ((p, ours), (q, ref)):
+            param.grad = g.clone()
+            opt.step()
+    torch.testing.assert_close(p, q)
+    assert "max_exp_avg_sq" in ours.state[p]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tensor_hyperparameters_edited_in_place(backend):
+    results = []
+    for kind in ("ours", "torch"):
+        p = torch.nn.Parameter(torch.ones(3))
+        wd, eps = torch.tensor(0.01), torch.tensor(1e-8)
+        betas = (torch.tensor(0.9), torch.tensor(0.999))
+        opt = (MLRAdamW([p], lr=0.1, weight_decay=wd, eps=eps, betas=betas, backend=backend)
+               if kind == "ours" else torch.optim.AdamW([p], lr=0.1, weight_decay=wd, eps=eps, betas=betas))
+        for k in range(4):
+            if k == 1:
+                wd.fill_(0.5)
+            if k == 2:
+                eps.fill_(0.1)
+                betas[0].fill_(0.5)
+            p.grad = torch.tensor([1.0, -2.0, 3.0]) * (k + 1)
+            opt.step()
+        results.append(p.detach().clone())
+    torch.testing.assert_close(*results)
+
+
+def test_load_state_dict_hooks_are_honoured():
+    results = []
+    for kind in ("ours", "torch"):
+        p = ones_param()
+        opt = MLRAdamW([p], lr=0.1, backend="reference") if kind == "ours" else torch.optim.AdamW([p], lr=0.1)
+        p.grad = torch.tensor([1.0, 2.0])
+        opt.step()
+        saved = copy.deepcopy(opt.state_dict())
+
+        def zero_exp_avg(_, state_dict):
+            state_dict = copy.deepcopy(state_dict)
+            state_dict["state"][0]["exp_avg"].zero_()
+            return state_dict
+
+        def halve_exp_avg_sq(o, p=p):
+            o.state[p]["exp_avg_sq"].mul_(0.5)
+
+        opt.register_load_state_dict_pre_hook(zero_exp_avg)
+        opt.register_load_state_dict_post_hook(halve_exp_avg_sq)
+        opt.load_state_dict(saved)
+        p.grad = torch.tensor([0.5, 0.5])
+        opt.step()
+        results.append(p.detach().clone())
+    torch.testing.assert_close(*results)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", ["dtype", "size"])
+def test_gradient_of_the_wrong_dtype_or_size_is_refused(backend, bad):
+    """``p.grad.data = t`` gets past torch's own checks; the kernels would read the wrong bytes."""
+    p = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
+    opt = MLRAdamW([p], backend=backend)
+    p.grad = torch.ones(8, dtype=torch.bfloat16)
+    p.grad.data = torch.ones(8) if bad == "dtype" else torch.ones(2, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="gradient"):
+        opt.step()
+
+
+def test_frozen_parameters_get_no_state_and_exotic_frozen_ones_are_accepted():
+    """As torch, state exists only for parameters that have had a gradient: a frozen base model
+    (LoRA) costs nothing, whatever its dtype or device."""
+    base = torch.nn.Linear(256, 256)
+    base.requires_grad_(False)
+    adapter = torch.nn.Parameter(torch.randn(4, 256))
+    quantized = torch.nn.Parameter(torch.zeros(16, dtype=torch.uint8), requires_grad=False)
+    offloaded = torch.nn.Parameter(torch.empty(16, device="meta"), requires_grad=False)
+    opt = MLRAdamW([*base.parameters(), adapter, quantized, offloaded], backend="reference")
+    assert opt.state_dict()["state"] == {}
+    adapter.grad = torch.randn(4, 256)
+    opt.step()
+    assert set(opt.state) == {adapter}
+    assert sum(b.exp_avg.numel() for b in opt.buckets) < 2 * adapter.numel()
+    with pytest.raises(ValueError, match="float64"):
+        MLRAdamW([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_checkpoint_with_a_frozen_layer_resumes_through_dcp(backend, tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    m_ours, m_ref = make_model(31), make_model(31)
+    for model in (m_ours, m_ref):
+        model["side"].requires_grad_(False)
+    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(31)
+    ref.zero_grad()
+    forward(m_ref, torch.randn(4, 7, generator=gen)).pow(2).mean().backward()
+    ref.step()
+    dcp.save({"optim": get_optimizer_state_dict(m_ref, ref)}, checkpoint_id=tmp_path)
+    m_ours.load_state_dict(m_ref.state_dict())
+    ours = MLRAdamW(m_ours.parameters(), lr=1e-2, backend=backend)
+    template = {"optim": get_optimizer_state_dict(m_ours, ours)}
+    dcp.load(template, checkpoint_id=tmp_path)
+    set_optimizer_state_dict(m_ours, ours, template["optim"])
+    for model, opt in ((m_ours, ours), (m_ref, ref)):
+        opt.zero_grad()
+        forward(model, torch.ones(4, 7)).pow(2).mean().backward()
+        opt.step()
+    assert_same_params(m_ours, m_ref)
+
+
+def test_optimizer_built_under_inference_mode_trains():
+    p = ones_param()
+    with torch.inference_mode():
+        opt = MLRAdamW([p], lr=0.1, weight_decay=0.0, backend="reference")
+    p.grad = torch.ones(2)
+    opt.step()
+    torch.testing.assert_close(p, torch.full((2,), 0.9))
+
+
+def test_state_dict_of_another_size_is_refused_as_torch_refuses_it():
+    opt = MLRAdamW([ones_param(), ones_param()], backend="reference")
+    small = MLRAdamW([ones_param()], backend="reference").state_dict()
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        opt.load_state_dict(small)
+
+
+def test_per_parameter_multipliers_survive_loading_a_torch_state_dict():
+    p, q = ones_param(), ones_param()
+    ref = torch.optim.AdamW([q], lr=0.1)
+    q.grad = torch.ones(2)
+    ref.step()
+    opt = MLRAdamW([p], lr=0.1, backend="reference")
+    opt.set_lr_mult({p: 0.5})
+    opt.load_state_dict(ref.state_dict())
+    assert opt.lr_mult_of(p) == 0.5

@@ -28,6 +28,8 @@ Per element, in float32, with scalars from the segment's row (bias corrections i
 
     g  = grad * grad_mult;  g = -g if maximize
     p  = master if master is not None else param
+    p  = param if master is not None and float(round_to_nearest_even(master)) != float(param)
+         (user code wrote the low-precision weight since the last step: start from it)
     p *= 1 - lr * weight_decay
     m  = m + (1 - beta1) * (g - m)
     v  = beta2 * v + (1 - beta2) * g * g

@@ -64,6 +64,9 @@ def adamw_step(
         if h[MAXIMIZE]:
             g = -g
         p = master[start:end] if master is not None else param
+        if master is not None:  # where user code overwrote the weight, the step starts from it
+            stale = param.float() != p.to(param.dtype).float()
+            p[stale] = param[stale].float()
         m, v = exp_avg[start:end], exp_avg_sq[start:end]
 
         p.mul_(1.0 - lr * wd)

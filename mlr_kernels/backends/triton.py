@@ -95,6 +95,13 @@ if triton is not None:
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
     @triton.jit
+    def _round_to(x, dtype: tl.constexpr):
+        """float32 -> the parameters' bfloat16 or float16, round to nearest even."""
+        if dtype == tl.bfloat16:
+            return _round_to_bfloat16(x)
+        return x.to(dtype)
+
+    @triton.jit
     def _adamw_chunk(
         offsets, mask, aligned: tl.constexpr,
         param_ptr, grad_ptr, master_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
@@ -111,7 +118,12 @@ if triton is not None:
             grad_ptrs = tl.multiple_of(grad_ptrs, 16)
         g = tl.load(grad_ptrs, mask=mask).to(tl.float32) * grad_scale
         if master_ptr is not None:
+            # A weight that is not its master rounded was written by user code since the last
+            # step: the step starts from what it holds.
             p = tl.load(master_ptr + offsets, mask=mask)
+            seen = tl.load(param_ptrs, mask=mask)
+            seen = seen.to(tl.float32)
+            p = tl.where(_round_to(p, param_ptr.dtype.element_ty).to(tl.float32) != seen, seen, p)
         else:
             p = tl.load(param_ptrs, mask=mask)
         m = tl.load(exp_avg_ptr + offsets, mask=mask)
@@ -135,10 +147,7 @@ if triton is not None:
         tl.store(exp_avg_sq_ptr + offsets, v, mask=mask)
         if master_ptr is not None:
             tl.store(master_ptr + offsets, p, mask=mask)
-            if param_ptr.dtype.element_ty == tl.bfloat16:
-                tl.store(param_ptrs, _round_to_bfloat16(p), mask=mask)
-            else:
-                tl.store(param_ptrs, p.to(param_ptr.dtype.element_ty), mask=mask)
+            tl.store(param_ptrs, _round_to(p, param_ptr.dtype.element_ty), mask=mask)
         else:
             tl.store(param_ptrs, p, mask=mask)
 
