@@ -92,6 +92,14 @@ def ceiling_step(numel: int, device: str) -> Callable[[], None]:
     return lambda: dst.copy_(src)
 
 
+def launches_per_step(step: Callable[[], None]) -> int:
+    """GPU work items (kernels, copies, memsets) one call of ``step`` issues, from the profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(1 for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def timer(device: str) -> Callable[[Callable[[], None]], float]:
     if device == "cpu":
         def run(fn):
@@ -123,6 +131,9 @@ def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[
         for name, fn in variants.items():
             samples[name].append(time_one(fn))
     checks = {name: host_check_ms(opt) for name, opt in optimizers.items()}
+    if device == "cuda":
+        for name, fn in variants.items():
+            print(f"  {name}: {launches_per_step(fn)} GPU launches per step")
     return {name: statistics.median(times) for name, times in samples.items()}, checks
 
 

@@ -470,14 +470,17 @@ def _write_grad(action: str, p: torch.nn.Parameter, g: torch.Tensor) -> None:
         p.grad.mul_(0.25)
 
 
-def _random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps: int = 8) -> None:
+def random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps: int = 8,
+                             device: str = "cpu") -> None:
     """Both optimizers see the same writes. For float32 each write is done to both models; for
     bfloat16 it is done to ours and the fp32 oracle is given the resulting values (weights
-    written, gradients always), and our fp32 master must follow torch AdamW on fp32."""
+    written, gradients always), and our fp32 master must follow torch AdamW on fp32. Random
+    values are drawn on the CPU and moved to ``device``."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     low = dtype != torch.float32
-    ours_model, ref_model = make_model(seed, dtype), make_model(seed, dtype).float()
+    ours_model = make_model(seed, dtype).to(device)
+    ref_model = make_model(seed, dtype).float().to(device)
     names = [n for n, _ in ours_model.named_parameters()]
     cut = rng.randint(1, len(names) - 1)
     spans = [names[:cut], names[cut:]]
@@ -497,14 +500,14 @@ def _random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps
     for step in range(steps):
         for name in names:
             action = rng.choice(PARAM_WRITES)
-            value = torch.randn(ours_params[name].shape, generator=gen).to(dtype)
+            value = torch.randn(ours_params[name].shape, generator=gen).to(device, dtype)
             _write_param(action, ours_params[name], value)
             if low and action in ("in_place", "replace"):
                 mirror_weight(name)
             else:
                 _write_param(action, ref_params[name], value)
         if rng.random() < 0.2:  # a checkpoint loaded into the model
-            state = {k: v.to(dtype) for k, v in make_model(rng.randint(0, 99)).state_dict().items()}
+            state = {k: v.to(device, dtype) for k, v in make_model(rng.randint(0, 99)).state_dict().items()}
             ours_model.load_state_dict(state)
             ref_model.load_state_dict(state)
             if low:
@@ -519,12 +522,12 @@ def _random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps
             elif kind == "model_zero_grad":
                 model.zero_grad()
         if not low:  # backward (accumulating onto whatever .grad holds)
-            x, use_side = torch.randn(4, 7, generator=gen), rng.random() < 0.7
+            x, use_side = torch.randn(4, 7, generator=gen).to(device), rng.random() < 0.7
             for model in (ours_model, ref_model):
                 forward(model, x, use_side).pow(2).mean().backward()
         for name in names:
             action = rng.choice(GRAD_WRITES)
-            g = torch.randn(ours_params[name].shape, generator=gen)
+            g = torch.randn(ours_params[name].shape, generator=gen).to(device)
             for params in (ours_params,) if low else (ours_params, ref_params):
                 _write_grad(action, params[name], g)
         if rng.random() < 0.3:
@@ -568,13 +571,13 @@ def start_of_next_step(opt: MLRAdamW, p: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", range(6))
 def test_random_write_patterns_match_torch(backend, seed):
-    _random_write_pattern_run(backend, seed, torch.float32)
+    random_write_pattern_run(backend, seed, torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", range(3))
 def test_random_write_patterns_bf16_follow_fp32_torch(backend, seed):
-    _random_write_pattern_run(backend, seed, torch.bfloat16)
+    random_write_pattern_run(backend, seed, torch.bfloat16)
 
 
 # ------------------------------------------------- patterns found by trying to break it (round 2)
