@@ -61,6 +61,7 @@ from mlr.progress import disable_progress
 from mlr.run_presets import OPTION_FIELDS, default_note, run_defaults
 from mlr.tuning.align import AlignSettings, align_model
 from mlr.tuning.ml_lr import check_ratio
+from mlr.tuning.phases import default_swat_warmup
 from mlr.tuning.sft import load_training_examples
 from mlr.tuning.train import TrainConfig, train
 
@@ -117,7 +118,7 @@ class RunConfig:
     swat: bool = option(True, "skip the SWAT arm (Mods_Robust alone for a warm-up, then everything)",
                         negative_flag="--no-swat")
     swat_warmup_steps: int | None = option(None, "fine-tuning steps of the SWAT arm's warm-up",
-                                           metavar="N", none="a quarter of --steps")
+                                           metavar="N", none="a quarter of --steps, rounded up")
     dtype: str = dtype_option()
     device: str = device_option()
     threads: int | None = option(None, "CPU threads for torch", metavar="N",
@@ -173,7 +174,7 @@ def resolve_defaults(config: RunConfig) -> RunConfig:
                        eval_limit=config.eval_limit or table.eval_limit,
                        probe_prompts=config.probe_prompts or table.probe_prompts)
     if resolved.swat_warmup_steps is None:
-        return replace(resolved, swat_warmup_steps=resolved.steps // 4)
+        return replace(resolved, swat_warmup_steps=default_swat_warmup(resolved.steps))
     require(resolved.swat_warmup_steps <= resolved.steps, f"--swat-warmup-steps must be in "
             f"0..{resolved.steps} (--steps), got {resolved.swat_warmup_steps}")
     return resolved

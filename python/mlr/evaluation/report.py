@@ -141,6 +141,12 @@ def _processes(setup: dict[str, Any]) -> str:
     return f"one process, {threads} torch thread(s)"
 
 
+def _swat_setup(arms: dict[str, Any], setup: dict[str, Any]) -> str:
+    if "swat" not in arms:
+        return ""
+    return f"; SWAT warm-up {setup['swat_warmup_steps']} of {setup['steps']} steps"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     arms, check, setup = report["arms"], report["target"], report["setup"]
     seeds = arms["vanilla"]["seeds"]
@@ -148,7 +154,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# ML-LR report",
         "",
         f"Model: {setup['model']}. Fine-tuning: {setup['steps']} steps, base LR {setup['lr']}, "
-        f"batch {setup['batch_size']}, seeds {seeds}; ML-LR ratio {setup['ratio']}. "
+        f"batch {setup['batch_size']}, seeds {seeds}; ML-LR ratio {setup['ratio']}"
+        f"{_swat_setup(arms, setup)}. "
         f"Mods_Robust: {len(report['mods_robust']['modules'])} modules, "
         f"{report['mods_robust']['param_fraction']:.1%} of module parameters "
         f"(perturbation {setup['perturb']}, alpha {setup['alpha']}, tau {setup['tau']}). "

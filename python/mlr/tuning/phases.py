@@ -17,6 +17,7 @@ without a gradient is not stepped and gets no state) or unfreezes them.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,13 @@ from mlr.errors import MlrInputError
 from mlr.tuning.ml_lr import module_lr_multipliers, phased_param_groups
 
 SCHEDULES = ("ml-lr", "swat")
+SWAT_WARMUP_FRACTION = 0.25  # of the steps, when no warm-up length is given: our choice
+
+
+def default_swat_warmup(steps: int) -> int:
+    """SWAT's warm-up when none is given: a quarter of the steps, rounded up (so that a short run
+    still has one)."""
+    return math.ceil(steps * SWAT_WARMUP_FRACTION)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,13 @@ from mlr.tuning.distributed import (
 from mlr.tuning.lora import add_lora, merged
 from mlr.tuning.metrics_log import MetricsLog
 from mlr.tuning.ml_lr import check_ratio, read_mods_robust
-from mlr.tuning.phases import SCHEDULES, MultiplierPhases, ml_lr_phases, swat_phases
+from mlr.tuning.phases import (
+    SCHEDULES,
+    MultiplierPhases,
+    default_swat_warmup,
+    ml_lr_phases,
+    swat_phases,
+)
 from mlr.tuning.sampler import EpochSampler
 from mlr.tuning.schedule import warmup_cosine
 from mlr.tuning.sft import (
@@ -91,7 +97,7 @@ class TrainConfig:
                            choices=SCHEDULES)
     swat_warmup_steps: int | None = option(None, "steps that train Mods_Robust alone under "
                                            "--schedule swat", metavar="N",
-                                           none="a quarter of --steps")
+                                           none="a quarter of --steps, rounded up")
     out: str = option("mlr_train", "output directory (model/, metrics.jsonl, train.json, "
                       "checkpoints/)", metavar="DIR")
     steps: int = option(200, "optimizer steps")
@@ -276,7 +282,7 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
 def lr_phases(config: TrainConfig, model: torch.nn.Module, robust: list[str]) -> MultiplierPhases:
     """The multipliers of ``config.schedule`` over the run (``mlr.tuning.phases``)."""
     if config.schedule == "swat":
-        warmup = (config.steps // 4 if config.swat_warmup_steps is None
+        warmup = (default_swat_warmup(config.steps) if config.swat_warmup_steps is None
                   else config.swat_warmup_steps)
         return swat_phases(model, robust, warmup)
     return ml_lr_phases(model, robust, config.ratio)
