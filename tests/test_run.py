@@ -85,8 +85,10 @@ def test_each_model_gets_its_own_defaults_and_the_users_values_win():
     assert smol.alignment.lr == 2e-5 and smol.eval_limit == 48 and smol.swat_warmup_steps == 5
     quick = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, quick=True))
     assert quick.steps == 2 and quick.probe_prompts == 32 and quick.probe_depth == 0.28
+    assert embedded.threads == smol.threads == 1
     users = resolve_defaults(RunConfig(model="/some/model"))
-    assert users.alignment is None and users.lr == 1e-3
+    assert users.alignment is None and users.lr == 1e-3 and users.threads is None
+    assert resolve_defaults(RunConfig(model=SMOLLM2, threads=2)).threads == 2
 
 
 def test_a_model_is_aligned_once_and_cached_by_model_and_settings(tmp_path, monkeypatch):
