@@ -146,6 +146,16 @@ def test_swat_warmup_trains_mods_robust_alone_then_everything(tmp_path):
     assert "model.layers.0.self_attn.q_proj.weight" in changed
 
 
+def test_swat_with_lora_warms_up_the_robust_adapters_alone(tmp_path):
+    mods = str(write_mods(tmp_path / "mods.json", ROBUST))
+    result = train(config(tmp_path, mods_robust=mods, schedule="swat", swat_warmup_steps=3,
+                          steps=3, lora_rank=4))
+    before = load_file(Path(tiny_chat_model_dir()) / "model.safetensors")
+    after = weights(result.model_dir.parent)
+    assert {name for name in before if not torch.equal(before[name], after[name])} == \
+        {f"{m}.weight" for m in ROBUST}
+
+
 def test_swat_phase_sets_lr_mult_and_freezing():
     model = tiny_llama(layers=2)
     phases = swat_phases(model, ROBUST, warmup_steps=3)
