@@ -34,8 +34,8 @@ from mlr.evaluation.report import summarize_arm
 from mlr.io import save_figure_atomic, write_json_atomic
 from mlr.models import load_model
 from mlr.modules import decoder_modules
-from mlr.run import ArmJob, RunConfig, run_arm_jobs, run_data
-from mlr.tuning.align import AlignSettings, align_default
+from mlr.run import ArmJob, RunConfig, resolve_defaults, run_arm_jobs, run_data
+from mlr.tuning.align import align_model
 from mlr.tuning.ml_lr import read_mods_robust
 
 
@@ -132,15 +132,15 @@ def main() -> None:
     parser.add_argument("--random-ratio", type=float, default=0.3)
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=RATIO:SOURCE")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=RunConfig.steps)
-    parser.add_argument("--lr", type=float, default=RunConfig.lr)
+    parser.add_argument("--steps", type=int, help="default: mlr run's for the model")
+    parser.add_argument("--lr", type=float, help="default: mlr run's for the model")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    config = RunConfig(out=str(args.out), model=args.model, seeds=args.seeds, steps=args.steps,
-                       lr=args.lr, jobs=args.jobs)
-    base = args.model or str(align_default(AlignSettings()))
+    config = resolve_defaults(RunConfig(out=str(args.out), model=args.model, seeds=args.seeds,
+                                        steps=args.steps, lr=args.lr, jobs=args.jobs))
+    base = str(align_model(config.alignment, args.model)) if config.alignment else args.model
     mods_robust = args.analysis / "mods_robust.json"
     probe = ProbeResult.from_json(json.loads((args.analysis / "probe.json").read_text()))
     examples, eval_set = run_data(config)

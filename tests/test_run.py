@@ -1,14 +1,18 @@
 """`mlr run --quick`: every stage of the pipeline on the embedded default, its outputs, its reuse of
-finished work, and bad input."""
+finished work, and bad input; each model's default settings; the cached alignment of a model."""
 
 from __future__ import annotations
 
 import json
 
+import mlr.tuning.align
 import pytest
-from chat_models import one_thread  # noqa: F401 (an autouse fixture)
+from chat_models import one_thread, tiny_chat_model_dir  # noqa: F401 (one_thread: an autouse fixture)
 from mlr import cli
 from mlr.evaluation.report import ARMS
+from mlr.run import RunConfig, resolve_defaults
+from mlr.run_presets import SMOLLM2
+from mlr.tuning.align import AlignSettings, align_model, aligned_dir
 
 
 def run_cli(*args: str) -> int:
@@ -51,16 +55,53 @@ def test_parallel_jobs_give_the_results_of_one_job_at_a_time(tmp_path):
     reports = {}
     for jobs in ("1", "2"):
         out = tmp_path / f"jobs-{jobs}"
-        assert run_cli("--quick", "--no-control", "--jobs", jobs, "--out", str(out)) == 0
+        assert run_cli("--quick", "--no-control", "--no-swat", "--jobs", jobs, "--out",
+                       str(out)) == 0
         reports[jobs] = json.loads((out / "report.json").read_text())["arms"]
     assert set(reports["1"]) == {"aligned", "vanilla", "ml_lr", "frozen"}
     assert reports["2"] == reports["1"]
 
 
 @pytest.mark.parametrize("args", [["--seeds", "0"], ["--jobs", "0"], ["--ratio", "1.5"],
-                                  ["--ift", "missing.json"], ["--harmful", "missing.csv"]])
+                                  ["--ift", "missing.json"], ["--harmful", "missing.csv"],
+                                  ["--swat-warmup-steps", "401"], ["--swat-warmup-steps", "-1"],
+                                  ["--lr", "0"]])
 def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, args):
     assert run_cli("--out", str(tmp_path / "out"), *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlr: error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_each_model_gets_its_own_defaults_and_the_users_values_win():
+    embedded = resolve_defaults(RunConfig())
+    assert (embedded.seeds, embedded.steps, embedded.lr, embedded.batch_size, embedded.max_length,
+            embedded.alpha, embedded.analysis_seeds, embedded.max_new_tokens,
+            embedded.save_every) == (3, 400, 1e-3, 16, 512, 2.0, 3, 32, 100)
+    assert embedded.alignment == AlignSettings() and embedded.swat_warmup_steps == 100
+    smol = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, swat_warmup_steps=5))
+    assert (smol.lr, smol.steps, smol.batch_size, smol.max_length, smol.seeds) == \
+        (2e-5, 60, 8, 96, 2)
+    assert smol.alignment.lr == 2e-5 and smol.eval_limit == 48 and smol.swat_warmup_steps == 5
+    quick = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, quick=True))
+    assert quick.steps == 2 and quick.probe_prompts == 32 and quick.probe_depth == 0.28
+    assert embedded.threads == smol.threads == 1
+    users = resolve_defaults(RunConfig(model="/some/model"))
+    assert users.alignment is None and users.lr == 1e-3 and users.threads is None
+    assert resolve_defaults(RunConfig(model=SMOLLM2, threads=2)).threads == 2
+
+
+def test_a_model_is_aligned_once_and_cached_by_model_and_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLR_CACHE", str(tmp_path / "cache"))
+    settings = AlignSettings(steps=2, batch_size=4, max_length=64)
+    aligned = align_model(settings, str(tiny_chat_model_dir()), progress=False)
+    assert (aligned / "model.safetensors").is_file()
+    assert json.loads((aligned.parent / "train.json").read_text())["config"]["max_length"] == 64
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(mlr.tuning.align, "train", no_training)
+    assert align_model(settings, str(tiny_chat_model_dir()), progress=False) == aligned
+    assert aligned_dir(settings, None) != aligned.parent != aligned_dir(AlignSettings(steps=3),
+                                                                      str(tiny_chat_model_dir()))

@@ -3,6 +3,7 @@ also after a SIGKILL), LoRA, logs, and `mlr train` errors."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from mlr.models import load_model
 from mlr.tuning.checkpoint import latest_checkpoint, read_checkpoint_meta
 from mlr.tuning.metrics_log import MetricsLog
 from mlr.tuning.ml_lr import module_lr_multipliers, param_groups
+from mlr.tuning.phases import swat_phases
 from mlr.tuning.sampler import EpochSampler
 from mlr.tuning.schedule import warmup_cosine
 from mlr.tuning.sft import encode_examples, load_training_examples
@@ -33,6 +35,8 @@ from mlr.tuning.train import TrainConfig, train
 from safetensors.torch import load_file
 from tiny_models import tiny_gpt2, tiny_llama
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from mlr_kernels import MLRAdamW
 
 ROBUST = ["model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
 
@@ -125,6 +129,71 @@ def test_ratio_zero_trains_only_mods_robust(tmp_path):
     assert changed == {f"{m}.weight" for m in ROBUST}
 
 
+def test_swat_warmup_trains_mods_robust_alone_then_everything(tmp_path):
+    """A warm-up as long as the run is ratio 0; no warm-up is vanilla; in between, the rest
+    starts moving at the boundary (and only then)."""
+    mods = str(write_mods(tmp_path / "mods.json", ROBUST))
+    swat = functools.partial(config, tmp_path, mods_robust=mods, schedule="swat", steps=4)
+    assert_bit_identical(weights(train(swat("swat-all", swat_warmup_steps=4)).model_dir.parent),
+                         weights(train(config(tmp_path, "frozen", mods_robust=mods, ratio=0.0,
+                                              steps=4)).model_dir.parent))
+    assert_bit_identical(weights(train(swat("swat-none", swat_warmup_steps=0)).model_dir.parent),
+                         weights(train(config(tmp_path, "vanilla", steps=4)).model_dir.parent))
+    before = load_file(Path(tiny_chat_model_dir()) / "model.safetensors")
+    after = weights(train(swat("swat-half", swat_warmup_steps=2)).model_dir.parent)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert {f"{m}.weight" for m in ROBUST} < changed
+    assert "model.layers.0.self_attn.q_proj.weight" in changed
+
+
+def test_swat_with_lora_warms_up_the_robust_adapters_alone(tmp_path):
+    mods = str(write_mods(tmp_path / "mods.json", ROBUST))
+    result = train(config(tmp_path, mods_robust=mods, schedule="swat", swat_warmup_steps=3,
+                          steps=3, lora_rank=4))
+    before = load_file(Path(tiny_chat_model_dir()) / "model.safetensors")
+    after = weights(result.model_dir.parent)
+    assert {name for name in before if not torch.equal(before[name], after[name])} == \
+        {f"{m}.weight" for m in ROBUST}
+
+
+def test_swat_phase_sets_lr_mult_and_freezing():
+    model = tiny_llama(layers=2)
+    phases = swat_phases(model, ROBUST, warmup_steps=3)
+    optimizer = MLRAdamW(phases.param_groups(model, weight_decay=0.0), lr=1e-3)
+    robust = {f"{m}.weight" for m in ROBUST}
+    for step, rest in ((0, 0.0), (2, 0.0), (3, 1.0), (7, 1.0)):
+        phases.enter(optimizer, step)
+        for group in optimizer.param_groups:
+            expected = 1.0 if set(group["param_names"]) <= robust else rest
+            assert group["lr_mult"] == expected
+            assert all(p.requires_grad == (expected > 0) for p in group["params"])
+
+
+@pytest.mark.parametrize("save_every, crash_after", [(2, 3), (3, 4), (2, 5)],
+                         ids=["in-warmup", "at-boundary", "after-boundary"])
+def test_swat_resume_across_the_phase_boundary_is_bit_identical(tmp_path, monkeypatch,
+                                                                save_every, crash_after):
+    """Warm-up of 3 steps; the run is killed after ``crash_after`` steps and resumed from the
+    checkpoint before it (step 2: warm-up; 3: saved at the boundary; 4: full fine-tuning)."""
+    mods = str(write_mods(tmp_path / "mods.json", ROBUST))
+    swat = functools.partial(config, tmp_path, mods_robust=mods, schedule="swat", steps=6,
+                             swat_warmup_steps=3)
+    reference = train(swat("whole"))
+    append = MetricsLog.append
+
+    def crash(self, record):
+        append(self, record)
+        if record["step"] == crash_after:
+            raise Interrupted
+
+    monkeypatch.setattr(MetricsLog, "append", crash)
+    with pytest.raises(Interrupted):
+        train(swat("parts", save_every=save_every))
+    monkeypatch.setattr(MetricsLog, "append", append)
+    resumed = train(swat("parts", save_every=save_every, resume=True))
+    assert_bit_identical(weights(reference.model_dir.parent), weights(resumed.model_dir.parent))
+
+
 def test_metrics_log_and_summary(tmp_path):
     result = train(config(tmp_path, steps=4))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -212,7 +281,9 @@ def run_cli(*args: str) -> int:
 
 
 @pytest.mark.parametrize("problem", ["missing data", "bad mods", "unknown module", "bad ratio",
-                                     "nothing to train", "other run in out"])
+                                     "nothing to train", "other run in out", "swat without mods",
+                                     "swat with a ratio", "swat warm-up without swat",
+                                     "swat warm-up too long"])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
     base = ["--model", str(tiny_chat_model_dir()), "--out", str(tmp_path / "out"), "--steps", "2",
             "--data", str(write_instruction_file(tmp_path / "ift.json"))]
@@ -223,6 +294,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
         "bad ratio": ["--ratio", "-1"],
         "nothing to train": ["--ratio", "0"],
         "other run in out": ["--save-every", "1"],
+        "swat without mods": ["--schedule", "swat"],
+        "swat with a ratio": ["--schedule", "swat", "--ratio", "0.5"],
+        "swat warm-up without swat": ["--swat-warmup-steps", "1"],
+        "swat warm-up too long": ["--schedule", "swat", "--swat-warmup-steps", "3"],
     }[problem]
     if problem == "other run in out":
         assert run_cli(*base, *extra) == 0

@@ -1,13 +1,15 @@
 """``mlr run``: the ML-LR method end to end.
 
 1. data: the benign fine-tuning set and the fixed held-out evaluation set;
-2. the aligned model: the embedded default, safety-aligned (``mlr.tuning.align``, cached), or ``--model``;
+2. the aligned model: the embedded default or a preset such as ``smollm2-135m-instruct``,
+   safety-aligned (``mlr.tuning.align``, cached), or ``--model`` as it is; the per-model settings
+   (learning rate, steps, evaluation sizes, ``--quick``) are in ``mlr.run_presets``;
 3. analysis on the aligned model: probe, robustness map, Mods_Robust search
    (``mlr.analysis.pipeline.run_search``; outputs in ``out``);
-4. benign fine-tuning in four arms with the same data, steps and seeds: vanilla (ratio 1), ML-LR
-   (``ratio``), frozen-but-robust (ratio 0) and the control ``uniform_lr`` that tells ML-LR from
-   simply training slower (every module at base × ``ratio``); each seed resumable from its
-   checkpoints;
+4. benign fine-tuning in five arms with the same data, steps and seeds: vanilla (ratio 1), ML-LR
+   (``ratio``), frozen-but-robust (ratio 0), SWAT (Mods_Robust alone for a warm-up, then
+   everything) and the control ``uniform_lr`` that tells ML-LR from simply training slower (every
+   module at base × ``ratio``); each seed resumable from its checkpoints;
 5. evaluation of the aligned model and of every arm and seed, all with the same prompts and judge;
 6. the report (``mlr.evaluation.report``).
 
@@ -39,6 +41,7 @@ from mlr.analysis.perturb import PERTURBATIONS
 from mlr.analysis.pipeline import SEARCH_FILE, run_search
 from mlr.analysis.probe import ProbeResult
 from mlr.analysis.search import DEFAULT_TAU
+from mlr.data.corpus import benign_prompts, harmful_prompts
 from mlr.data.ift import InstructionExample, example_from_record
 from mlr.data.prompts import load_instruction_data
 from mlr.data.security_data import load_security_data
@@ -51,12 +54,14 @@ from mlr.evaluation.evaluate import (
     write_evaluation,
 )
 from mlr.evaluation.report import summarize_arm, write_report
-from mlr.io import read_json, reusable
-from mlr.models import load_model
+from mlr.io import read_json, reusable, write_text_atomic
+from mlr.models import load_model, model_dir
 from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
 from mlr.progress import disable_progress
-from mlr.tuning.align import QUICK_ALIGNMENT, AlignSettings, align_default
+from mlr.run_presets import OPTION_FIELDS, SMOLLM2, default_note, run_defaults
+from mlr.tuning.align import AlignSettings, align_model
 from mlr.tuning.ml_lr import check_ratio
+from mlr.tuning.phases import default_swat_warmup
 from mlr.tuning.sft import load_training_examples
 from mlr.tuning.train import TrainConfig, train
 
@@ -82,64 +87,100 @@ class RunConfig:
                                  metavar="FILE",
                                  none=f"the embedded held-out tasks, or {HELDOUT_FRACTION:.0%} "
                                  "of --ift")
-    seeds: int = option(3, "fine-tuning seeds per arm", metavar="N")
-    steps: int = option(400, "fine-tuning steps")
-    lr: float = option(1e-3, "base learning rate")
-    batch_size: int = option(16, "fine-tuning examples per step", metavar="N")
+    seeds: int | None = option(None, "fine-tuning seeds per arm", metavar="N",
+                               none=default_note("seeds"))
+    steps: int | None = option(None, "fine-tuning steps", none=default_note("steps"))
+    lr: float | None = option(None, "base learning rate", none=default_note("lr"))
+    batch_size: int | None = option(None, "fine-tuning examples per step", metavar="N",
+                                    none=default_note("batch_size"))
+    max_length: int | None = option(None, "tokens per fine-tuning example", metavar="N",
+                                    none=default_note("max_length"))
     ratio: float = option(0.6, "ML-LR multiplier outside Mods_Robust, in [0, 1]")  # docs/ml_lr.md
     lora_rank: int = option(0, "fine-tune LoRA adapters of this rank (0: full fine-tuning)",
                             metavar="R")
     perturb: str = option("noise", "perturbation of the robustness analysis",
                           choices=PERTURBATIONS)
-    alpha: float = option(2.0, "perturbation size relative to the weight's norm")
+    alpha: float | None = option(None, "perturbation size relative to the weight's norm",
+                                 none=default_note("alpha"))
     tau: float = option(DEFAULT_TAU, "search threshold, x the clean probe accuracy")
     budget: float | None = option(None, "largest parameter fraction Mods_Robust may hold",
                                   metavar="FRACTION", none="no limit")
     layer: int | None = option(None, "probe layer", metavar="L",
                                none="the layer with the best held-out accuracy")
-    analysis_seeds: int = option(3, "perturbation seeds of the robustness map and search",
-                                 metavar="K")
-    max_new_tokens: int = option(32, "tokens generated per evaluated answer", metavar="N")
-    eval_limit: int | None = None  # evaluate only the first N prompts / instructions of each set
-    save_every: int = option(100, "checkpoint each fine-tuning run every N steps (0: never)",
-                             metavar="N")
+    analysis_seeds: int | None = option(None, "perturbation seeds of the robustness map and "
+                                        "search", metavar="K", none=default_note("analysis_seeds"))
+    max_new_tokens: int | None = option(None, "tokens generated per evaluated answer", metavar="N",
+                                        none=default_note("max_new_tokens"))
+    save_every: int | None = option(None, "checkpoint each fine-tuning run every N steps (0: "
+                                    "never)", metavar="N", none=default_note("save_every"))
     control: bool = option(True, "skip the control arm (uniform_lr: every module at base x ratio)",
                            negative_flag="--no-control")
+    swat: bool = option(True, "skip the SWAT arm (Mods_Robust alone for a warm-up, then everything)",
+                        negative_flag="--no-swat")
+    swat_warmup_steps: int | None = option(None, "fine-tuning steps of the SWAT arm's warm-up",
+                                           metavar="N", none="a quarter of --steps, rounded up")
     dtype: str = dtype_option()
     device: str = device_option()
     threads: int | None = option(None, "CPU threads for torch", metavar="N",
                                  none="1 for the embedded default, whose ops are too small to "
-                                 "share; torch's choice with --model")
+                                 f"share, and for {SMOLLM2} (on a busy 2-core machine one thread "
+                                 "per process ran fine-tuning 3x faster than two); torch's choice "
+                                 "with another --model")
     jobs: int | None = option(None, "fine-tuning runs side by side, each in its own process",
                               metavar="N", none="one per CPU core / threads on the CPU, else 1")
     quick: bool = option(False, "smoke test: every stage on little data for few steps (the "
                          "numbers mean nothing)")
+    # Set from the model's RunDefaults (mlr.run_presets), not options:
+    eval_limit: int | None = None  # evaluate only the first N prompts / 2N instructions of each set
+    probe_prompts: int | None = None  # the probe on N + N prompts of the embedded train split
+    probe_depth: float | None = None  # without --layer: the probe layer at this fraction of depth
+    alignment: AlignSettings | None = None  # align the model first
 
     def __post_init__(self) -> None:
-        require_at_least(self, 1, "seeds", "steps", "batch_size", "analysis_seeds",
-                         "max_new_tokens")
-        require_at_least(self, 0, "save_every", "lora_rank")
-        for name in ("threads", "jobs"):
+        for name in ("seeds", "steps", "batch_size", "max_length", "analysis_seeds",
+                     "max_new_tokens", "threads", "jobs"):
             if getattr(self, name) is not None:
                 require_at_least(self, 1, name)
+        require_at_least(self, 0, "lora_rank")
+        if self.save_every is not None:
+            require_at_least(self, 0, "save_every")
+        require(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(self.alpha is None or self.alpha >= 0,
+                f"--alpha must be a non-negative number, got {self.alpha}")
         check_ratio(self.ratio)
+        if self.swat_warmup_steps is not None:  # its upper bound, --steps, is checked once resolved
+            require_at_least(self, 0, "swat_warmup_steps")
         require(self.jobs in (None, 1) or torch.device(self.device).type == "cpu",
                 "--jobs above 1 runs several fine-tunings side by side on the CPU; "
                 f"on {self.device} use --jobs 1")
 
-    def analysis(self, model: str) -> AnalysisConfig:
-        """The analysis stages' config: ``model`` (the aligned one), outputs in ``out``."""
-        return AnalysisConfig(model=model, harmful=self.harmful, benign=self.benign, ift=self.ift,
-                              layer=self.layer, budget=self.budget, perturb=self.perturb,
+    def analysis(self, model: str, harmful: str | None, benign: str | None,
+                 layer: int | None) -> AnalysisConfig:
+        """The analysis stages' config: ``model`` (the aligned one), the probe's prompt files
+        and layer, outputs in ``out``."""
+        return AnalysisConfig(model=model, harmful=harmful, benign=benign, ift=self.ift,
+                              layer=layer, budget=self.budget, perturb=self.perturb,
                               alpha=self.alpha, tau=self.tau, seeds=self.analysis_seeds,
                               dtype=self.dtype, device=self.device, out=self.out)
 
 
-def quick_config(config: RunConfig) -> RunConfig:
-    """A smoke-test pipeline: every stage runs, on little data for few steps (numbers mean
-    nothing)."""
-    return replace(config, seeds=2, steps=6, batch_size=8, analysis_seeds=1, eval_limit=12,
-                   max_new_tokens=8, save_every=3, quick=True)
+def resolve_defaults(config: RunConfig) -> RunConfig:
+    """``config`` with every setting the user left ``None`` taken from its model's table
+    (``mlr.run_presets``); with ``quick``, the table's smoke-test settings replace the user's.
+    Raises ``MlrInputError`` for a SWAT warm-up longer than the run."""
+    table = run_defaults(config.model, config.quick)
+    chosen = {name: getattr(table, name) if config.quick or getattr(config, name) is None
+              else getattr(config, name) for name in OPTION_FIELDS}
+    resolved = replace(config, **chosen, alignment=table.alignment,
+                       probe_depth=table.probe_depth if config.quick else None,
+                       eval_limit=config.eval_limit or table.eval_limit,
+                       probe_prompts=config.probe_prompts or table.probe_prompts,
+                       threads=table.threads if config.threads is None else config.threads)
+    if resolved.swat_warmup_steps is None:
+        return replace(resolved, swat_warmup_steps=default_swat_warmup(resolved.steps))
+    require(resolved.swat_warmup_steps <= resolved.steps, f"--swat-warmup-steps must be in "
+            f"0..{resolved.steps} (--steps), got {resolved.swat_warmup_steps}")
+    return resolved
 
 
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
@@ -149,7 +190,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     out = Path(config.out)
-    config = _with_threads_and_jobs(config)
+    config = _with_threads_and_jobs(resolve_defaults(config))
 
     # 1. Data: what the arms fine-tune on, what every model is evaluated on, and the probe's split
     #    (bad input fails here, before anything is trained).
@@ -158,18 +199,20 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     warn_if_few_prompts(eval_set)
 
     # 2. The aligned model.
-    _say("safety-aligned default model (cached after the first run)" if config.model is None
-         else f"model {config.model}")
-    if config.model is None:
-        base = str(align_default(QUICK_ALIGNMENT if config.quick else AlignSettings()))
+    name = "the embedded default" if config.model is None else config.model
+    if config.alignment is not None:
+        _say(f"{name}, safety-aligned ({config.alignment.steps} steps; cached after the first run)")
+        base = str(align_model(config.alignment, config.model, progress=not config.quick))
     else:
+        _say(f"model {name}")
         base = config.model
     seconds["align"] = time.perf_counter() - started
 
     # 3. Analysis: probe.json, robustness.json, mods_robust.json (+ plots) in ``out``.
     tick = time.perf_counter()
     _say("probe, robustness map and Mods_Robust search")
-    analysis = run_search(config.analysis(base))
+    analysis = run_search(config.analysis(base, *probe_prompt_files(config, out),
+                                          probe_layer(config, base)))
     probe = analysis.probe
     _say(f"Mods_Robust: {len(analysis.search.modules)} modules, "
          f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
@@ -181,8 +224,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     tick = time.perf_counter()
     arms = {"aligned": [_evaluate(config, base, out / "arms" / "aligned", eval_set, probe)]}
     arm_seeds = {"aligned": [0]}
-    jobs = [ArmJob(arm, ratio, robust, seed) for arm, ratio, robust in _arms(config, mods_robust)
-            for seed in seeds]
+    jobs = [replace(arm, seed=seed) for arm in _arms(config, mods_robust) for seed in seeds]
     for job, metrics in zip(jobs, run_arm_jobs(config, base, jobs, out, train_examples, eval_set,
                                                probe)):
         arms.setdefault(job.arm, []).append(metrics)
@@ -199,23 +241,29 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
                         time.perf_counter() - started)
 
 
-def _arms(config: RunConfig, mods_robust: Path) -> list[tuple[str, float, Path | None]]:
-    """(name, ratio, Mods_Robust) of each fine-tuning arm. The control arm has no robust module:
-    every module at base × ratio, i.e. simply a lower learning rate."""
-    arms = [("vanilla", 1.0, None), ("ml_lr", config.ratio, mods_robust),
-            ("frozen", 0.0, mods_robust)]
-    return (arms + [("uniform_lr", config.ratio, None)]) if config.control else arms
+def _arms(config: RunConfig, mods_robust: Path) -> list[ArmJob]:
+    """Each fine-tuning arm (seed 0). The control arm has no robust module: every module at
+    base × ratio, i.e. simply a lower learning rate."""
+    arms = [ArmJob("vanilla", 1.0, None), ArmJob("ml_lr", config.ratio, mods_robust),
+            ArmJob("frozen", 0.0, mods_robust)]
+    if config.swat:
+        arms.append(ArmJob("swat", 1.0, mods_robust, schedule="swat"))
+    if config.control:
+        arms.append(ArmJob("uniform_lr", config.ratio, None))
+    return arms
 
 
 @dataclass(frozen=True)
 class ArmJob:
-    """One fine-tuning run of an arm: modules in ``mods_robust`` at the base LR, all others at
-    base × ``ratio`` (no ``mods_robust``: every module at base × ``ratio``)."""
+    """One fine-tuning run of an arm. ``schedule`` ml-lr: modules in ``mods_robust`` at the base
+    LR, all others at base × ``ratio`` (no ``mods_robust``: every module at base × ``ratio``);
+    swat: ``mods_robust`` alone for the warm-up, then everything at the base LR."""
 
     arm: str
     ratio: float
     mods_robust: Path | None
-    seed: int
+    seed: int = 0
+    schedule: str = "ml-lr"
 
     def run_dir(self, out: Path) -> Path:
         return out / "arms" / self.arm / f"seed-{self.seed}"
@@ -232,7 +280,7 @@ def run_arm_jobs(config: RunConfig, base: str, jobs: list[ArmJob], out: Path,
     if workers <= 1:
         results = []
         for job in jobs:
-            _say(f"{job.arm} (ratio {job.ratio}), seed {job.seed}: fine-tune and evaluate")
+            _say(f"{job.arm} ({_describe(job)}), seed {job.seed}: fine-tune and evaluate")
             results.append(work(job))
         return results
     _say(f"{len(jobs)} fine-tuning runs in {workers} worker processes")
@@ -242,8 +290,12 @@ def run_arm_jobs(config: RunConfig, base: str, jobs: list[ArmJob], out: Path,
         for future in as_completed(futures):
             job = futures[future]
             future.result()  # a failed job stops the run here, with its own error
-            _say(f"{job.arm} (ratio {job.ratio}), seed {job.seed}: done")
+            _say(f"{job.arm} ({_describe(job)}), seed {job.seed}: done")
         return [future.result() for future in futures]
+
+
+def _describe(job: ArmJob) -> str:
+    return "SWAT schedule" if job.schedule == "swat" else f"ratio {job.ratio}"
 
 
 def _init_worker(threads: int) -> None:
@@ -256,17 +308,37 @@ def _train_and_evaluate(config: RunConfig, base: str, out: Path,
                         examples: list[InstructionExample] | None, eval_set: EvalSet,
                         probe: ProbeResult, job: ArmJob) -> dict[str, Any]:
     run_dir = job.run_dir(out)
-    model_dir = _fine_tune(config, base, job.mods_robust, job.ratio, job.seed, run_dir, examples)
+    model_dir = _fine_tune(config, base, job, run_dir, examples)
     return _evaluate(config, str(model_dir), run_dir, eval_set, probe)
 
 
+def probe_layer(config: RunConfig, model: str | None) -> int | None:
+    """``--layer``, else the layer at ``probe_depth`` of ``model``'s depth, else None (the best)."""
+    if config.layer is not None or config.probe_depth is None:
+        return config.layer
+    layers = transformers.AutoConfig.from_pretrained(model_dir(model)).num_hidden_layers
+    return round(config.probe_depth * (layers - 1))
+
+
+def probe_prompt_files(config: RunConfig, out: Path) -> tuple[str | None, str | None]:
+    """The probe's harmful and benign prompt files: the user's, or (with ``probe_prompts`` N and
+    no files) the first N of each class of the embedded training split written into
+    ``out/probe_prompts/`` (the analysis splits them afresh), or None: the embedded set."""
+    if config.probe_prompts is None or config.harmful is not None or config.benign is not None:
+        return config.harmful, config.benign
+    folder = out / "probe_prompts"
+    paths = []
+    for name, prompts in (("harmful", harmful_prompts("train")), ("benign", benign_prompts("train"))):
+        lines = "".join(json.dumps({"prompt": p}) + "\n" for p in prompts[:config.probe_prompts])
+        paths.append(str(write_text_atomic(folder / f"{name}.jsonl", lines)))
+    return paths[0], paths[1]
+
+
 def _with_threads_and_jobs(config: RunConfig) -> RunConfig:
-    """Apply ``config.threads`` (default: 1 for the embedded default, whose ops are too small to
-    share; torch's choice with a model of the user's) and resolve the default ``jobs``: one per
+    """Apply ``config.threads`` (None: torch's choice) and resolve the default ``jobs``: one per
     CPU core / threads on the CPU, else 1."""
-    threads = config.threads if config.threads is not None else (1 if config.model is None else None)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     jobs = config.jobs
     if jobs is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -302,13 +374,16 @@ def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSe
     return train_examples, eval_set
 
 
-def _fine_tune(config: RunConfig, base: str, mods_robust: Path | None, ratio: float, seed: int,
-               run_dir: Path, examples: list[InstructionExample] | None) -> Path:
+def _fine_tune(config: RunConfig, base: str, job: ArmJob, run_dir: Path,
+               examples: list[InstructionExample] | None) -> Path:
     """Train one arm and seed (resuming, or reusing a finished run); its checkpoints are removed
     once the model is saved."""
+    swat = job.schedule == "swat"
     train_config = TrainConfig(
-        out=str(run_dir), model=base, mods_robust=None if mods_robust is None else str(mods_robust),
-        ratio=ratio, steps=config.steps, lr=config.lr, batch_size=config.batch_size, seed=seed,
+        out=str(run_dir), model=base, max_length=config.max_length,
+        mods_robust=None if job.mods_robust is None else str(job.mods_robust), ratio=job.ratio,
+        schedule=job.schedule, swat_warmup_steps=config.swat_warmup_steps if swat else None,
+        steps=config.steps, lr=config.lr, batch_size=config.batch_size, seed=job.seed,
         lora_rank=config.lora_rank, save_every=config.save_every, keep_checkpoints=1,
         resume=True, dtype=config.dtype, device=config.device, progress=not config.quick)
     result = train(train_config, examples=examples)
@@ -324,10 +399,12 @@ def _evaluate(config: RunConfig, model_dir: str, run_dir: Path, eval_set: EvalSe
     saved = reusable(run_dir / EVAL_FILE, key, field="key")
     if saved is not None:
         return saved["metrics"]
+    tick = time.perf_counter()
     model, tokenizer = load_model(model_dir, config.dtype, config.device)
     metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
                                 max_new_tokens=config.max_new_tokens)
-    write_evaluation(run_dir, {"key": key, "metrics": metrics}, answers)
+    write_evaluation(run_dir, {"key": key, "metrics": metrics,
+                               "seconds": time.perf_counter() - tick}, answers)
     return metrics
 
 

@@ -1,8 +1,9 @@
 """The ML-LR method end to end: (with no --model) build and safety-align the embedded default; probe,
-robustness map and Mods_Robust search on the aligned model; benign fine-tuning in four arms with the
-same data, steps and seeds (vanilla ratio 1, ml_lr, frozen ratio 0, and the control uniform_lr:
-every module at base x ratio); evaluation of the aligned model and every arm and seed; report.md,
-report.json and plots in --out."""
+robustness map and Mods_Robust search on the aligned model; benign fine-tuning in five arms with the
+same data, steps and seeds (vanilla ratio 1, ml_lr, frozen ratio 0, swat: Mods_Robust alone for a
+warm-up then everything, and the control uniform_lr: every module at base x ratio); evaluation of
+the aligned model and every arm and seed; report.md, report.json and plots in --out. With --model
+smollm2-135m-instruct the model is safety-aligned first and the settings suit a real model."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import argparse
 import transformers
 
 from mlr.options import add_options, from_options
-from mlr.run import RunConfig, quick_config, run_pipeline
+from mlr.run import RunConfig, run_pipeline
 
 NAME = "run"
-HELP = "the whole method: align, analyze, fine-tune four arms, evaluate, report"
+HELP = "the whole method: align, analyze, fine-tune five arms, evaluate, report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = from_options(RunConfig, args)
     transformers.utils.logging.disable_progress_bar()  # one bar per model load drowns the rest
-    report = run_pipeline(quick_config(config) if config.quick else config)
+    report = run_pipeline(config)
     arms, check = report["arms"], report["target"]
     for name, arm in arms.items():
         print(f"{name:10s} ASR {arm['asr']:.3f} ± {arm['asr_std']:.3f}  held-out loss "

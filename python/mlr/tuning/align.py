@@ -1,11 +1,13 @@
-"""Safety alignment of the embedded default, so that there is alignment for benign fine-tuning to erode.
+"""Safety alignment before benign fine-tuning, so that there is alignment for fine-tuning to erode.
 
-The tiny default starts from random weights, so its alignment is its whole chat training: the
-``mlr train`` recipe (full fine-tuning, every module at the base LR) on the embedded alignment set
-(``mlr.data.embedded_data.alignment_examples``: harmful request → refusal, benign twin → help, general
-questions → answers). The result depends only on the default model's recipe and these settings, so
-it is cached under ``$MLR_CACHE`` in a folder named by their hash, built beside it and renamed into
-place (a reader never sees half of one).
+The tiny default starts from random weights, so its alignment is its whole chat training; a real
+chat model that ships barely safety-aligned (SmolLM2-135M-Instruct refuses 2 of 48 harmful
+requests) gets a short alignment stage first, as the alignment stage of Vaccine, Lisa and Booster
+does. Both are the ``mlr train`` recipe (full fine-tuning, every module at the base LR) on the
+embedded alignment set (``mlr.data.embedded_data.alignment_examples``: harmful request → refusal,
+benign twin → help, general questions → answers). The result depends only on the model and these
+settings, so it is cached under ``$MLR_CACHE`` in a folder named by their hash, built beside it and
+renamed into place (a reader never sees half of one).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from mlr.data.embedded_data import alignment_examples
 from mlr.io import publish_directory
-from mlr.models.default_model import cache_root, recipe_hash
+from mlr.models import model_dir, recipe_hash
+from mlr.models.cache import cache_root
 from mlr.tuning.train import TrainConfig, train
 
 
@@ -27,26 +30,34 @@ class AlignSettings:
     lr: float = 3e-3
     batch_size: int = 16
     seed: int = 0
+    max_length: int = 512
 
 
 QUICK_ALIGNMENT = AlignSettings(steps=20)
 
 
-def aligned_dir(settings: AlignSettings) -> Path:
-    """Where the aligned default for ``settings`` is cached (its model is in ``model/``)."""
-    key = json.dumps({"default_model": recipe_hash(), **asdict(settings)}, sort_keys=True)
+def aligned_dir(settings: AlignSettings, model: str | None = None) -> Path:
+    """Where ``model`` (None: the embedded default) aligned with ``settings`` is cached (its model
+    is in ``model/``). A model is named by its recipe (the default) or by the directory it loads
+    from (a GGUF file's converted directory is named after the file's path, size and time)."""
+    source = {"default_model": recipe_hash()} if model is None else \
+        {"model": str(model_dir(model).resolve())}
+    key = json.dumps({**source, **asdict(settings)}, sort_keys=True)
     return cache_root() / f"aligned-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def align_default(settings: AlignSettings = AlignSettings(), progress: bool = True) -> Path:
-    """The model directory of the safety-aligned default, trained on first use."""
-    target = aligned_dir(settings)
+def align_model(settings: AlignSettings = AlignSettings(), model: str | None = None,
+                progress: bool = True) -> Path:
+    """The model directory of ``model`` (None: the embedded default) safety-aligned with
+    ``settings``, trained on first use."""
+    target = aligned_dir(settings, model)
     if (target / "model").is_dir():
         return target / "model"
 
     def build(staging: Path) -> None:
-        train(TrainConfig(out=str(staging), steps=settings.steps, lr=settings.lr,
-                          batch_size=settings.batch_size, seed=settings.seed, progress=progress),
+        train(TrainConfig(out=str(staging), model=model, steps=settings.steps, lr=settings.lr,
+                          batch_size=settings.batch_size, seed=settings.seed,
+                          max_length=settings.max_length, progress=progress),
               examples=alignment_examples("train"))
 
     publish_directory(target, build, replace=False)  # a concurrent run's identical build may win

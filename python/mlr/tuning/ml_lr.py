@@ -67,14 +67,22 @@ def param_groups(model: nn.Module, multipliers: dict[str, float],
                  weight_decay: float) -> list[dict[str, Any]]:
     """Optimizer groups for the parameters named in ``multipliers`` (those with multiplier 0 are
     left out: frozen), one group per (multiplier, decays) pair, with ``param_names``."""
-    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    return phased_param_groups(model, [multipliers], weight_decay)
+
+
+def phased_param_groups(model: nn.Module, tables: Sequence[dict[str, float]],
+                        weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups when the multipliers change over phases (``mlr.tuning.phases``): one
+    group per (multipliers over the phases, decays) pair, with ``param_names`` and the first
+    phase's ``lr_mult``; parameters at 0 (or absent) in every table are left out."""
+    groups: dict[tuple[tuple[float, ...], bool], dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
-        mult = multipliers.get(name, 0.0)
-        if mult == 0.0:
+        mults = tuple(table.get(name, 0.0) for table in tables)
+        if not any(mults):
             continue
         decay = decays(parameter)
-        group = groups.setdefault((mult, decay), {
-            "params": [], "param_names": [], "lr_mult": mult,
+        group = groups.setdefault((mults, decay), {
+            "params": [], "param_names": [], "lr_mult": mults[0],
             "weight_decay": weight_decay if decay else 0.0,
         })
         group["params"].append(parameter)

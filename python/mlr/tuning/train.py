@@ -3,8 +3,9 @@
 1. inputs: the (prompt, response) examples and Mods_Robust, read before anything heavy;
 2. model and tokenizer from a local directory (or the embedded default), LoRA adapters if asked;
 3. data: the examples through the chat template, loss on the response tokens only;
-4. ML-LR: Mods_Robust at the base LR, every other trainable module at base × ratio (ratio 0
-   freezes them), no weight decay on norms and biases;
+4. the multipliers: ML-LR (Mods_Robust at the base LR, every other trainable module at base ×
+   ratio; ratio 0 freezes them) or SWAT (Mods_Robust alone for a warm-up, then everything at the
+   base LR; ``mlr.tuning.phases``), no weight decay on norms and biases;
 5. MLRAdamW, linear warm-up then cosine decay;
 6. resume from the newest checkpoint when asked;
 7. the loop: gradient accumulation, bf16 autocast on a GPU, gradient clipping, a progress bar
@@ -41,6 +42,7 @@ from mlr.progress import progress_enabled
 from mlr.tuning.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    read_checkpoint_meta,
     save_checkpoint,
     save_pretrained_atomic,
 )
@@ -57,7 +59,14 @@ from mlr.tuning.distributed import (
 )
 from mlr.tuning.lora import add_lora, merged
 from mlr.tuning.metrics_log import MetricsLog
-from mlr.tuning.ml_lr import check_ratio, module_lr_multipliers, param_groups, read_mods_robust
+from mlr.tuning.ml_lr import check_ratio, read_mods_robust
+from mlr.tuning.phases import (
+    SCHEDULES,
+    MultiplierPhases,
+    default_swat_warmup,
+    ml_lr_phases,
+    swat_phases,
+)
 from mlr.tuning.sampler import EpochSampler
 from mlr.tuning.schedule import warmup_cosine
 from mlr.tuning.sft import (
@@ -83,6 +92,12 @@ class TrainConfig:
                                      none="no robust module: every module at --lr x --ratio")
     ratio: float = option(1.0, "LR multiplier of every module outside Mods_Robust, in [0, 1] "
                           "(1: vanilla fine-tuning, 0: freeze all but Mods_Robust)")
+    schedule: str = option("ml-lr", "ml-lr: the rest at --lr x --ratio throughout; swat: "
+                           "Mods_Robust alone for --swat-warmup-steps, then everything at --lr",
+                           choices=SCHEDULES)
+    swat_warmup_steps: int | None = option(None, "steps that train Mods_Robust alone under "
+                                           "--schedule swat", metavar="N",
+                                           none="a quarter of --steps, rounded up")
     out: str = option("mlr_train", "output directory (model/, metrics.jsonl, train.json, "
                       "checkpoints/)", metavar="DIR")
     steps: int = option(200, "optimizer steps")
@@ -115,6 +130,18 @@ class TrainConfig:
                          "keep_checkpoints")
         require_at_least(self, 0, "save_every", "lora_rank")
         check_ratio(self.ratio)
+        require(self.schedule in SCHEDULES,
+                f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
+        if self.schedule == "swat":
+            require(self.ratio == 1.0, "--ratio is ML-LR's; --schedule swat freezes the rest "
+                    "during its warm-up and then trains everything at --lr")
+            require(self.distributed is None, "--schedule swat with --distributed is not "
+                    "supported yet (the trainable set changes at the warm-up's end)")
+        else:
+            require(self.swat_warmup_steps is None,
+                    "--swat-warmup-steps needs --schedule swat")
+        require(self.swat_warmup_steps is None or 0 <= self.swat_warmup_steps <= self.steps,
+                f"--swat-warmup-steps must be in 0..{self.steps}, got {self.swat_warmup_steps}")
         require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         require(self.warmup_steps is None or 0 <= self.warmup_steps <= self.steps,
                 f"--warmup-steps must be in 0..{self.steps}, got {self.warmup_steps}")
@@ -163,13 +190,13 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     encoded = encode_examples(tokenizer, examples, config.max_length)
     sampler = EpochSampler(len(encoded), config.seed)
 
-    # 4. ML-LR multipliers; multiplier 0 means frozen, so no gradient is even computed.
-    multipliers = module_lr_multipliers(model, robust, config.ratio)
+    # 4. The multipliers of each phase; multiplier 0 means frozen, so no gradient is even computed.
+    phases = lr_phases(config, model, robust)
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(multipliers.get(name, 0.0) > 0.0)
+        parameter.requires_grad_(phases.tables[0].get(name, 0.0) > 0.0)
     if config.distributed:  # after freezing: DDP and FSDP2 take the trainable set as it is now
         model = wrap_model(model, config.distributed)
-    groups = param_groups(unwrap(model), multipliers, config.weight_decay)
+    groups = phases.param_groups(unwrap(model), config.weight_decay)
     if not groups:
         raise MlrInputError("nothing to train: --ratio is 0 and Mods_Robust is empty")
 
@@ -183,8 +210,11 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     finished = _finished(config, out, fingerprint)
     if finished is not None:
         return finished
-    step = 0 if checkpoint is None else load_checkpoint(checkpoint, model, optimizer, scheduler,
-                                                         sampler, fingerprint)
+    step = 0
+    if checkpoint is not None:
+        # The trainable set of the phase the checkpoint was saved in: that of its last step.
+        phases.enter(optimizer, max(read_checkpoint_meta(checkpoint)["step"] - 1, 0))
+        step = load_checkpoint(checkpoint, model, optimizer, scheduler, sampler, fingerprint)
     log = MetricsLog(out / "metrics.jsonl")
     if ctx.is_main:
         log.rewind(step)
@@ -197,6 +227,8 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     with tqdm(total=config.steps, initial=step, desc="train",
               disable=not (config.progress and ctx.is_main and progress_enabled())) as bar:
         while step < config.steps:
+            if step in phases.starts:
+                phases.enter(optimizer, step)
             tick = time.perf_counter()
             micro_batches = [make_batch(encoded, rank_share(sampler.next_batch(config.batch_size), ctx),
                                         pad_id, ctx.device) for _ in range(config.grad_accum)]
@@ -245,6 +277,15 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
             "result": {**asdict(result), "model_dir": str(model_dir)}})
     barrier()
     return result
+
+
+def lr_phases(config: TrainConfig, model: torch.nn.Module, robust: list[str]) -> MultiplierPhases:
+    """The multipliers of ``config.schedule`` over the run (``mlr.tuning.phases``)."""
+    if config.schedule == "swat":
+        warmup = (default_swat_warmup(config.steps) if config.swat_warmup_steps is None
+                  else config.swat_warmup_steps)
+        return swat_phases(model, robust, warmup)
+    return ml_lr_phases(model, robust, config.ratio)
 
 
 def _fingerprint(config: TrainConfig, encoded: list[tuple[list[int], list[int]]]) -> dict:
