@@ -130,7 +130,7 @@ def build_perturbation(session: Session) -> Perturbation:
 def build_evaluator(session: Session, probe: ProbeResult) -> ProbeEvaluator:
     """The frozen probe on the held-out split (at most ``heldout_limit`` prompts), replaying from
     cached layer inputs."""
-    heldout = session.data.heldout.balanced_subset(session.config.heldout_limit)
+    heldout = session.data.heldout.balanced_subset(session.config.heldout_limit or None)
     replay = LayerReplay(session.model, session.batches(heldout.prompts), probe.layer)
     return ProbeEvaluator(replay, probe.probe, heldout.labels)
 
