@@ -175,3 +175,14 @@ def test_a_large_enough_split_gets_no_warning():
     counts = load_security_data(None, None).heldout_counts()  # the embedded split
     assert few_prompts_note("accuracy", sum(counts.values())) is None
     assert few_prompts_note("accuracy", 96) is not None
+
+
+def test_held_out_limit_takes_half_per_class_in_order():
+    heldout = load_security_data(None, None).heldout
+    subset = heldout.balanced_subset(64)
+    assert len(subset.prompts) == 64 and int(subset.labels.sum()) == 32
+    harmful = [p for p, y in zip(heldout.prompts, heldout.labels.tolist()) if y == 1]
+    assert subset.prompts[:32] == harmful[:32]
+    assert heldout.balanced_subset(None) is heldout and heldout.balanced_subset(10_000) is heldout
+    skewed = type(heldout).of(["h1", "h2", "h3", "h4", "h5"], ["b1"])
+    assert skewed.balanced_subset(4).prompts == ["h1", "h2", "h3", "b1"]
