@@ -111,3 +111,12 @@ def test_probe_json_round_trip():
     restored = ProbeResult.from_json(result.to_json({"model": None}))
     assert restored.layer == 0 and restored.scores == result.scores
     assert torch.equal(restored.probe.logits(x), result.probe.logits(x))
+
+
+def test_probe_json_without_log_loss_still_loads():
+    x, y = planted(60, 4, seed=5)
+    record = train_probes(x[None], y, x[None], y, [0]).to_json({})
+    for layer in record["layers"]:
+        del layer["log_loss"]
+    restored = ProbeResult.from_json(record)
+    assert restored.layer == 0 and restored.scores[0].accuracy == record["layers"][0]["accuracy"]

@@ -31,7 +31,7 @@ from mlr.analysis.perturb import GradientPerturbation, NoisePerturbation, Pertur
 from mlr.analysis.plots import plot_robustness, plot_search
 from mlr.analysis.probe import ProbeResult, train_probes
 from mlr.analysis.replay import LayerReplay
-from mlr.analysis.robustness import ProbeEvaluator, RobustnessMap, score_modules
+from mlr.analysis.robustness import ModuleScore, ProbeEvaluator, RobustnessMap, score_modules
 from mlr.analysis.search import SearchResult, grow_robust_set, rank_modules
 from mlr.analysis.session import Session, open_session
 from mlr.data.ift import instruction_gradients
@@ -152,7 +152,9 @@ def _full_forward_seconds(session: Session, evaluator: ProbeEvaluator) -> float:
     return time.perf_counter() - start
 
 
-def _first_order(session: Session, probe: ProbeResult, evaluator: ProbeEvaluator) -> list:
+def _first_order(session: Session, probe: ProbeResult,
+                 evaluator: ProbeEvaluator) -> list[ModuleScore]:
+    """The first-order map on the evaluator's held-out batches."""
     replay = evaluator.replay
     return first_order_scores(session.model, replay.batches, probe.probe, evaluator.labels,
                               probe.layer, session.refs, session.config.alpha)

@@ -18,6 +18,7 @@ twins a few words apart from each harmful prompt (the embedded set is built that
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -76,7 +77,9 @@ class ProbeResult:
 
     @classmethod
     def from_json(cls, data: dict) -> ProbeResult:
-        scores = [LayerScore(**s) for s in data["layers"]]
+        # probe.json files written before the log-loss was recorded still load (mlr eval --probe)
+        scores = [LayerScore(s["layer"], s["accuracy"], s["auc"], s.get("log_loss", math.nan))
+                  for s in data["layers"]]
         return cls(scores, data["layer"], LinearProbe.from_dict(data["probe"]))
 
 
