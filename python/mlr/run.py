@@ -92,11 +92,11 @@ class RunConfig:
     perturb: str = option("noise", "perturbation of the robustness analysis",
                           choices=PERTURBATIONS)
     alpha: float = option(2.0, "perturbation size relative to the weight's norm")
-    tau: float = option(DEFAULT_TAU, "search threshold on the probe likelihood retained")
+    tau: float = option(DEFAULT_TAU, "search threshold, x the clean probe accuracy")
     budget: float | None = option(None, "largest parameter fraction Mods_Robust may hold",
                                   metavar="FRACTION", none="no limit")
     layer: int | None = option(None, "probe layer", metavar="L",
-                               none="the shallowest layer near the best held-out log-loss")
+                               none="the layer with the best held-out accuracy")
     analysis_seeds: int = option(3, "perturbation seeds of the robustness map and search",
                                  metavar="K")
     max_new_tokens: int = option(32, "tokens generated per evaluated answer", metavar="N")
