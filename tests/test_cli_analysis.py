@@ -56,20 +56,27 @@ def test_probe_analyze_search_write_their_outputs(files, tiny_loader, capsys, mo
     out = files / "out"
     probe = json.loads((out / "probe.json").read_text())
     assert probe["layer"] == 1 and [s["layer"] for s in probe["layers"]] == [0, 1]
-    assert {"accuracy", "auc"} <= set(probe["layers"][0])
+    assert {"accuracy", "auc", "log_loss"} <= set(probe["layers"][0])
     robustness = json.loads((out / "robustness.json").read_text())
     modules = robustness["modules"]
     assert [(m["layer"], m["type"]) for m in modules] == [(i, t) for i in range(2)
                                                          for t in MODULE_TYPES]
-    assert all({"name", "type", "layer", "score", "seeds"} <= set(m) for m in modules)
+    assert all({"name", "type", "layer", "score", "score_se", "change", "accuracy",
+                "seeds"} <= set(m) for m in modules)
     assert all(len(m["seeds"]) == 2 for m in modules)
+    assert len({m["score"] for m in modules}) == len(modules)  # continuous: no ties
     assert 0 < robustness["cost"]["fraction_of_naive"] < 1
+    comparison = robustness["comparison"]  # the first-order map, computed beside the exact one
+    assert comparison["modules"] == len(modules) and -1 <= comparison["spearman_score"] <= 1
     result = json.loads((out / "mods_robust.json").read_text())
     assert set(result["modules"]) <= {m["name"] for m in modules}
     assert 0 <= result["param_fraction"] <= 1 and result["curve"][0]["step"] == 0
+    assert result["stop_reason"] in ("tau", "budget", "exhausted") and result["stop_detail"]
+    assert all({"score", "accuracy", "param_fraction"} <= set(p) for p in result["curve"])
     for picture in ("robustness.png", "search.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG"
-    assert "Mods_Robust:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Mods_Robust:" in printed and "stopped:" in printed and "parameters" in printed
 
     def no_recompute(*args):
         raise AssertionError("robustness.json should have been reused")
@@ -82,9 +89,31 @@ def test_probe_analyze_search_write_their_outputs(files, tiny_loader, capsys, mo
 
 def test_ift_grad_analysis(files, tiny_loader):
     assert run(files, "analyze", "--perturb", "ift-grad", "--ift", str(files / "ift.json"),
-               "--seeds", "1", "--alpha", "0.2") == 0
+               "--seeds", "1", "--alpha", "0.2", "--layer", "1") == 0
     robustness = json.loads((files / "out" / "robustness.json").read_text())
     assert robustness["perturb"] == "ift-grad" and robustness["cost"]["gradient_passes"] == 1
+    assert robustness["comparison"] is None  # first order has no closed form for a gradient step
+
+
+def test_first_order_map_and_held_out_limit(files, tiny_loader, capsys):
+    assert run(files, "analyze", "--method", "first-order", "--layer", "1",
+               "--heldout-limit", "8") == 0
+    robustness = json.loads((files / "out" / "robustness.json").read_text())
+    assert robustness["method"] == "first-order" and robustness["heldout_rows"] == 8
+    assert all(m["measured"] and 0 < m["score"] <= 1 for m in robustness["modules"])
+    assert "first-order map" in capsys.readouterr().out
+
+
+def test_sets_that_separate_at_layer_zero_are_said_to_differ_in_wording(files, tiny_loader,
+                                                                         capsys):
+    # the tiny random model separates these 12 held-out prompts perfectly at layer 0
+    assert run(files, "probe") == 0
+    assert "differ in wording, not intent" in capsys.readouterr().err
+    assert run(files, "analyze", "--seeds", "1") == 2
+    err = capsys.readouterr().err.splitlines()
+    errors = [line for line in err if line.startswith("mlr: error: ")]
+    assert len(errors) == 1 and "wording, not intent" in errors[0] and "twins" in errors[0]
+    assert not (files / "out" / "robustness.json").exists()
 
 
 def _write(files, name, text):
@@ -103,6 +132,9 @@ def _write(files, name, text):
     ("search", ["--budget", "0"], "--budget"),
     ("analyze", ["--seeds", "0"], "--seeds"),
     ("analyze", ["--alpha", "-1"], "--alpha"),
+    ("analyze", ["--method", "first-order", "--perturb", "ift-grad"], "noise only"),
+    ("analyze", ["--heldout-limit", "2"], "--heldout-limit"),
+    ("probe", ["--layer-tolerance", "-0.1"], "--layer-tolerance"),
     ("analyze", ["--perturb", "ift-grad", "--ift", "{dir}/missing.json"], "not found"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tiny_loader, capsys, command,
@@ -133,7 +165,7 @@ def test_unrecognized_model_and_missing_model_dir(files, capsys, monkeypatch, tm
 def test_a_small_heldout_split_is_said_with_its_count_and_uncertainty(files, tiny_loader, capsys):
     assert run(files, "probe") == 0
     warnings = [line for line in capsys.readouterr().err.splitlines()
-                if line.startswith("mlr: warning: ")]
+                if line.startswith("mlr: warning: ") and "rests on" in line]
     assert warnings == ["mlr: warning: the probe's held-out accuracy rests on 12 prompts (6 harmful, "
                         "6 benign): uncertain by up to ±0.28 (95 % interval); use more prompts for "
                         "a firmer number"]
@@ -143,3 +175,14 @@ def test_a_large_enough_split_gets_no_warning():
     counts = load_security_data(None, None).heldout_counts()  # the embedded split
     assert few_prompts_note("accuracy", sum(counts.values())) is None
     assert few_prompts_note("accuracy", 96) is not None
+
+
+def test_held_out_limit_takes_half_per_class_in_order():
+    heldout = load_security_data(None, None).heldout
+    subset = heldout.balanced_subset(64)
+    assert len(subset.prompts) == 64 and int(subset.labels.sum()) == 32
+    harmful = [p for p, y in zip(heldout.prompts, heldout.labels.tolist()) if y == 1]
+    assert subset.prompts[:32] == harmful[:32]
+    assert heldout.balanced_subset(None) is heldout and heldout.balanced_subset(10_000) is heldout
+    skewed = type(heldout).of(["h1", "h2", "h3", "h4", "h5"], ["b1"])
+    assert skewed.balanced_subset(4).prompts == ["h1", "h2", "h3", "b1"]

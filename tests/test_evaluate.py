@@ -73,7 +73,7 @@ def test_probe_separation_applies_the_frozen_probe(tiny):
     features = capture_features(model, batches, [1])[0]
     probe = LinearProbe(torch.randn(features.shape[1], generator=torch.Generator().manual_seed(0)),
                         0.0)
-    result = ProbeResult([LayerScore(1, 1.0, 1.0)], 1, probe)
+    result = ProbeResult([LayerScore(1, 1.0, 1.0, 0.0)], 1, probe)
     data = EvalSet(HARMFUL, BENIGN, INSTRUCTIONS, TASKS)
     metrics, _ = evaluate(model, tokenizer, data, probe=result, max_new_tokens=2)
     labels = torch.tensor([1] * len(HARMFUL) + [0] * len(BENIGN))

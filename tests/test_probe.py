@@ -15,6 +15,7 @@ from mlr.analysis.probe import (
     fit_logistic,
     signed_margins,
     train_probes,
+    wording_note,
 )
 
 
@@ -76,10 +77,32 @@ def test_per_layer_probes_choose_the_signal_layer():
     assert given.layer == 2
 
 
-def test_layer_ties_go_to_higher_auc_then_deeper_layer():
-    assert choose_layer([LayerScore(0, 0.9, 0.95), LayerScore(1, 0.9, 0.97),
-                         LayerScore(2, 0.8, 0.99)]) == 1
-    assert choose_layer([LayerScore(0, 0.9, 0.95), LayerScore(3, 0.9, 0.95)]) == 3
+def test_layer_choice_is_the_shallowest_within_tolerance_of_the_best_log_loss():
+    scores = [LayerScore(0, 0.84, 0.90, 0.40), LayerScore(1, 0.95, 0.99, 0.12),
+              LayerScore(2, 1.00, 1.00, 0.08), LayerScore(3, 1.00, 1.00, 0.03)]
+    assert choose_layer(scores, tolerance=0.05) == 2  # 0.08 <= 0.03 + 0.05; 0.12 is not
+    assert choose_layer(scores, tolerance=0.0) == 3
+    assert choose_layer(scores, tolerance=1.0) == 0
+    # Tied accuracy (1.00 at layers 2 and 3) no longer decides: the log-loss does.
+    assert choose_layer([LayerScore(0, 1.0, 1.0, 0.30), LayerScore(5, 1.0, 1.0, 0.01)]) == 5
+
+
+def test_perfect_separation_at_layer_zero_says_wording_not_intent():
+    perfect = [LayerScore(0, 1.0, 1.0, 0.01), LayerScore(1, 1.0, 1.0, 0.01)]
+    note = wording_note(perfect)
+    assert note is not None and "wording, not intent" in note and "twins" in note
+    assert wording_note([LayerScore(0, 0.99, 1.0, 0.05), LayerScore(1, 1.0, 1.0, 0.01)]) is None
+
+
+def test_held_out_log_loss_is_reported_per_layer():
+    x, y = planted(200, 8, seed=6)
+    noise, _ = planted(200, 8, seed=7, signal=False)
+    result = train_probes(torch.stack([noise, x]), y, torch.stack([noise, x]), y, [0, 1])
+    assert result.layer == 1
+    assert result.scores[1].log_loss < 0.5 < result.scores[0].log_loss
+    logits = result.probe.logits(x)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), y.double())
+    assert result.scores[1].log_loss == pytest.approx(expected.item())
 
 
 def test_probe_json_round_trip():
@@ -88,3 +111,12 @@ def test_probe_json_round_trip():
     restored = ProbeResult.from_json(result.to_json({"model": None}))
     assert restored.layer == 0 and restored.scores == result.scores
     assert torch.equal(restored.probe.logits(x), result.probe.logits(x))
+
+
+def test_probe_json_without_log_loss_still_loads():
+    x, y = planted(60, 4, seed=5)
+    record = train_probes(x[None], y, x[None], y, [0]).to_json({})
+    for layer in record["layers"]:
+        del layer["log_loss"]
+    restored = ProbeResult.from_json(record)
+    assert restored.layer == 0 and restored.scores[0].accuracy == record["layers"][0]["accuracy"]

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from mlr.analysis.perturb import GradientPerturbation, NoisePerturbation, perturbed
 from mlr.analysis.probe import fit_logistic
 from mlr.analysis.replay import LayerReplay
-from mlr.analysis.robustness import ModuleScore, ProbeEvaluator, RobustnessMap, score_modules
+from mlr.analysis.robustness import (
+    ModuleScore,
+    ProbeEvaluator,
+    RobustnessMap,
+    Verdict,
+    likelihood_retained,
+    score_modules,
+)
 from mlr.data.ift import IGNORE_INDEX, LossBatch, instruction_gradients
 from mlr.features import capture_features, make_batches
 from mlr.modules import decoder_modules
@@ -86,6 +95,7 @@ def test_zero_perturbation_scores_one(kind):
     grad = score_modules(evaluator, refs, GradientPerturbation(0.0, lambda s: zero_gradients), [0])
     for score in noise + grad:
         assert score.measured and score.score == 1.0 and score.margin == 1.0
+        assert score.accuracy == 1.0 and score.change == 0.0 and score.score_se == 0.0
 
 
 def test_large_noise_degrades_and_modules_above_probe_layer_are_not_measured():
@@ -97,6 +107,9 @@ def test_large_noise_degrades_and_modules_above_probe_layer_are_not_measured():
     measured = [s for s in scores if s.measured]
     assert len(measured) == 14 and all(len(s.seeds) == 2 for s in measured)
     assert min(s.margin for s in measured) < 0.9
+    assert min(s.score for s in measured) < 0.9 and all(s.change > 0 for s in measured)
+    # continuous: modules that tie on accuracy retained still get distinct scores
+    assert len({round(s.score, 9) for s in measured}) == len(measured)
     # one recording pass (layers 0..1) + per seed 2 layer-forwards for layer 0, 1 for layer 1
     assert replay.layer_forwards == 2 + 2 * 7 * (2 + 1)
 
@@ -118,7 +131,21 @@ def test_instruction_gradients_match_autograd_and_restore_flags():
         torch.testing.assert_close(gradients[ref.name], ref.view(ref.parameter.grad))
 
 
+def test_likelihood_retained_is_exp_of_minus_the_mean_loss_change_with_its_standard_error():
+    clean = Verdict(1.0, 2.0, torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
+    worse = Verdict(0.75, 1.0, torch.tensor([0.3, 0.2, 0.5, 0.8], dtype=torch.float64))
+    better = Verdict(1.0, 3.0, torch.tensor([0.1, 0.2, 0.1, 0.4], dtype=torch.float64))
+    score, se = likelihood_retained(clean, [worse])
+    changes = torch.tensor([0.2, 0.0, 0.2, 0.4], dtype=torch.float64)
+    assert score == pytest.approx(math.exp(-0.2))
+    assert se == pytest.approx(score * changes.std().item() / 2)
+    both, _ = likelihood_retained(clean, [worse, better])  # seeds averaged per prompt
+    assert both == pytest.approx(math.exp(-(0.8 - 0.2) / 8))
+    assert likelihood_retained(clean, [better])[0] > 1.0
+
+
 def test_robustness_map_json_round_trip():
-    score = ModuleScore("m.q", "q", 0, 16, True, 0.9, 0.8, [0.9], [0.8])
-    rmap = RobustnessMap([score], 0, 1, "noise", 0.5, [0], 0.75, 1.5, {"layer_forwards": 1}, {})
+    score = ModuleScore("m.q", "q", 0, 16, True, 0.9, 0.01, 0.1, 0.8, 0.7, [0.9], [0.8])
+    rmap = RobustnessMap([score], 0, 1, "noise", 0.5, [0], 0.75, 1.5, 0.3, 24, "exact",
+                         {"layer_forwards": 1}, {}, {"modules": 1})
     assert RobustnessMap.from_json(rmap.to_json()) == rmap

@@ -12,13 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlr.analysis.perturb import PERTURBATIONS
+from mlr.analysis.probe import LAYER_TOLERANCE
 from mlr.analysis.search import DEFAULT_TAU
 from mlr.models import default_model_dir
 from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
 
-PROBE_OPTIONS = ("model", "harmful", "benign", "layer", "dtype", "device", "batch_size", "seed",
-                 "out")
-MAP_OPTIONS = (*PROBE_OPTIONS, "perturb", "alpha", "seeds", "ift")
+PROBE_OPTIONS = ("model", "harmful", "benign", "layer", "layer_tolerance", "dtype", "device",
+                 "batch_size", "seed", "out")
+MAP_OPTIONS = (*PROBE_OPTIONS, "method", "perturb", "alpha", "seeds", "ift", "heldout_limit")
+MAP_METHODS = ("exact", "first-order")
+# 64 prompts rank SmolLM2's modules as 192 do (Spearman 0.990) and keep its deepest map under
+# 10 minutes on 2 CPU cores (docs/ml_lr.md).
+DEFAULT_HELDOUT_LIMIT = 64
+FORMAT = 2  # of probe.json / robustness.json / mods_robust.json: files of another are not reused
 SEARCH_OPTIONS = (*MAP_OPTIONS, "tau", "budget")
 
 
@@ -33,13 +39,19 @@ class AnalysisConfig:
     benign: str | None = option(None, "benign prompts, same formats", metavar="FILE",
                                 none="the embedded set")
     layer: int | None = option(None, "probe layer, 0-based", metavar="L",
-                               none="the layer with the best held-out accuracy")
+                               none="the shallowest layer within --layer-tolerance of the best "
+                               "held-out log-loss")
+    layer_tolerance: float = option(LAYER_TOLERANCE, "held-out log-loss (nats) within which a "
+                                    "shallower layer counts as tied with the best", metavar="NATS")
     dtype: str = dtype_option()
     device: str = device_option()
     batch_size: int = option(16, "prompts per forward pass", metavar="N")
     seed: int = option(0, "seed of the data split and of the first perturbation")
     out: str = option("mlr_out", "output directory (probe.json, robustness.json, "
                       "mods_robust.json and their plots)", metavar="DIR")
+    method: str = option("exact", "robustness map: each module perturbed and replayed, or the "
+                         "first-order estimate alpha^2 rms(W)^2 |dL/dW|^2 from one gradient "
+                         "(noise only)", choices=MAP_METHODS)
     perturb: str = option("noise", "relative Gaussian noise, or a normalized instruction-loss "
                           "gradient step", choices=PERTURBATIONS)
     alpha: float = option(0.5, "perturbation size relative to the weight's norm")
@@ -47,12 +59,22 @@ class AnalysisConfig:
     ift: str | None = option(
         None, "benign instruction data for --perturb ift-grad, alpaca or chat JSON/JSONL as for "
         "training", metavar="FILE", none="the embedded instruction set")
-    tau: float = option(DEFAULT_TAU, "keep the probe's accuracy >= tau x its clean accuracy")
+    heldout_limit: int = option(DEFAULT_HELDOUT_LIMIT, "at most N held-out prompts (half per "
+                                "class) for the map and search, 0 for all; the map reports each "
+                                "score's standard error", metavar="N")
+    tau: float = option(DEFAULT_TAU, "keep the probe's held-out likelihood, with Mods_Robust "
+                        "perturbed together, >= tau x its clean likelihood")
     budget: float | None = option(None, "largest fraction of the module parameters Mods_Robust "
                                   "may hold", metavar="FRACTION", none="no limit")
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "batch_size", "seeds")
+        require(self.layer_tolerance >= 0,
+                f"--layer-tolerance must be >= 0, got {self.layer_tolerance}")
+        require(self.heldout_limit == 0 or self.heldout_limit >= 4,
+                f"--heldout-limit must be 0 (all) or at least 4, got {self.heldout_limit}")
+        require(self.method != "first-order" or self.perturb == "noise",
+                "--method first-order has a closed form for --perturb noise only")
         require(self.alpha >= 0, f"--alpha must be a non-negative number, got {self.alpha}")
         require(0 < self.tau <= 1, f"--tau must be a number in (0, 1], got {self.tau}")
         require(self.budget is None or 0 < self.budget <= 1,
@@ -67,13 +89,16 @@ class AnalysisConfig:
         """What a probe depends on. The embedded default is named by its cache directory, which
         changes with its recipe."""
         model = self.model if self.model is not None else str(default_model_dir())
-        return {"model": model, "dtype": self.dtype, "harmful": self.harmful,
-                "benign": self.benign, "seed": self.seed, "layer": self.layer}
+        return {"format": FORMAT, "model": model, "dtype": self.dtype, "harmful": self.harmful,
+                "benign": self.benign, "seed": self.seed, "layer": self.layer,
+                "layer_tolerance": self.layer_tolerance}
 
     def map_key(self) -> dict[str, Any]:
         """What a robustness map depends on."""
-        return {**self.probe_key(), "perturb": self.perturb, "alpha": self.alpha,
-                "seeds": self.seeds, "ift": self.ift if self.perturb == "ift-grad" else None}
+        return {**self.probe_key(), "method": self.method, "perturb": self.perturb,
+                "alpha": self.alpha, "seeds": self.seeds,
+                "ift": self.ift if self.perturb == "ift-grad" else None,
+                "heldout_limit": self.heldout_limit}
 
     def search_key(self) -> dict[str, Any]:
         """What a Mods_Robust search depends on."""

@@ -1,11 +1,15 @@
 """The three analysis stages as a library, over an ``AnalysisConfig``; outputs in ``config.out``.
 
 1. **probe** (``probe.json``): the security probe fitted at every decoder layer on last-token
-   features, scored on the held-out split; the probe layer is the best one (or ``config.layer``).
+   features, scored on the held-out split; the probe layer is the shallowest within
+   ``layer_tolerance`` of the best held-out log-loss (or ``config.layer``).
 2. **map** (``robustness.json``, ``robustness.png``): each module perturbed alone, scored by how
-   much of the frozen probe's held-out accuracy is retained (layer inputs cached and replayed).
+   much of the frozen probe's held-out likelihood is retained (layer inputs cached and replayed),
+   or, with ``method="first-order"``, estimated from one gradient. The exact map under noise also
+   computes the first-order one and records their Spearman correlation (``comparison``). A probe
+   whose sets separate perfectly at layer 0 is refused unless ``config.layer`` was given.
 3. **search** (``mods_robust.json``, ``search.png``): Mods_Robust grown from the most robust module
-   while the probe's accuracy with all of them perturbed stays ≥ tau × clean.
+   while the probe's likelihood retained with all of them perturbed stays ≥ tau.
 
 ``run_probe``, ``run_map`` and ``run_search`` compute the stage asked for and reuse each earlier
 stage's output from ``out`` when it was made with the same options (``AnalysisConfig.*_key``),
@@ -22,11 +26,12 @@ from pathlib import Path
 import torch
 
 from mlr.analysis.config import AnalysisConfig
+from mlr.analysis.first_order import compare_maps, first_order_scores
 from mlr.analysis.perturb import GradientPerturbation, NoisePerturbation, Perturbation
 from mlr.analysis.plots import plot_robustness, plot_search
 from mlr.analysis.probe import ProbeResult, train_probes
 from mlr.analysis.replay import LayerReplay
-from mlr.analysis.robustness import ProbeEvaluator, RobustnessMap, score_modules
+from mlr.analysis.robustness import ModuleScore, ProbeEvaluator, RobustnessMap, score_modules
 from mlr.analysis.search import SearchResult, grow_robust_set, rank_modules
 from mlr.analysis.session import Session, open_session
 from mlr.data.ift import instruction_gradients
@@ -88,7 +93,7 @@ def fit_probe(session: Session) -> ProbeResult:
     heldout = capture_features(session.model, session.batches(data.heldout.prompts), layers,
                                desc="features (held-out)")
     return train_probes(train, data.train.labels, heldout, data.heldout.labels, layers,
-                        session.config.layer)
+                        session.config.layer, session.config.layer_tolerance)
 
 
 def obtain_probe(session: Session) -> ProbeResult:
@@ -123,10 +128,18 @@ def build_perturbation(session: Session) -> Perturbation:
 
 
 def build_evaluator(session: Session, probe: ProbeResult) -> ProbeEvaluator:
-    """The frozen probe on the held-out split, replaying from cached layer inputs."""
-    heldout = session.data.heldout
+    """The frozen probe on the held-out split (at most ``heldout_limit`` prompts), replaying from
+    cached layer inputs."""
+    heldout = session.data.heldout.balanced_subset(session.config.heldout_limit or None)
     replay = LayerReplay(session.model, session.batches(heldout.prompts), probe.layer)
     return ProbeEvaluator(replay, probe.probe, heldout.labels)
+
+
+def check_probe_reads_intent(session: Session, probe: ProbeResult) -> None:
+    """Raise ``MlrInputError`` (the probe's ``wording_note``) when the sets separate perfectly at
+    layer 0 and the probe layer was chosen, not given: a map of that probe maps noise."""
+    if probe.note is not None and session.config.layer is None:
+        raise MlrInputError(f"{probe.note}; --layer maps that probe anyway")
 
 
 def _full_forward_seconds(session: Session, evaluator: ProbeEvaluator) -> float:
@@ -139,13 +152,31 @@ def _full_forward_seconds(session: Session, evaluator: ProbeEvaluator) -> float:
     return time.perf_counter() - start
 
 
+def _first_order(session: Session, probe: ProbeResult,
+                 evaluator: ProbeEvaluator) -> list[ModuleScore]:
+    """The first-order map on the evaluator's held-out batches."""
+    replay = evaluator.replay
+    return first_order_scores(session.model, replay.batches, probe.probe, evaluator.labels,
+                              probe.layer, session.refs, session.config.alpha)
+
+
 def compute_map(session: Session, probe: ProbeResult, perturbation: Perturbation) -> RobustnessMap:
-    """Score every module, with the cost against a naive loop of full forwards."""
+    """Score every module, with the cost against a naive loop of full forwards; the exact map
+    under noise also times the first-order map and records how the two rank modules."""
     config, seeds = session.config, session.config.perturbation_seeds
+    check_probe_reads_intent(session, probe)
     start = time.perf_counter()
     evaluator = build_evaluator(session, probe)
-    modules = score_modules(evaluator, session.refs, perturbation, seeds)
+    comparison = None
+    if config.method == "first-order":
+        modules = _first_order(session, probe, evaluator)
+    else:
+        modules = score_modules(evaluator, session.refs, perturbation, seeds)
     wall = time.perf_counter() - start
+    if config.method == "exact" and config.perturb == "noise":
+        tick = time.perf_counter()
+        comparison = {**compare_maps(modules, _first_order(session, probe, evaluator)),
+                      "first_order_seconds": time.perf_counter() - tick}
     naive_runs = len(session.refs) * len(seeds)
     full_forward = _full_forward_seconds(session, evaluator)
     cost = {
@@ -159,8 +190,9 @@ def compute_map(session: Session, probe: ProbeResult, perturbation: Perturbation
         "naive_wall_seconds_estimate": naive_runs * full_forward,
     }
     return RobustnessMap(modules, probe.layer, session.num_layers, config.perturb, config.alpha,
-                         seeds, evaluator.clean.accuracy, evaluator.clean.margin, cost,
-                         config.map_key())
+                         seeds, evaluator.clean.accuracy, evaluator.clean.margin,
+                         evaluator.clean.log_loss, evaluator.replay.rows, config.method, cost,
+                         config.map_key(), comparison)
 
 
 def obtain_map(session: Session, probe: ProbeResult, perturbation: Perturbation) -> RobustnessMap:
@@ -189,10 +221,11 @@ def search_robust_set(session: Session, probe: ProbeResult, rmap: RobustnessMap,
         raise MlrInputError(f"{Path(config.out) / MAP_FILE} lists other modules than the model has")
     evaluator = build_evaluator(session, probe)
 
-    def accuracy_with(names: list[str]) -> float:
-        return evaluator.mean_accuracy([refs[n] for n in names], perturbation,
-                                       config.perturbation_seeds)
+    def retained_with(names: list[str]) -> tuple[float, float]:
+        score, kept = evaluator.retained([refs[n] for n in names], perturbation,
+                                         config.perturbation_seeds)
+        return score, kept * evaluator.clean.accuracy
 
     total_params = sum(ref.numel for ref in session.refs)
-    return grow_robust_set(rank_modules(rmap.modules), accuracy_with, evaluator.clean.accuracy,
+    return grow_robust_set(rank_modules(rmap.modules), retained_with, evaluator.clean.accuracy,
                            total_params, config.tau, config.budget)

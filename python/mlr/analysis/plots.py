@@ -44,27 +44,29 @@ def plot_robustness(rmap: RobustnessMap, path: str | os.PathLike) -> None:
     axes.set_xticks(range(rmap.num_layers))
     axes.set_xlabel(f"layer (probe at {rmap.probe_layer}; right of the red line: not measured)"
                     if unmeasured else f"layer (probe at {rmap.probe_layer}, the last layer)")
-    axes.set_title(f"robustness: probe accuracy retained ({rmap.perturb}, alpha={rmap.alpha}, "
-                   f"{len(rmap.seeds)} seeds)")
+    axes.set_title(f"robustness: probe likelihood retained ({rmap.method}, {rmap.perturb}, "
+                   f"alpha={rmap.alpha}, {len(rmap.seeds)} seeds)")
     figure.colorbar(image, ax=axes, label="score")
     save_figure_atomic(path, figure)
     plt.close(figure)
 
 
 def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
-    """Probe accuracy as modules join Mods_Robust, with the tau threshold and the rejected step."""
-    steps = [p.step for p in result.curve]
-    accuracies = [p.accuracy for p in result.curve]
+    """Likelihood retained and accuracy retained against the share of module parameters as modules
+    join Mods_Robust, with the tau threshold and the rejected step."""
+    fractions = [p.param_fraction for p in result.curve]
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot(steps, accuracies, marker="o", markersize=3, label="probe accuracy")
+    axes.plot(fractions, [p.score for p in result.curve], marker="o", markersize=3,
+              label="likelihood retained")
+    axes.plot(fractions, [p.accuracy / result.clean_accuracy for p in result.curve], marker=".",
+              markersize=3, label="accuracy retained")
     rejected = [p for p in result.curve if not p.accepted]
     if rejected:
-        axes.plot([p.step for p in rejected], [p.accuracy for p in rejected], "rx", markersize=9,
-                  label="rejected")
-    axes.axhline(result.tau * result.clean_accuracy, color="gray", linestyle="--",
-                 label=f"tau × clean = {result.tau} × {result.clean_accuracy:.3f}")
-    axes.set_xlabel("modules perturbed together (most robust first)")
-    axes.set_ylabel("held-out probe accuracy")
+        axes.plot([p.param_fraction for p in rejected], [p.score for p in rejected], "rx",
+                  markersize=9, label="rejected")
+    axes.axhline(result.tau, color="gray", linestyle="--", label=f"tau = {result.tau}")
+    axes.set_xlabel("share of module parameters perturbed together (most robust first)")
+    axes.set_ylabel("retained, perturbed / clean")
     axes.set_title(f"Mods_Robust: {len(result.modules)} modules, "
                    f"{result.param_fraction:.1%} of module parameters (stop: {result.stop_reason})")
     axes.legend(loc="lower left")

@@ -4,19 +4,28 @@ Fit: features standardized with the training mean and std, L2-regularized logist
 by full-batch L-BFGS in float64 from a zero start, so the fit has no randomness at all; the
 standardization is then folded into the weight so the stored probe reads raw features.
 
-Layer choice: the highest held-out accuracy, ties broken by the higher AUC, then by the *deeper*
-layer. Deeper is the honest tie-break for the robustness analysis: a module can only move the
-probe's verdict if it sits at or below the probe layer, so a deeper probe sees more modules.
+Layer choice: the *shallowest* layer whose held-out log-loss is within ``LAYER_TOLERANCE`` nats of
+the best layer's. Accuracy saturates (a real model separates a prompt set at 0.94-1.00 at nearly
+every layer, so the old "best accuracy, then deeper" rule picked the last layer by a tie); the
+log-loss keeps ranking layers after accuracy has saturated, and among layers that carry the
+feature about equally well the shallowest is the cheapest to map and sits where the feature forms.
+
+When the held-out sets separate perfectly already at layer 0 (``wording_note``), one layer of
+context cannot have read the request's intent: the two sets differ in wording or style, and a map
+of such a probe measures nothing about safety. The remedy is the paper's construction, benign
+twins a few words apart from each harmful prompt (the embedded set is built that way).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 
 L2_PENALTY = 1e-2
 MAX_ITERATIONS = 200
+LAYER_TOLERANCE = 0.05  # nats of held-out log-loss: layers this close to the best count as tied
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class LayerScore:
     layer: int
     accuracy: float
     auc: float
+    log_loss: float  # mean held-out binary cross-entropy, nats
 
 
 @dataclass(frozen=True)
@@ -50,18 +60,26 @@ class ProbeResult:
     layer: int
     probe: LinearProbe
 
+    @property
+    def note(self) -> str | None:
+        """``wording_note`` of these scores."""
+        return wording_note(self.scores)
+
     def to_json(self, config: dict) -> dict:
         """The ``probe.json`` record; ``config`` says what produced it (model, data, options)."""
         return {
             "layers": [asdict(s) for s in self.scores],
             "layer": self.layer,
+            "note": self.note,
             "probe": self.probe.to_dict(),
             "config": config,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> ProbeResult:
-        scores = [LayerScore(s["layer"], s["accuracy"], s["auc"]) for s in data["layers"]]
+        # probe.json files written before the log-loss was recorded still load (mlr eval --probe)
+        scores = [LayerScore(s["layer"], s["accuracy"], s["auc"], s.get("log_loss", math.nan))
+                  for s in data["layers"]]
         return cls(scores, data["layer"], LinearProbe.from_dict(data["probe"]))
 
 
@@ -96,6 +114,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return ((logits > 0).long() == labels).double().mean().item()
 
 
+def log_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row binary cross-entropy of the probe's verdict (nats, float64 ``[rows]``)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        logits.double(), labels.double(), reduction="none")
+
+
 def signed_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Logit times ±1 (+1 harmful): positive when the verdict is right, larger when surer."""
     return logits * (2 * labels - 1).to(logits.dtype)
@@ -119,23 +143,39 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return u / (n_pos * n_neg)
 
 
-def choose_layer(scores: list[LayerScore]) -> int:
-    """Best held-out accuracy, then AUC, then the deeper layer."""
-    return max(scores, key=lambda s: (s.accuracy, s.auc, s.layer)).layer
+def choose_layer(scores: list[LayerScore], tolerance: float = LAYER_TOLERANCE) -> int:
+    """The shallowest layer whose held-out log-loss is at most the best one's + ``tolerance``."""
+    best = min(s.log_loss for s in scores)
+    return min(s.layer for s in scores if s.log_loss <= best + tolerance)
+
+
+def wording_note(scores: list[LayerScore]) -> str | None:
+    """One line when the held-out sets separate perfectly at layer 0, else ``None``."""
+    first = next((s for s in scores if s.layer == 0), None)
+    if first is None or first.accuracy < 1.0:
+        return None
+    return ("harmful and benign prompts separate perfectly already at layer 0 (held-out accuracy "
+            "1.000): they differ in wording, not intent, so the probe reads style, not safety; "
+            "give benign twins a few words apart from each harmful prompt (the paper's "
+            "construction; the embedded set, used when --harmful and --benign are omitted, "
+            "is built that way)")
 
 
 def train_probes(train_features: torch.Tensor, train_labels: torch.Tensor,
                  heldout_features: torch.Tensor, heldout_labels: torch.Tensor,
-                 layers: list[int], layer: int | None = None) -> ProbeResult:
+                 layers: list[int], layer: int | None = None,
+                 tolerance: float = LAYER_TOLERANCE) -> ProbeResult:
     """Fit one probe per layer (``*_features`` are ``[len(layers), rows, hidden]``), score each on
-    the held-out rows, and keep the probe of ``layer`` (or of the chosen layer when ``None``)."""
+    the held-out rows, and keep the probe of ``layer`` (or of ``choose_layer``'s when ``None``)."""
     probes, scores = {}, []
     for row, index in enumerate(layers):
         probe = fit_logistic(train_features[row], train_labels)
         logits = probe.logits(heldout_features[row])
         probes[index] = probe
-        scores.append(LayerScore(index, accuracy(logits, heldout_labels), auc(logits, heldout_labels)))
-    chosen = choose_layer(scores) if layer is None else layer
+        scores.append(LayerScore(index, accuracy(logits, heldout_labels),
+                                 auc(logits, heldout_labels),
+                                 log_loss(logits, heldout_labels).mean().item()))
+    chosen = choose_layer(scores, tolerance) if layer is None else layer
     if chosen not in probes:
         raise ValueError(f"layer {chosen} was not probed (probed: {layers})")
     return ProbeResult(scores, chosen, probes[chosen])

@@ -2,9 +2,18 @@
 
 For a module and a seed, the module's weight is perturbed (``mlr.analysis.perturb``), the held-out prompts'
 features at the probe layer are recomputed from the module's layer on (``mlr.analysis.replay``), and the
-probe is scored on them. A module's robustness ``score`` is the probe accuracy retained relative to
-the clean model (perturbed / clean; 1.0 = unaffected, may exceed 1), averaged over seeds; ``margin``
-is the same ratio for the mean signed margin, a finer signal used to break ties.
+probe is scored on them.
+
+The proxy is the frozen probe's held-out log-loss ``L`` (mean binary cross-entropy, nats), not its
+accuracy: accuracy moves in steps of ``1 / rows`` and saturates near 1.0 on a real model, so one
+seed and a hundred prompts could not tell modules apart. A module's robustness ``score`` is the
+probe's likelihood retained, ``exp(L_clean - L_perturbed)`` with ``L_perturbed`` averaged over
+seeds: the geometric-mean probability of the right verdict, perturbed / clean (1.0 = unaffected,
+may exceed 1). ``score_se`` is its standard error over prompts (per-prompt loss changes are
+paired, so their spread is small; delta method). ``change`` is the root-mean-square change of
+``L`` over seeds, the quantity the first-order map predicts (``mlr.analysis.first_order``).
+``accuracy`` (accuracy retained, perturbed / clean) and ``margin`` (mean signed margin retained)
+are reported beside it.
 
 Modules above the probe layer cannot change the probe's input at all, so they are **not measured**:
 their entry has ``"measured": false`` and ``"score": null``, the heatmap greys them out, and the
@@ -18,13 +27,14 @@ module of layer ``j``, plus one recording pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
 from mlr.analysis.perturb import Perturbation, perturbed
-from mlr.analysis.probe import LinearProbe, accuracy, signed_margins
+from mlr.analysis.probe import LinearProbe, accuracy, log_loss, signed_margins
 from mlr.analysis.replay import LayerReplay
 from mlr.errors import MlrInputError
 from mlr.modules import ModuleRef
@@ -35,6 +45,21 @@ from mlr.progress import progress
 class Verdict:
     accuracy: float
     margin: float  # mean signed margin
+    losses: torch.Tensor  # float64 [rows]: each held-out prompt's log-loss, nats
+
+    @property
+    def log_loss(self) -> float:
+        return self.losses.mean().item()
+
+
+def likelihood_retained(clean: Verdict, perturbed: Sequence[Verdict]) -> tuple[float, float]:
+    """``exp(L_clean - mean_seeds L_perturbed)`` and its standard error over prompts (delta method
+    on the mean of the per-prompt loss changes, averaged over seeds)."""
+    changes = torch.stack([v.losses - clean.losses for v in perturbed]).mean(dim=0)
+    score = math.exp(-changes.mean().item())
+    rows = changes.numel()
+    se = changes.std().item() / math.sqrt(rows) if rows > 1 else math.inf
+    return score, score * se
 
 
 class ProbeEvaluator:
@@ -53,7 +78,8 @@ class ProbeEvaluator:
     def _verdict(self, features: torch.Tensor) -> Verdict:
         logits = self.probe.logits(features)
         return Verdict(accuracy(logits, self.labels),
-                       signed_margins(logits, self.labels).mean().item())
+                       signed_margins(logits, self.labels).mean().item(),
+                       log_loss(logits, self.labels))
 
     def measurable(self, ref: ModuleRef) -> bool:
         return ref.layer <= self.replay.probe_layer
@@ -66,9 +92,14 @@ class ProbeEvaluator:
             features = self.replay.features_from(min(ref.layer for ref in refs))
         return self._verdict(features)
 
-    def mean_accuracy(self, refs: Sequence[ModuleRef], perturbation: Perturbation,
-                      seeds: Sequence[int]) -> float:
-        return sum(self.verdict(refs, perturbation, s).accuracy for s in seeds) / len(seeds)
+    def retained(self, refs: Sequence[ModuleRef], perturbation: Perturbation,
+                 seeds: Sequence[int]) -> tuple[float, float]:
+        """Likelihood retained and accuracy retained (both perturbed / clean, over ``seeds``)
+        with every module of ``refs`` perturbed together."""
+        verdicts = [self.verdict(refs, perturbation, s) for s in seeds]
+        score, _ = likelihood_retained(self.clean, verdicts)
+        kept = sum(v.accuracy for v in verdicts) / len(verdicts) / self.clean.accuracy
+        return score, kept
 
 
 @dataclass(frozen=True)
@@ -78,10 +109,19 @@ class ModuleScore:
     layer: int
     params: int
     measured: bool
-    score: float | None  # mean accuracy retained; None when not measured
-    margin: float | None  # mean margin retained
-    seeds: list[float]  # accuracy retained per seed
-    seed_margins: list[float]
+    score: float | None  # likelihood retained; None (so are the rest) when not measured
+    score_se: float | None  # its standard error over prompts
+    change: float | None  # RMS change of the held-out log-loss over seeds, nats
+    accuracy: float | None  # accuracy retained, mean over seeds
+    margin: float | None  # mean signed margin retained, mean over seeds
+    seeds: list[float]  # likelihood retained per seed
+    seed_accuracies: list[float]  # accuracy retained per seed
+
+
+def unmeasured(ref: ModuleRef) -> ModuleScore:
+    """The entry of a module above the probe layer."""
+    return ModuleScore(ref.name, ref.type, ref.layer, ref.numel, False, None, None, None, None,
+                       None, [], [])
 
 
 @dataclass(frozen=True)
@@ -94,8 +134,12 @@ class RobustnessMap:
     seeds: list[int]
     clean_accuracy: float
     clean_margin: float
+    clean_log_loss: float
+    heldout_rows: int
+    method: str  # "exact" or "first-order"
     cost: dict
     config: dict
+    comparison: dict | None = None  # the other method's map against this one (Spearman), if run
 
     def to_json(self) -> dict:
         return {**asdict(self), "modules": [asdict(m) for m in self.modules]}
@@ -112,13 +156,14 @@ def score_modules(evaluator: ProbeEvaluator, refs: Sequence[ModuleRef],
     scores = []
     for ref in progress(refs, desc=f"robustness ({perturbation.kind})"):
         if not evaluator.measurable(ref):
-            scores.append(ModuleScore(ref.name, ref.type, ref.layer, ref.numel, False, None, None,
-                                      [], []))
+            scores.append(unmeasured(ref))
             continue
         verdicts = [evaluator.verdict([ref], perturbation, seed) for seed in seeds]
+        score, score_se = likelihood_retained(clean, verdicts)
+        per_seed = [likelihood_retained(clean, [v])[0] for v in verdicts]
+        change = math.sqrt(sum((v.log_loss - clean.log_loss) ** 2 for v in verdicts) / len(verdicts))
         kept = [v.accuracy / clean.accuracy for v in verdicts]
-        margins = [v.margin / clean.margin for v in verdicts]
-        scores.append(ModuleScore(ref.name, ref.type, ref.layer, ref.numel, True,
-                                  sum(kept) / len(kept), sum(margins) / len(margins),
-                                  kept, margins))
+        margin = sum(v.margin for v in verdicts) / len(verdicts) / clean.margin
+        scores.append(ModuleScore(ref.name, ref.type, ref.layer, ref.numel, True, score, score_se,
+                                  change, sum(kept) / len(kept), margin, per_seed, kept))
     return scores

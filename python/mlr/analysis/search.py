@@ -1,11 +1,19 @@
 """Proxy-guided search for Mods_Robust.
 
-Candidates are the measured modules ranked by robustness (score, then margin, both descending;
-equal pairs keep map order: layer, then q k v o gate up down). Starting from the most robust, the
-next candidate is added while the probe's accuracy with *all* selected modules perturbed together
-stays at or above ``tau × clean accuracy``. The search stops at the first candidate that would
-break that, or push the selected parameters above ``budget`` (a fraction of the parameters of all
-candidate-type modules, measured or not), or when candidates run out; ``stop_reason`` says which.
+Candidates are the measured modules ranked by robustness (score descending, then the smaller
+RMS change; equal pairs keep map order: layer, then q k v o gate up down). Starting from the most
+robust, the next candidate is added while the probe's *likelihood retained* with all selected
+modules perturbed together (``mlr.analysis.robustness``: ``exp(L_clean - L_set)``) stays at or
+above ``tau``. The search stops at the first candidate that would break that, or push the selected
+parameters above ``budget`` (a fraction of the parameters of all candidate-type modules, measured
+or not), or when candidates run out; ``stop_reason`` says which and ``stop_detail`` why, in words.
+
+The criterion is the continuous proxy, not accuracy: accuracy on a hundred prompts moves in steps
+of 0.01 and, on a real model, falls below ``tau × clean`` as soon as a few modules are perturbed
+together, so the size of Mods_Robust was an accident of the noise size. The likelihood retained
+falls smoothly as modules join, so ``tau`` (and ``budget``) set the size, and the curve (score,
+accuracy and parameter share per step, in ``mods_robust.json`` and ``search.png``) shows what
+another ``tau`` or ``budget`` would have given, up to where the search stopped.
 
 The curve starts at the clean model (step 0, no module) and has one point per evaluated candidate;
 the rejected one, if any, is the last point with ``accepted: false``.
@@ -28,7 +36,8 @@ class CurvePoint:
     added: str | None
     type: str | None
     layer: int | None
-    accuracy: float
+    score: float  # likelihood retained with every module so far perturbed together
+    accuracy: float  # probe accuracy, same perturbation
     param_fraction: float
     accepted: bool
 
@@ -44,6 +53,13 @@ class SearchResult:
     tau: float
     budget: float | None
     stop_reason: str  # "tau", "budget" or "exhausted"
+    stop_detail: str  # the reason in words
+
+    @property
+    def summary(self) -> str:
+        """Mods_Robust's size and why the search stopped, in one line."""
+        return (f"Mods_Robust: {len(self.modules)} modules, {self.params:,} parameters = "
+                f"{self.param_fraction:.1%} of module parameters; stopped: {self.stop_detail}")
 
     def to_json(self, config: dict) -> dict:
         return {**asdict(self), "config": config}
@@ -52,32 +68,37 @@ class SearchResult:
 def rank_modules(scores: Sequence[ModuleScore]) -> list[ModuleScore]:
     """Measured modules, most robust first."""
     measured = [s for s in scores if s.measured]
-    return sorted(measured, key=lambda s: (s.score, s.margin), reverse=True)
+    return sorted(measured, key=lambda s: (-s.score, s.change))
 
 
-def grow_robust_set(ranked: Sequence[ModuleScore], evaluate: Callable[[list[str]], float],
+def grow_robust_set(ranked: Sequence[ModuleScore],
+                    evaluate: Callable[[list[str]], tuple[float, float]],
                     clean_accuracy: float, total_params: int, tau: float = DEFAULT_TAU,
                     budget: float | None = None) -> SearchResult:
-    """Grow Mods_Robust along ``ranked``; ``evaluate(names)`` is the probe accuracy with those
-    modules perturbed together, ``total_params`` the denominator of ``budget``."""
-    threshold = tau * clean_accuracy
+    """Grow Mods_Robust along ``ranked``; ``evaluate(names)`` is the probe's (likelihood retained,
+    accuracy) with those modules perturbed together, ``total_params`` the denominator of
+    ``budget``."""
     selected: list[str] = []
     params = 0
-    curve = [CurvePoint(0, None, None, None, clean_accuracy, 0.0, True)]
-    stop_reason = "exhausted"
+    curve = [CurvePoint(0, None, None, None, 1.0, clean_accuracy, 0.0, True)]
+    stop_reason, stop_detail = "exhausted", f"all {len(ranked)} measured modules were added"
     for candidate in progress(ranked, desc="search"):
         fraction = (params + candidate.params) / total_params
         if budget is not None and fraction > budget:
             stop_reason = "budget"
+            stop_detail = (f"adding {candidate.name} would hold {fraction:.1%} of module "
+                           f"parameters, over the budget of {budget:.1%}")
             break
-        accuracy = evaluate([*selected, candidate.name])
-        accepted = accuracy >= threshold
+        score, accuracy = evaluate([*selected, candidate.name])
+        accepted = score >= tau
         curve.append(CurvePoint(len(curve), candidate.name, candidate.type, candidate.layer,
-                                accuracy, fraction, accepted))
+                                score, accuracy, fraction, accepted))
         if not accepted:
             stop_reason = "tau"
+            stop_detail = (f"adding {candidate.name} would leave the probe {score:.3f} of its "
+                           f"held-out likelihood (accuracy {accuracy:.3f}), below tau {tau}")
             break
         selected.append(candidate.name)
         params += candidate.params
     return SearchResult(selected, params / total_params, curve, params, total_params,
-                        clean_accuracy, tau, budget, stop_reason)
+                        clean_accuracy, tau, budget, stop_reason, stop_detail)

@@ -11,6 +11,7 @@ from mlr.analysis.pipeline import PROBE_FILE, run_probe
 from mlr.analysis.probe import ProbeResult
 from mlr.commands.common import print_table
 from mlr.options import add_options, from_options
+from mlr.sample_size import warn
 
 NAME = "probe"
 HELP = "fit the security probe per layer and choose the probe layer"
@@ -21,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def print_probe(result: ProbeResult) -> None:
-    print_table(["layer", "held-out acc", "AUC", ""],
-                [[s.layer, f"{s.accuracy:.3f}", f"{s.auc:.3f}",
+    print_table(["layer", "held-out acc", "AUC", "log-loss", ""],
+                [[s.layer, f"{s.accuracy:.3f}", f"{s.auc:.3f}", f"{s.log_loss:.4f}",
                   "<- probe" if s.layer == result.layer else ""] for s in result.scores])
 
 
@@ -31,4 +32,5 @@ def run(args: argparse.Namespace) -> int:
     result = run_probe(config)
     print_probe(result)
     print(f"probe layer {result.layer}; wrote {Path(config.out) / PROBE_FILE}")
+    warn(result.note)
     return 0

@@ -1,5 +1,5 @@
 """Proxy-guided search for Mods_Robust: add modules from the most robust down while the probe's
-accuracy with all of them perturbed together stays >= tau x clean, within an optional parameter
+held-out likelihood with all of them perturbed together stays >= tau x clean, within an optional parameter
 budget. Reuses robustness.json (and probe.json) from --out when made with the same options.
 Writes mods_robust.json and search.png."""
 
@@ -25,14 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_result(result: SearchResult) -> None:
     accepted = [p for p in result.curve if p.added is not None and p.accepted]
-    rows = [[p.step, p.added, f"{p.accuracy:.3f}", f"{p.param_fraction:.1%}"]
+    rows = [[p.step, p.added, f"{p.score:.3f}", f"{p.accuracy:.3f}", f"{p.param_fraction:.1%}"]
             for p in accepted[:SHOWN_MODULES]]
-    print_table(["#", "module", "accuracy", "params"], rows)
+    print_table(["#", "module", "likelihood kept", "accuracy", "params"], rows)
     if len(accepted) > SHOWN_MODULES:
         print(f"... and {len(accepted) - SHOWN_MODULES} more")
-    print(f"Mods_Robust: {len(result.modules)} modules, {result.param_fraction:.1%} of module "
-          f"parameters; clean accuracy {result.clean_accuracy:.3f}, threshold "
-          f"{result.tau * result.clean_accuracy:.3f}; stopped: {result.stop_reason}")
+    print(f"{result.summary} (clean accuracy {result.clean_accuracy:.3f})")
 
 
 def run(args: argparse.Namespace) -> int:

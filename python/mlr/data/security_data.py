@@ -33,6 +33,18 @@ class LabeledPrompts:
         labels = [HARMFUL] * len(harmful) + [BENIGN] * len(benign)
         return cls(list(harmful) + list(benign), torch.tensor(labels, dtype=torch.long))
 
+    def balanced_subset(self, limit: int | None) -> LabeledPrompts:
+        """At most ``limit`` prompts: the first ``limit // 2`` of each class in their order here
+        (the rest to the other class when one runs short); all of them when ``limit`` is
+        ``None``. The embedded set lists each harmful prompt's benign twin at the same position,
+        so the subset keeps twins together."""
+        if limit is None or limit >= len(self.prompts):
+            return self
+        harmful = [p for p, y in zip(self.prompts, self.labels.tolist()) if y == HARMFUL]
+        benign = [p for p, y in zip(self.prompts, self.labels.tolist()) if y == BENIGN]
+        take_harmful = min(len(harmful), max(limit // 2, limit - len(benign)))
+        return LabeledPrompts.of(harmful[:take_harmful], benign[:limit - take_harmful])
+
 
 @dataclass(frozen=True)
 class SecurityData:

@@ -158,7 +158,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{_swat_setup(arms, setup)}. "
         f"Mods_Robust: {len(report['mods_robust']['modules'])} modules, "
         f"{report['mods_robust']['param_fraction']:.1%} of module parameters "
-        f"(perturbation {setup['perturb']}, alpha {setup['alpha']}, tau {setup['tau']}). "
+        f"(perturbation {setup['perturb']}, alpha {setup['alpha']}, tau {setup['tau']}; "
+        f"stopped: {report['mods_robust'].get('stop_detail', 'not recorded')}). "
         f"Wall time {report['wall_seconds'] / 60:.1f} min, {_processes(setup)} "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in setup['stage_seconds'].items())}).",
         "",
@@ -202,7 +203,9 @@ def write_report(out: Path, arms: dict[str, dict[str, Any]], mods_robust: dict[s
                  setup: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
     """Write report.json, report.md and the arms figure into ``out``; returns the report."""
     report = {"arms": arms, "target": target_check(arms),
-              "mods_robust": {k: mods_robust[k] for k in ("modules", "param_fraction")},
+              "mods_robust": {k: mods_robust[k] for k in ("modules", "param_fraction", "params",
+                                                          "stop_reason", "stop_detail")
+                              if k in mods_robust},
               "setup": setup, "wall_seconds": wall_seconds}
     plot_arms(arms, out / PLOT_FILE)
     write_json_atomic(out / "report.json", report)
