@@ -102,11 +102,13 @@ class RunConfig:
                           choices=PERTURBATIONS)
     alpha: float | None = option(None, "perturbation size relative to the weight's norm",
                                  none=default_note("alpha"))
-    tau: float = option(DEFAULT_TAU, "search threshold, x the clean probe accuracy")
+    tau: float = option(DEFAULT_TAU, "search threshold: the probe's held-out likelihood with "
+                        "Mods_Robust perturbed together stays >= tau x its clean likelihood")
     budget: float | None = option(None, "largest parameter fraction Mods_Robust may hold",
                                   metavar="FRACTION", none="no limit")
     layer: int | None = option(None, "probe layer", metavar="L",
-                               none="the layer with the best held-out accuracy")
+                               none="the shallowest layer within --layer-tolerance of the best "
+                               "held-out log-loss")
     analysis_seeds: int | None = option(None, "perturbation seeds of the robustness map and "
                                         "search", metavar="K", none=default_note("analysis_seeds"))
     max_new_tokens: int | None = option(None, "tokens generated per evaluated answer", metavar="N",
