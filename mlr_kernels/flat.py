@@ -67,7 +67,8 @@ from mlr_kernels.segments import (
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
-_PLAIN_NUMBERS = {float, int}
+# Types of hyperparameter values read as plain numbers; anything else (a tensor) is read by value.
+PLAIN_NUMBERS = frozenset({float, int, bool})
 _grad_of = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
@@ -292,7 +293,7 @@ class FlatBucket:
             self._lr_signature = None
         # The set of types is the fast test for plain numbers (a scheduler's numpy float takes
         # the exact isinstance test).
-        if not set(map(type, lrs)) <= _PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
+        if not set(map(type, lrs)) <= PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
             group_lr = torch.stack([torch.as_tensor(lr, device=self.device) for lr in lrs])
             hyper[:, LR] = group_lr.to(torch.float64)[self._group_index_device] * self._lr_mults
         elif self._lr_signature != lrs:

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from mlr_kernels.backends import load_backend, resolve_backend
 from mlr_kernels.dtensor import local_tensor, sharding_key
-from mlr_kernels.flat import SUPPORTED_DTYPES, FlatBucket, Repack
+from mlr_kernels.flat import PLAIN_NUMBERS, SUPPORTED_DTYPES, FlatBucket, Repack
 
 # Group keys torch.optim.AdamW keeps; we keep them too so a state_dict loads either way.
 _TORCH_ADAMW_FLAGS = dict(foreach=None, capturable=False, differentiable=False, fused=None,
@@ -37,7 +37,6 @@ _lr_mult_of = operator.methodcaller("get", "lr_mult", 1.0)
 _wd_mult_of = operator.methodcaller("get", "wd_mult", 1.0)
 _lr_value = operator.itemgetter("lr")
 _params_of = operator.itemgetter("params")
-_PLAIN_NUMBERS = {float, int, bool}
 _amsgrad_of = operator.itemgetter("amsgrad")
 _grad_of = operator.attrgetter("grad")
 
@@ -385,7 +384,7 @@ def _group_signature(groups: list[dict[str, Any]]) -> tuple[Any, ...]:
     values = (tuple(map(_static_values, groups)), tuple(map(tuple, map(_betas_of, groups))),
               tuple(map(_lr_mult_of, groups)), tuple(map(_wd_mult_of, groups)))
     flat = chain(chain.from_iterable(values[0]), chain.from_iterable(values[1]), values[2], values[3])
-    if set(map(type, flat)) <= _PLAIN_NUMBERS:  # the usual case, decided in C loops
+    if set(map(type, flat)) <= PLAIN_NUMBERS:  # the usual case, decided in C loops
         return values
     return tuple(tuple(_plain(v) if not isinstance(v, tuple) else tuple(map(_plain, v)) for v in part)
                  for part in values)
