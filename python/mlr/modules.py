@@ -16,6 +16,7 @@ The canonical name of a GPT-2 q/k/v slice is the fused module's name with the ty
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -86,6 +87,28 @@ class ModuleRef:
     @property
     def numel(self) -> int:
         return self.weight().numel()
+
+
+def module_gradients(model: nn.Module, refs: Sequence[ModuleRef],
+                     backward: Callable[[], None]) -> dict[str, torch.Tensor]:
+    """Each of ``refs``' block of the gradient that ``backward()`` accumulates (float32, keyed by
+    module name; zeros where it reaches no module), with gradients enabled on those weights only.
+    Every parameter's ``requires_grad`` and ``grad`` are restored afterwards."""
+    wanted = {id(ref.parameter) for ref in refs}
+    requires_grad = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in wanted)
+            parameter.grad = None
+        with torch.enable_grad():
+            backward()
+        return {ref.name: ref.view(ref.parameter.grad).detach().float().clone()
+                if ref.parameter.grad is not None else torch.zeros_like(ref.weight().float())
+                for ref in refs}
+    finally:
+        for parameter, flag in requires_grad.items():
+            parameter.grad = None
+            parameter.requires_grad_(flag)
 
 
 def canonical_module_name(name: str) -> str:

@@ -25,7 +25,7 @@ from torch import nn
 from mlr.analysis.probe import LinearProbe, log_loss
 from mlr.analysis.robustness import ModuleScore, unmeasured
 from mlr.features import Batch
-from mlr.modules import ModuleRef, decoder_layers
+from mlr.modules import ModuleRef, decoder_layers, module_gradients
 from mlr.progress import progress
 from mlr_kernels.capture import last_token_index
 
@@ -59,27 +59,16 @@ def loss_gradients(model: nn.Module, batches: Sequence[Batch], probe: LinearProb
     mean held-out log-loss over all rows of ``batches`` (``labels``: int64 ``[rows]``). Parameters'
     ``requires_grad`` and ``grad`` are restored afterwards."""
     rows = sum(len(b.rows) for b in batches)
-    wanted = {id(ref.parameter) for ref in refs}
-    requires_grad = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for parameter in model.parameters():
-            parameter.requires_grad_(id(parameter) in wanted)
-            parameter.grad = None
-        with torch.enable_grad():
-            for batch in progress(batches, desc="first-order map"):
-                hidden = _probe_layer_output(model, batch, probe_layer)
-                last = last_token_index(batch.attention_mask).to(hidden.device)
-                features = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-                logits = probe.logits(features.cpu())
-                loss = log_loss(logits, labels[batch.rows]).sum() / rows
-                loss.backward()
-        return {ref.name: ref.view(ref.parameter.grad).detach().float().clone()
-                if ref.parameter.grad is not None else torch.zeros_like(ref.weight().float())
-                for ref in refs}
-    finally:
-        for parameter, flag in requires_grad.items():
-            parameter.grad = None
-            parameter.requires_grad_(flag)
+
+    def backward() -> None:
+        for batch in progress(batches, desc="first-order map"):
+            hidden = _probe_layer_output(model, batch, probe_layer)
+            last = last_token_index(batch.attention_mask).to(hidden.device)
+            features = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            logits = probe.logits(features.cpu())
+            (log_loss(logits, labels[batch.rows]).sum() / rows).backward()
+
+    return module_gradients(model, refs, backward)
 
 
 def first_order_scores(model: nn.Module, batches: Sequence[Batch], probe: LinearProbe,

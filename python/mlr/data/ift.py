@@ -18,7 +18,7 @@ from torch import nn
 from mlr.data.prompts import instruction_prompt
 from mlr.errors import MlrInputError
 from mlr.features import tokenize_chat
-from mlr.modules import ModuleRef
+from mlr.modules import ModuleRef, module_gradients
 
 IGNORE_INDEX = -100
 
@@ -51,21 +51,11 @@ def instruction_gradients(model: nn.Module, batch: LossBatch,
                           refs: Sequence[ModuleRef]) -> dict[str, torch.Tensor]:
     """Each module's block of the loss gradient (float32, keyed by module name), from one
     forward and backward with gradients enabled only on the modules' weights."""
-    wanted = {id(ref.parameter) for ref in refs}
-    requires_grad = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for parameter in model.parameters():
-            parameter.requires_grad_(id(parameter) in wanted)
-            parameter.grad = None
-        with torch.enable_grad():
-            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         labels=batch.labels, use_cache=False).loss
-            loss.backward()
-        return {ref.name: ref.view(ref.parameter.grad).detach().float().clone() for ref in refs}
-    finally:
-        for parameter, flag in requires_grad.items():
-            parameter.grad = None
-            parameter.requires_grad_(flag)
+    def backward() -> None:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+              labels=batch.labels, use_cache=False).loss.backward()
+
+    return module_gradients(model, refs, backward)
 
 
 def example_from_record(record: Mapping[str, Any], where: str) -> InstructionExample:
