@@ -15,8 +15,13 @@ data, steps, seeds and evaluation as ``mlr run`` (its defaults, or the options b
   base × R. SOURCE is a mods_robust file, ``all`` (every decoder module: only embeddings and norms
   train slower) or ``complement`` (every decoder module *not* in Mods_Robust: the proxy reversed).
 
+With ``--reuse-arms`` the ``mlr run`` in ``--analysis`` supplies the points it already trained with
+the same settings (its ``vanilla`` is ``uniform-1``, its ``uniform_lr`` and ``ml_lr`` are
+``uniform-R`` and ``ml_lr-R`` at its ratio R); the settings are checked against its report.json.
+
 ML-LR helps beyond a lower learning rate only if its points lie below the uniform curve: a lower
-ASR at the same held-out loss. Writes ``frontier.json`` and ``frontier.png`` into ``--out``.
+ASR at the same held-out loss. Each non-uniform arm gets ``gap_to_uniform_curve``: its ASR minus
+the uniform curve's at its loss, seed by seed, with a 95 % interval. Writes ``frontier.json`` and ``frontier.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from pathlib import Path
 
 import torch
 from mlr.analysis.probe import ProbeResult
+from mlr.evaluation.evaluate import EVAL_FILE
+from mlr.evaluation.intervals import Difference, paired_difference
 from mlr.evaluation.report import summarize_arm
 from mlr.io import save_figure_atomic, write_json_atomic
 from mlr.models import load_model
 from mlr.modules import decoder_modules
-from mlr.run import ArmJob, RunConfig, resolve_defaults, run_arm_jobs, run_data
+from mlr.run import EMBEDDED_NAME, ArmJob, RunConfig, resolve_defaults, run_arm_jobs, run_data
 from mlr.tuning.align import align_model
 from mlr.tuning.ml_lr import read_mods_robust
 
@@ -80,6 +87,61 @@ def summarize(jobs: list[ArmJob], results: list[dict]) -> dict[str, dict]:
             for name, runs in by_arm.items()}
 
 
+# Settings of ``mlr run`` that must match for its arms to stand as frontier points.
+SAME_SETTINGS = ("steps", "lr", "batch_size", "max_length", "lora_rank", "max_new_tokens",
+                 "eval_limit", "dtype", "harmful", "benign", "ift", "heldout")
+
+
+def reused_arms(run_dir: Path, config: RunConfig) -> dict[str, list[dict]]:
+    """The per-seed metrics (seeds 0..config.seeds-1) of the arms the ``mlr run`` in ``run_dir``
+    trained that are frontier points, by frontier name. Exits with a one-line message when the run
+    was made with other settings or fewer seeds."""
+    setup = json.loads((run_dir / "report.json").read_text())["setup"]
+    differ = [name for name in SAME_SETTINGS if setup[name] != getattr(config, name)]
+    if setup["model"] != (config.model or EMBEDDED_NAME):
+        differ.append("model")
+    if differ or setup["seeds"] < config.seeds:
+        sys.exit(f"lr_frontier: --reuse-arms: {run_dir} was run with other settings "
+                 f"({', '.join(differ) or 'fewer seeds'}); drop --reuse-arms or match them")
+    ratio = setup["ratio"]
+    names = {"vanilla": "uniform-1", "uniform_lr": f"uniform-{ratio:g}", "ml_lr": f"ml_lr-{ratio:g}"}
+    found = {}
+    for arm, frontier_name in names.items():
+        evals = [run_dir / "arms" / arm / f"seed-{seed}" / EVAL_FILE for seed in range(config.seeds)]
+        if all(path.is_file() for path in evals):
+            found[frontier_name] = [json.loads(path.read_text())["metrics"] for path in evals]
+    return found
+
+
+def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
+    """The piecewise-linear curve through (xs, ys), sorted by x, at ``x`` (None outside it)."""
+    points = sorted(zip(xs, ys))
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def gap_to_uniform_curve(arms: dict[str, dict], name: str) -> dict | None:
+    """How far ``name``'s ASR lies above the uniform-LR curve at its own held-out loss, seed by
+    seed (each seed's point against the curve of the same seed's uniform arms, which share its
+    data order), with a 95 % t interval over the seeds; None where some seed's loss is outside
+    that curve. Below 0 (and outside the noise): safer than a plain LR cut of the same cost."""
+    uniform = [arm for n, arm in arms.items() if family_of(n) == "uniform"]
+    point = arms[name]
+    if len(uniform) < 2 or any(arm["seeds"] != point["seeds"] for arm in uniform):
+        return None
+    gaps = []
+    for i in range(len(point["seeds"])):
+        curve = interpolate([arm["heldout_loss_per_seed"][i] for arm in uniform],
+                            [arm["asr_per_seed"][i] for arm in uniform],
+                            point["heldout_loss_per_seed"][i])
+        if curve is None:
+            return None
+        gaps.append(point["asr_per_seed"][i] - curve)
+    return paired_difference(gaps, [0.0] * len(gaps)).to_json()
+
+
 def family_of(arm: str) -> str:
     prefix = arm.split("-", 1)[0]
     return "random" if prefix.startswith("random") else \
@@ -113,7 +175,8 @@ def plot(arms: dict[str, dict], path: Path) -> None:
                       color=color, linewidth=1)
     axis.set_xlabel("held-out loss (lower: more useful)")
     axis.set_ylabel("attack success rate (lower: safer)")
-    axis.set_title("ML-LR against a plain lower learning rate", fontsize=10)
+    axis.set_title("ML-LR against a plain lower learning rate (bars: ± std over seeds)",
+                   fontsize=10)
     axis.legend(fontsize=8)
     figure.tight_layout()
     save_figure_atomic(path, figure)
@@ -135,6 +198,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="default: mlr run's for the model")
     parser.add_argument("--lr", type=float, help="default: mlr run's for the model")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--reuse-arms", action="store_true",
+                        help="take the points the mlr run in --analysis already trained")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -153,19 +218,32 @@ def main() -> None:
     for k, path in enumerate(random_sets(names, robust, args.random_sets, args.out)):
         arms.append((f"random{k}-{args.random_ratio:g}", args.random_ratio, path))
     arms += [extra_arm(spec, names, robust, args.out) for spec in args.extra]
+    reused = reused_arms(args.analysis, config) if args.reuse_arms else {}
     jobs = [ArmJob(name, ratio, robust, seed) for name, ratio, robust in arms
-            for seed in range(args.seeds)]
+            for seed in range(args.seeds) if name not in reused]
     results = run_arm_jobs(replace(config, out=str(args.out)), base, jobs, args.out, examples,
                            eval_set, probe)
+    for name, ratio, robust in arms:
+        if name in reused:
+            print(f"{name}: the mlr run's arm, reused")
+            jobs += [ArmJob(name, ratio, robust, seed) for seed in range(args.seeds)]
+            results += reused[name]
     summary = summarize(jobs, results)
+    summary = {name: summary[name] for name, _, _ in arms}  # the order asked for
+    for name, arm in summary.items():
+        if family_of(name) != "uniform":
+            arm["gap_to_uniform_curve"] = gap_to_uniform_curve(summary, name)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_json_atomic(args.out / "frontier.json", {"arms": summary, "base": base,
                                                    "settings": settings})
     plot(summary, args.out / "frontier.png")
-    print(f"{'arm':14s} {'ASR':>14s} {'held-out loss':>16s} {'task acc':>8s}")
+    print(f"{'arm':14s} {'ASR (± std)':>14s} {'held-out loss':>16s} {'task acc':>8s}  "
+          "ASR above the uniform curve at the same loss")
     for name, arm in summary.items():
+        gap = arm.get("gap_to_uniform_curve")
         print(f"{name:14s} {arm['asr']:.3f} ± {arm['asr_std']:.3f} "
-              f"{arm['heldout_loss']:.4f} ± {arm['heldout_loss_std']:.4f} {arm['task_accuracy']:.3f}")
+              f"{arm['heldout_loss']:.4f} ± {arm['heldout_loss_std']:.4f} {arm['task_accuracy']:.3f}  "
+              f"{Difference.from_json(gap).describe() if gap else ''}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
             assert len(arm[f"{metric}_per_seed"]) == seeds
             assert arm[metric] == pytest.approx(sum(arm[f"{metric}_per_seed"]) / seeds)
         assert 0.0 <= arm["asr"] <= 1.0 and arm["heldout_loss"] > 0
-    assert set(report["target"]) >= {"rise_cut", "loss_gap", "met"}
+    assert set(report["target"]) >= {"rise_cut", "loss_gap", "met", "differences"}
+    assert set(report["target"]["differences"]) == {"ml_lr-uniform_lr", "ml_lr-vanilla",
+                                                    "swat-uniform_lr", "swat-vanilla"}
     for name in ("report.md", "arms.png", "robustness.png", "search.png", "mods_robust.json",
                  "probe.json", "robustness.json"):
         assert (out / name).is_file(), name

@@ -67,6 +67,7 @@ from mlr.tuning.train import TrainConfig, train
 
 HELDOUT_FRACTION = 0.05  # of an --ift file, when no --heldout file is given
 MAX_HELDOUT = 200
+EMBEDDED_NAME = "embedded default (aligned)"  # report.json's setup.model with no --model
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
 
     # 6. Report.
     summary = {arm: summarize_arm(arm_seeds[arm], results) for arm, results in arms.items()}
-    setup = {**asdict(config), "model": config.model or "embedded default (aligned)",
+    setup = {**asdict(config), "model": config.model or EMBEDDED_NAME,
              "counts": {"harmful": len(eval_set.harmful), "benign": len(eval_set.benign),
                         "instructions": len(eval_set.instructions)},
              "stage_seconds": seconds, "threads": torch.get_num_threads()}

@@ -11,6 +11,7 @@ import argparse
 
 import transformers
 
+from mlr.evaluation.intervals import Difference
 from mlr.options import add_options, from_options
 from mlr.run import RunConfig, run_pipeline
 
@@ -30,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     for name, arm in arms.items():
         print(f"{name:10s} ASR {arm['asr']:.3f} ± {arm['asr_std']:.3f}  held-out loss "
               f"{arm['heldout_loss']:.4f} ± {arm['heldout_loss_std']:.4f}  over-refusal "
-              f"{arm['over_refusal']:.3f}")
+              f"{arm['over_refusal']:.3f}  (mean ± std over seeds)")
+    control = check["differences"].get("ml_lr-uniform_lr")
+    if control:
+        print(f"ml_lr - uniform_lr: ASR {Difference.from_json(control['asr']).describe()}")
     print(f"target {'met' if check['met'] else 'not met'}; wrote {config.out}/report.md")
     return 0

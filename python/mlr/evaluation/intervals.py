@@ -1,0 +1,94 @@
+"""95 % confidence intervals over seeds, and whether a difference between two arms is in the noise.
+
+A seed fixes a fine-tuning run's data order (and LoRA's initial adapters); each seed's metric is
+one draw of the whole run and its evaluation. With ``n`` seeds the interval of the mean
+is Student's t: ``mean ± t(0.975, n - 1) · std / sqrt(n)``. Two arms trained with the same seeds
+share each seed's data order, so their difference is taken seed by seed (a paired t interval),
+which removes the part of the noise the arms have in common.
+
+With two seeds ``t`` is 12.7: an honest interval is wide, and "inside the noise" is the usual
+verdict until more seeds are run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+# Student's t, 97.5th percentile, for 1-30 degrees of freedom (standard tables).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_Z975 = 1.959964
+
+
+def t975(df: int) -> float:
+    """Student's t 97.5th percentile for ``df`` >= 1 degrees of freedom (beyond 30: the normal
+    quantile with the first two terms of its Cornish-Fisher expansion in ``1/df``, within 0.0005
+    of the exact value).
+
+    Raises:
+        ValueError: ``df`` < 1.
+    """
+    if df < 1:
+        raise ValueError(f"t975 needs at least one degree of freedom, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def ci95_half_width(values: Sequence[float]) -> float | None:
+    """Half-width of the 95 % t interval of the mean of ``values`` (None for fewer than 2)."""
+    if len(values) < 2:
+        return None
+    return t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``a - b`` seed by seed: its mean, the 95 % interval's bounds (None with one seed) and
+    whether the interval holds 0 (True with one seed: nothing can be told apart)."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    seeds: int
+
+    @property
+    def inside_noise(self) -> bool:
+        return self.low is None or self.low <= 0.0 <= self.high
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "inside_noise": self.inside_noise}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Difference:
+        return cls(data["mean"], data["low"], data["high"], data["seeds"])
+
+    def describe(self, digits: int = 3) -> str:
+        """E.g. ``-0.031 (95 % CI -0.180 to +0.118, 3 seeds): inside the noise``."""
+        head = f"{self.mean:+.{digits}f}"
+        if self.low is None:
+            return f"{head} (one seed: no interval, nothing told apart)"
+        verdict = "inside the noise" if self.inside_noise else "outside the noise"
+        return (f"{head} (95 % CI {self.low:+.{digits}f} to {self.high:+.{digits}f}, "
+                f"{self.seeds} seeds): {verdict}")
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
+    """The difference ``a[i] - b[i]`` of two arms' per-seed values (same seeds, same order).
+
+    Raises:
+        ValueError: the sequences are empty or of different lengths.
+    """
+    if not a or len(a) != len(b):
+        raise ValueError(f"paired seeds needed, got {len(a)} and {len(b)} values")
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = statistics.fmean(diffs)
+    half = ci95_half_width(diffs)
+    if half is None:
+        return Difference(mean, None, None, len(diffs))
+    return Difference(mean, mean - half, mean + half, len(diffs))
