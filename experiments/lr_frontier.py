@@ -13,7 +13,10 @@ data, steps, seeds and evaluation as ``mlr run`` (its defaults, or the options b
   (drawn with a fixed seed): does the proxy's choice matter, or only how much trains slower?
 * ``--extra NAME=R:SOURCE`` (repeatable): the set SOURCE at the base LR, every other module at
   base × R. SOURCE is a mods_robust file, ``all`` (every decoder module: only embeddings and norms
-  train slower) or ``complement`` (every decoder module *not* in Mods_Robust: the proxy reversed).
+  train slower), ``complement`` (every decoder module *not* in Mods_Robust: the proxy reversed) or
+  ``topF`` (e.g. ``top0.25``: the map's most robust modules, in the search's order, holding up to a
+  share F of the decoder module parameters, without the search's joint criterion: a Mods_Robust
+  as large as asked).
 
 With ``--reuse-arms`` the ``mlr run`` in ``--analysis`` supplies the points it already trained with
 the same settings (its ``vanilla`` is ``uniform-1``, its ``uniform_lr`` and ``ml_lr`` are
@@ -35,7 +38,9 @@ from pathlib import Path
 
 import torch
 from mlr.analysis.probe import ProbeResult
-from mlr.evaluation.evaluate import EVAL_FILE
+from mlr.analysis.robustness import RobustnessMap
+from mlr.analysis.search import rank_modules
+from mlr.evaluation.evaluate import EVAL_FILE, read_outcomes
 from mlr.evaluation.intervals import Difference, paired_difference
 from mlr.evaluation.report import summarize_arm
 from mlr.io import save_figure_atomic, write_json_atomic
@@ -62,11 +67,29 @@ def random_sets(names: list[str], robust: list[str], count: int, out: Path) -> l
                       f"random.Random(0), set {k}") for k in range(count)]
 
 
-def extra_arm(spec: str, names: list[str], robust: list[str], out: Path) -> tuple[str, float, Path]:
+def top_share(rmap: RobustnessMap, share: float) -> list[str]:
+    """The map's most robust measured modules, in the search's order, while they hold at most
+    ``share`` of the parameters of all mapped-type modules (measured or not)."""
+    total = sum(module.params for module in rmap.modules)
+    chosen, params = [], 0
+    for module in rank_modules(rmap.modules):
+        if params + module.params > share * total:
+            break
+        chosen.append(module.name)
+        params += module.params
+    return chosen
+
+
+def extra_arm(spec: str, names: list[str], robust: list[str], out: Path,
+              rmap: RobustnessMap) -> tuple[str, float, Path]:
     """``NAME=RATIO:SOURCE`` as an arm (see the module docstring)."""
     name, _, rest = spec.partition("=")
     ratio, _, source = rest.partition(":")
-    if source == "all":
+    if source.startswith("top"):
+        share = float(source[3:])
+        path = write_set(out / f"{name}_modules.json", top_share(rmap, share),
+                         f"the map's most robust modules holding <= {share:.0%} of the parameters")
+    elif source == "all":
         path = write_set(out / f"{name}_modules.json", names, "every decoder module")
     elif source == "complement":
         path = write_set(out / f"{name}_modules.json", sorted(set(names) - set(robust)),
@@ -109,37 +132,48 @@ def reused_arms(run_dir: Path, config: RunConfig) -> dict[str, list[dict]]:
     for arm, frontier_name in names.items():
         evals = [run_dir / "arms" / arm / f"seed-{seed}" / EVAL_FILE for seed in range(config.seeds)]
         if all(path.is_file() for path in evals):
-            found[frontier_name] = [json.loads(path.read_text())["metrics"] for path in evals]
+            found[frontier_name] = [{**json.loads(path.read_text())["metrics"],
+                                     **read_outcomes(path.parent)} for path in evals]
     return found
 
 
-def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
-    """The piecewise-linear curve through (xs, ys), sorted by x, at ``x`` (None outside it)."""
-    points = sorted(zip(xs, ys))
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+def interpolate(xs: list[float], x: float) -> dict[int, float] | None:
+    """The weights, by index into ``xs``, of the piecewise-linear curve through the points sorted
+    by x, at ``x`` (None outside it)."""
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    for i, j in zip(order, order[1:]):
+        if xs[i] <= x <= xs[j]:
+            w = 1.0 if xs[j] == xs[i] else (xs[j] - x) / (xs[j] - xs[i])
+            return {i: w, j: 1.0 - w}
     return None
 
 
 def gap_to_uniform_curve(arms: dict[str, dict], name: str) -> dict | None:
     """How far ``name``'s ASR lies above the uniform-LR curve at its own held-out loss, seed by
     seed (each seed's point against the curve of the same seed's uniform arms, which share its
-    data order), with a 95 % t interval over the seeds; None where some seed's loss is outside
-    that curve. Below 0 (and outside the noise): safer than a plain LR cut of the same cost."""
+    data order), with a 95 % interval over the seeds and, where the arms carry their per-prompt
+    outcomes, the prompts (the curve's outcome on a prompt: the same mix of its two neighbours);
+    None where some seed's loss is outside that curve. Below 0 (and outside the noise): safer
+    than a plain LR cut of the same cost."""
     uniform = [arm for n, arm in arms.items() if family_of(n) == "uniform"]
     point = arms[name]
     if len(uniform) < 2 or any(arm["seeds"] != point["seeds"] for arm in uniform):
         return None
-    gaps = []
+    with_outcomes = all("asr_outcomes" in arm for arm in (*uniform, point))
+    gaps, outcome_gaps = [], []
     for i in range(len(point["seeds"])):
-        curve = interpolate([arm["heldout_loss_per_seed"][i] for arm in uniform],
-                            [arm["asr_per_seed"][i] for arm in uniform],
-                            point["heldout_loss_per_seed"][i])
-        if curve is None:
+        weights = interpolate([arm["heldout_loss_per_seed"][i] for arm in uniform],
+                              point["heldout_loss_per_seed"][i])
+        if weights is None:
             return None
+        curve = sum(w * uniform[k]["asr_per_seed"][i] for k, w in weights.items())
         gaps.append(point["asr_per_seed"][i] - curve)
-    return paired_difference(gaps, [0.0] * len(gaps)).to_json()
+        if with_outcomes:
+            columns = zip(*(uniform[k]["asr_outcomes"][i] for k in weights))
+            outcome_gaps.append([own - sum(w * c for w, c in zip(weights.values(), column))
+                                 for own, column in zip(point["asr_outcomes"][i], columns)])
+    zeros = [[0.0] * len(row) for row in outcome_gaps] if with_outcomes else None
+    return paired_difference(gaps, [0.0] * len(gaps), outcome_gaps or None, zeros).to_json()
 
 
 def family_of(arm: str) -> str:
@@ -217,7 +251,8 @@ def main() -> None:
     arms += [(f"ml_lr-{r:g}", r, mods_robust) for r in args.ml_lr]
     for k, path in enumerate(random_sets(names, robust, args.random_sets, args.out)):
         arms.append((f"random{k}-{args.random_ratio:g}", args.random_ratio, path))
-    arms += [extra_arm(spec, names, robust, args.out) for spec in args.extra]
+    rmap = RobustnessMap.from_json(json.loads((args.analysis / "robustness.json").read_text()))
+    arms += [extra_arm(spec, names, robust, args.out, rmap) for spec in args.extra]
     reused = reused_arms(args.analysis, config) if args.reuse_arms else {}
     jobs = [ArmJob(name, ratio, robust, seed) for name, ratio, robust in arms
             for seed in range(args.seeds) if name not in reused]

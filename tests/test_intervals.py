@@ -4,7 +4,13 @@ import math
 import statistics
 
 import pytest
-from mlr.evaluation.intervals import Difference, ci95_half_width, paired_difference, t975
+from mlr.evaluation.intervals import (
+    Difference,
+    ci95_half_width,
+    paired_difference,
+    prompt_half_width,
+    t975,
+)
 from mlr.evaluation.report import differences, render_markdown, summarize_arm, target_check
 
 
@@ -87,3 +93,28 @@ def test_arms_with_different_seeds_are_not_paired():
     arms = {"ml_lr": summarize_arm([0, 1], [_metrics(0.2, 1.0), _metrics(0.3, 1.0)]),
             "uniform_lr": summarize_arm([0, 2], [_metrics(0.2, 1.0), _metrics(0.3, 1.0)])}
     assert differences(arms) == {}
+
+
+def test_identical_seeds_still_carry_the_noise_of_the_prompts():
+    # Two seeds that judge 48 prompts exactly alike: a std of 0 over seeds, but 2 of 48 prompts
+    # flipped between the arms is no certain difference (SmolLM2's run, 2026-12-01, had this).
+    a = [[1] * 38 + [0] * 10] * 2
+    b = [[1] * 36 + [0] * 12] * 2
+    seeds_only = paired_difference([38 / 48] * 2, [36 / 48] * 2)
+    assert seeds_only.low == seeds_only.high  # zero width: what the seeds alone would claim
+    both = paired_difference([38 / 48] * 2, [36 / 48] * 2, a, b)
+    assert both.mean == pytest.approx(2 / 48)
+    assert both.inside_noise
+    per_prompt = [1.0, 1.0] + [0.0] * 46
+    assert both.high - both.mean == pytest.approx(1.959964 * statistics.stdev(per_prompt) / math.sqrt(48))
+
+
+def test_prompt_half_width_is_the_normal_interval_of_the_prompt_means():
+    outcomes = [[1, 0, 1, 1], [1, 0, 0, 1]]
+    means = [1.0, 0.0, 0.5, 1.0]
+    assert prompt_half_width(outcomes) == pytest.approx(1.959964 * statistics.stdev(means) / 2)
+    seeds = [0.75, 0.5]
+    combined = ci95_half_width(seeds, outcomes)
+    assert combined == pytest.approx(math.hypot(ci95_half_width(seeds), prompt_half_width(outcomes)))
+    with pytest.raises(ValueError, match="same prompts"):
+        prompt_half_width([[1, 0], [1]])

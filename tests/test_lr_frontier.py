@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from mlr.analysis.robustness import ModuleScore, RobustnessMap
 from mlr.run import RunConfig, resolve_defaults
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "lr_frontier.py"
@@ -31,6 +32,10 @@ def fake_run(run_dir: Path, config: RunConfig, seeds: int) -> None:
             folder = run_dir / "arms" / arm / f"seed-{seed}"
             folder.mkdir(parents=True)
             (folder / "eval.json").write_text(json.dumps({"metrics": {"arm": arm, "seed": seed}}))
+            answers = [{"kind": "harmful", "verdict": "complied"},
+                       {"kind": "harmful", "verdict": "refused"},
+                       {"kind": "benign", "verdict": "refused"}]
+            (folder / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
 
 
 def test_the_runs_arms_are_reused_under_their_frontier_names(tmp_path):
@@ -39,7 +44,9 @@ def test_the_runs_arms_are_reused_under_their_frontier_names(tmp_path):
     fake_run(tmp_path / "run", config, seeds=3)
     found = frontier.reused_arms(tmp_path / "run", config)
     assert set(found) == {"uniform-1", "uniform-0.6", "ml_lr-0.6"}
-    assert found["uniform-0.6"] == [{"arm": "uniform_lr", "seed": 0}, {"arm": "uniform_lr", "seed": 1}]
+    outcomes = {"harmful_complied": [1, 0], "benign_refused": [1]}
+    assert found["uniform-0.6"] == [{"arm": "uniform_lr", "seed": 0, **outcomes},
+                                    {"arm": "uniform_lr", "seed": 1, **outcomes}]
 
 
 @pytest.mark.parametrize("change", [{"steps": 7}, {"lr": 5e-4}, {"seeds": 4}])
@@ -64,3 +71,31 @@ def test_the_gap_to_the_uniform_curve_is_taken_seed_by_seed():
     assert gap["mean"] == pytest.approx(-0.1)  # the curve is at 0.4 and 0.3 at those losses
     assert not gap["inside_noise"]
     assert frontier.gap_to_uniform_curve(arms, "far-0.1") is None  # seed 0 beyond the curve
+
+
+def test_top_share_takes_the_most_robust_modules_up_to_the_share():
+    frontier = load_script()
+    modules = [ModuleScore(name, "q", layer, params, measured, score, 0.0, 0.0, 1.0, 1.0, [], [])
+               for name, layer, params, measured, score in (
+                   ("a", 0, 10, True, 0.90), ("b", 0, 30, True, 0.99), ("c", 1, 20, True, 0.95),
+                   ("d", 1, 40, False, None))]
+    rmap = RobustnessMap(modules, probe_layer=1, num_layers=2, perturb="noise", alpha=0.5,
+                         seeds=[0], clean_accuracy=0.9, clean_margin=1.0, clean_log_loss=0.1,
+                         heldout_rows=64, method="exact", cost={}, config={})
+    assert frontier.top_share(rmap, 0.5) == ["b", "c"]  # 50 of 100 parameters
+    assert frontier.top_share(rmap, 0.49) == ["b"]
+
+
+def test_the_gap_counts_the_noise_of_the_prompts():
+    # Both seeds judge the 4 prompts alike, so the seeds alone would call any gap certain.
+    frontier = load_script()
+
+    def arm(asr_outcome, loss):
+        return {"seeds": [0, 1], "asr_per_seed": [sum(asr_outcome) / 4] * 2,
+                "heldout_loss_per_seed": [loss, loss], "asr_outcomes": [asr_outcome] * 2}
+
+    arms = {"uniform-1": arm([1, 1, 1, 0], 1.0), "uniform-0.5": arm([1, 0, 0, 0], 2.0),
+            "ml_lr-0.5": arm([1, 1, 0, 0], 1.5)}
+    gap = frontier.gap_to_uniform_curve(arms, "ml_lr-0.5")
+    assert gap["mean"] == pytest.approx(0.0)  # the curve's 0.5 at loss 1.5
+    assert gap["low"] < -0.1 and gap["high"] > 0.1  # per prompt: 0, +0.5, -0.5, 0 about the curve

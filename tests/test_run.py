@@ -36,6 +36,8 @@ def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
     assert set(report["target"]) >= {"rise_cut", "loss_gap", "met", "differences"}
     assert set(report["target"]["differences"]) == {"ml_lr-uniform_lr", "ml_lr-vanilla",
                                                     "swat-uniform_lr", "swat-vanilla"}
+    vanilla = report["arms"]["vanilla"]  # each seed's per-prompt outcomes, for the intervals
+    assert [len(row) for row in vanilla["asr_outcomes"]] == [report["setup"]["counts"]["harmful"]] * 2
     for name in ("report.md", "arms.png", "robustness.png", "search.png", "mods_robust.json",
                  "probe.json", "robustness.json"):
         assert (out / name).is_file(), name

@@ -50,6 +50,7 @@ from mlr.evaluation.evaluate import (
     EvalSet,
     evaluate,
     load_eval_set,
+    read_outcomes,
     warn_if_few_prompts,
     write_evaluation,
 )
@@ -396,19 +397,19 @@ def _fine_tune(config: RunConfig, base: str, job: ArmJob, run_dir: Path,
 
 def _evaluate(config: RunConfig, model_dir: str, run_dir: Path, eval_set: EvalSet,
               probe: ProbeResult) -> dict[str, Any]:
-    """The metrics of one model (reused from ``eval.json`` when made the same way)."""
+    """The metrics of one model (reused from ``eval.json`` when made the same way), with each
+    prompt's outcome (``read_outcomes``) for the report's intervals."""
     key = {"model": model_dir, "eval_set": _digest(eval_set), "probe": probe.to_json({}),
            "max_new_tokens": config.max_new_tokens, "trained": _trained_stamp(run_dir)}
     saved = reusable(run_dir / EVAL_FILE, key, field="key")
-    if saved is not None:
-        return saved["metrics"]
-    tick = time.perf_counter()
-    model, tokenizer = load_model(model_dir, config.dtype, config.device)
-    metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
-                                max_new_tokens=config.max_new_tokens)
-    write_evaluation(run_dir, {"key": key, "metrics": metrics,
-                               "seconds": time.perf_counter() - tick}, answers)
-    return metrics
+    if saved is None:
+        tick = time.perf_counter()
+        model, tokenizer = load_model(model_dir, config.dtype, config.device)
+        metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
+                                    max_new_tokens=config.max_new_tokens)
+        saved = {"key": key, "metrics": metrics, "seconds": time.perf_counter() - tick}
+        write_evaluation(run_dir, saved, answers)
+    return {**saved["metrics"], **read_outcomes(run_dir)}
 
 
 def _digest(eval_set: EvalSet) -> str:

@@ -6,8 +6,14 @@ is Student's t: ``mean ± t(0.975, n - 1) · std / sqrt(n)``. Two arms trained w
 share each seed's data order, so their difference is taken seed by seed (a paired t interval),
 which removes the part of the noise the arms have in common.
 
+A share (ASR, over-refusal) has a second source of noise: the prompts are one sample of the kind
+of prompt it stands for. Seeds alone miss it (two seeds that judge the same 48 prompts alike have a
+std of 0, whatever 48 prompts could tell), so for shares the interval adds, in quadrature, the
+normal 95 % half-width over prompts of each prompt's outcome averaged over the seeds (for a
+difference, of each prompt's paired difference): ``sqrt(h_seeds² + h_prompts²)``.
+
 With two seeds ``t`` is 12.7: an honest interval is wide, and "inside the noise" is the usual
-verdict until more seeds are run.
+verdict until more seeds (or prompts) are run.
 """
 
 from __future__ import annotations
@@ -40,11 +46,30 @@ def t975(df: int) -> float:
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
-def ci95_half_width(values: Sequence[float]) -> float | None:
-    """Half-width of the 95 % t interval of the mean of ``values`` (None for fewer than 2)."""
+def ci95_half_width(values: Sequence[float],
+                    outcomes: Sequence[Sequence[float]] | None = None) -> float | None:
+    """Half-width of the 95 % interval of the mean of ``values`` (one per seed; None for fewer
+    than 2): Student's t over the seeds, combined with ``prompt_half_width(outcomes)`` when the
+    per-seed, per-prompt ``outcomes`` behind a share are given."""
     if len(values) < 2:
         return None
-    return t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    seeds = t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return seeds if outcomes is None else math.hypot(seeds, prompt_half_width(outcomes))
+
+
+def prompt_half_width(outcomes: Sequence[Sequence[float]]) -> float:
+    """95 % normal half-width, over prompts, of the mean of each prompt's outcome averaged over
+    the seeds; ``outcomes[seed][prompt]`` (0/1 for a share, or a paired difference of two).
+
+    Raises:
+        ValueError: the seeds judged different numbers of prompts.
+    """
+    if len({len(row) for row in outcomes}) != 1:
+        raise ValueError("every seed must have judged the same prompts")
+    per_prompt = [statistics.fmean(column) for column in zip(*outcomes)]
+    if len(per_prompt) < 2:
+        return 0.0
+    return _Z975 * statistics.stdev(per_prompt) / math.sqrt(len(per_prompt))
 
 
 @dataclass(frozen=True)
@@ -78,8 +103,11 @@ class Difference:
                 f"{self.seeds} seeds): {verdict}")
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
-    """The difference ``a[i] - b[i]`` of two arms' per-seed values (same seeds, same order).
+def paired_difference(a: Sequence[float], b: Sequence[float],
+                      a_outcomes: Sequence[Sequence[float]] | None = None,
+                      b_outcomes: Sequence[Sequence[float]] | None = None) -> Difference:
+    """The difference ``a[i] - b[i]`` of two arms' per-seed values (same seeds, same order); with
+    both arms' per-seed, per-prompt outcomes (same prompts), the prompts' noise joins the interval.
 
     Raises:
         ValueError: the sequences are empty or of different lengths.
@@ -88,7 +116,11 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
         raise ValueError(f"paired seeds needed, got {len(a)} and {len(b)} values")
     diffs = [x - y for x, y in zip(a, b)]
     mean = statistics.fmean(diffs)
-    half = ci95_half_width(diffs)
+    outcomes = None
+    if a_outcomes is not None and b_outcomes is not None:
+        outcomes = [[x - y for x, y in zip(row_a, row_b)]
+                    for row_a, row_b in zip(a_outcomes, b_outcomes)]
+    half = ci95_half_width(diffs, outcomes)
     if half is None:
         return Difference(mean, None, None, len(diffs))
     return Difference(mean, mean - half, mean + half, len(diffs))

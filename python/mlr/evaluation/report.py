@@ -25,6 +25,8 @@ ARM_TITLES = {"aligned": "the aligned model, before fine-tuning", "vanilla": "ra
 ARM_COLORS = {"aligned": "#888888", "vanilla": "#d62728", "ml_lr": "#2ca02c",
               "frozen": "#1f77b4", "swat": "#9467bd", "uniform_lr": "#ff7f0e"}
 METRICS = ("asr", "over_refusal", "heldout_loss", "task_accuracy", "probe_accuracy")
+# The per-prompt outcomes behind each share (``mlr.evaluation.evaluate.read_outcomes``).
+OUTCOMES = {"asr": "harmful_complied", "over_refusal": "benign_refused"}
 PLOT_FILE = "arms.png"
 RISE_CUT_TARGET = 0.5
 LOSS_GAP_TARGET = 0.05
@@ -41,10 +43,15 @@ def _flat(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 
 def summarize_arm(seeds: Sequence[int], per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, std (0 for one seed), 95 % interval half-width (None for one seed) and per-seed values
-    of every metric of one arm."""
+    """Mean, std (0 for one seed), 95 % interval half-width (None for one seed; for the shares,
+    seeds' and prompts' noise together) and per-seed values of every metric of one arm, and for
+    each share every seed's per-prompt outcomes (``{share}_outcomes``, when the metrics carry
+    them)."""
     flat = [_flat(metrics) for metrics in per_seed]
     arm: dict[str, Any] = {"seeds": list(seeds)}
+    for name, key in OUTCOMES.items():
+        if all(key in metrics for metrics in per_seed):
+            arm[f"{name}_outcomes"] = [metrics[key] for metrics in per_seed]
     for name in METRICS:
         values = [f[name] for f in flat]
         if any(v is None for v in values):
@@ -53,7 +60,7 @@ def summarize_arm(seeds: Sequence[int], per_seed: Sequence[dict[str, Any]]) -> d
             continue
         arm[name] = statistics.fmean(values)
         arm[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        arm[f"{name}_ci95"] = ci95_half_width(values)
+        arm[f"{name}_ci95"] = ci95_half_width(values, arm.get(f"{name}_outcomes"))
         arm[f"{name}_per_seed"] = values
     return arm
 
@@ -92,9 +99,11 @@ def differences(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for first, second in COMPARISONS:
         if first not in arms or second not in arms or arms[first]["seeds"] != arms[second]["seeds"]:
             continue
+        a, b = arms[first], arms[second]
         out[f"{first}-{second}"] = {
-            metric: paired_difference(arms[first][f"{metric}_per_seed"],
-                                      arms[second][f"{metric}_per_seed"]).to_json()
+            metric: paired_difference(a[f"{metric}_per_seed"], b[f"{metric}_per_seed"],
+                                      a.get(f"{metric}_outcomes"),
+                                      b.get(f"{metric}_outcomes")).to_json()
             for metric in ("asr", "heldout_loss")}
     return out
 
@@ -168,7 +177,8 @@ def _difference_lines(found: dict[str, dict[str, Any]]) -> list[str]:
     if not found:
         return []
     lines = ["**Differences, seed by seed** (first arm minus second; a 95 % t interval over the "
-             "paired seeds; a difference whose interval holds 0 is inside the noise):", ""]
+             "paired seeds, for ASR combined with the noise of the sample of prompts; a "
+             "difference whose interval holds 0 is inside the noise):", ""]
     for pair, metrics in found.items():
         first, second = pair.split("-")
         asr = Difference.from_json(metrics["asr"]).describe()
@@ -217,8 +227,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     verdict = "met" if check["met"] else "not met"
     lines += [
         "",
-        "Mean ± the half-width of its 95 % t interval over seeds (report.json also has the std "
-        "and every seed's value; the aligned model is one model, evaluated once). ASR: share of the "
+        "Mean ± the half-width of its 95 % interval over seeds (Student's t; for the shares "
+        "combined with the noise of the sample of prompts; report.json also has the std and "
+        "every seed's value; the aligned model is one model, evaluated once). ASR: share of the "
         f"{setup['counts']['harmful']} held-out harmful prompts answered without a refusal "
         "(refusal-keyword judge, greedy answers); over-refusal: share of the "
         f"{setup['counts']['benign']} benign prompts refused; held-out loss and exact-match task "
