@@ -24,7 +24,8 @@ the same settings (its ``vanilla`` is ``uniform-1``, its ``uniform_lr`` and ``ml
 
 ML-LR helps beyond a lower learning rate only if its points lie below the uniform curve: a lower
 ASR at the same held-out loss. Each non-uniform arm gets ``gap_to_uniform_curve``: its ASR minus
-the uniform curve's at its loss, seed by seed, with a 95 % interval. Writes ``frontier.json`` and ``frontier.png`` into ``--out``.
+the uniform curve's at its loss, seed by seed, with a 95 % interval. Writes ``frontier.json`` and
+``frontier.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -85,8 +87,9 @@ def extra_arm(spec: str, names: list[str], robust: list[str], out: Path,
     """``NAME=RATIO:SOURCE`` as an arm (see the module docstring)."""
     name, _, rest = spec.partition("=")
     ratio, _, source = rest.partition(":")
-    if source.startswith("top"):
-        share = float(source[3:])
+    top = re.fullmatch(r"top(\d*\.?\d+)", source)
+    if top:
+        share = float(top.group(1))
         path = write_set(out / f"{name}_modules.json", top_share(rmap, share),
                          f"the map's most robust modules holding <= {share:.0%} of the parameters")
     elif source == "all":

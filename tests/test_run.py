@@ -50,8 +50,10 @@ def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
 
     trained = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/model/model.safetensors")}
     assert len(trained) == 2 * (len(ARMS) - 1)
+    (out / "arms" / "vanilla" / "seed-0" / "answers.jsonl").unlink()  # that evaluation is redone
     assert run_cli("--quick", "--out", str(out)) == 0
     assert {p: p.stat().st_mtime_ns for p in trained} == trained
+    assert (out / "arms" / "vanilla" / "seed-0" / "answers.jsonl").is_file()
     assert json.loads((out / "report.json").read_text())["arms"] == report["arms"]
 
 

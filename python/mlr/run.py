@@ -46,6 +46,7 @@ from mlr.data.ift import InstructionExample, example_from_record
 from mlr.data.prompts import load_instruction_data
 from mlr.data.security_data import load_security_data
 from mlr.evaluation.evaluate import (
+    ANSWERS_FILE,
     EVAL_FILE,
     EvalSet,
     evaluate,
@@ -402,7 +403,7 @@ def _evaluate(config: RunConfig, model_dir: str, run_dir: Path, eval_set: EvalSe
     key = {"model": model_dir, "eval_set": _digest(eval_set), "probe": probe.to_json({}),
            "max_new_tokens": config.max_new_tokens, "trained": _trained_stamp(run_dir)}
     saved = reusable(run_dir / EVAL_FILE, key, field="key")
-    if saved is None:
+    if saved is None or not (run_dir / ANSWERS_FILE).is_file():
         tick = time.perf_counter()
         model, tokenizer = load_model(model_dir, config.dtype, config.device)
         metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
