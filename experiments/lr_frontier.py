@@ -43,7 +43,7 @@ from mlr.analysis.probe import ProbeResult
 from mlr.analysis.robustness import RobustnessMap
 from mlr.analysis.search import rank_modules
 from mlr.evaluation.evaluate import EVAL_FILE, read_outcomes
-from mlr.evaluation.intervals import Difference, paired_difference
+from mlr.evaluation.intervals import Difference, mean_difference
 from mlr.evaluation.report import summarize_arm
 from mlr.io import save_figure_atomic, write_json_atomic
 from mlr.models import load_model
@@ -175,8 +175,7 @@ def gap_to_uniform_curve(arms: dict[str, dict], name: str) -> dict | None:
             columns = zip(*(uniform[k]["asr_outcomes"][i] for k in weights))
             outcome_gaps.append([own - sum(w * c for w, c in zip(weights.values(), column))
                                  for own, column in zip(point["asr_outcomes"][i], columns)])
-    zeros = [[0.0] * len(row) for row in outcome_gaps] if with_outcomes else None
-    return paired_difference(gaps, [0.0] * len(gaps), outcome_gaps or None, zeros).to_json()
+    return mean_difference(gaps, outcome_gaps if with_outcomes else None).to_json()
 
 
 def family_of(arm: str) -> str:

@@ -103,6 +103,23 @@ class Difference:
                 f"{self.seeds} seeds): {verdict}")
 
 
+def mean_difference(diffs: Sequence[float],
+                    outcomes: Sequence[Sequence[float]] | None = None) -> Difference:
+    """The mean of per-seed differences ``diffs`` (each seed's per-prompt differences in
+    ``outcomes``, if any, add the prompts' noise) and its 95 % interval.
+
+    Raises:
+        ValueError: ``diffs`` is empty.
+    """
+    if not diffs:
+        raise ValueError("a difference needs at least one seed")
+    mean = statistics.fmean(diffs)
+    half = ci95_half_width(diffs, outcomes)
+    if half is None:
+        return Difference(mean, None, None, len(diffs))
+    return Difference(mean, mean - half, mean + half, len(diffs))
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float],
                       a_outcomes: Sequence[Sequence[float]] | None = None,
                       b_outcomes: Sequence[Sequence[float]] | None = None) -> Difference:
@@ -114,13 +131,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float],
     """
     if not a or len(a) != len(b):
         raise ValueError(f"paired seeds needed, got {len(a)} and {len(b)} values")
-    diffs = [x - y for x, y in zip(a, b)]
-    mean = statistics.fmean(diffs)
     outcomes = None
     if a_outcomes is not None and b_outcomes is not None:
         outcomes = [[x - y for x, y in zip(row_a, row_b)]
                     for row_a, row_b in zip(a_outcomes, b_outcomes)]
-    half = ci95_half_width(diffs, outcomes)
-    if half is None:
-        return Difference(mean, None, None, len(diffs))
-    return Difference(mean, mean - half, mean + half, len(diffs))
+    return mean_difference([x - y for x, y in zip(a, b)], outcomes)
