@@ -1,7 +1,7 @@
 // Fused multi-segment AdamW, CPU: one OpenMP parallel region per step walks the tile list; a tile
 // finds its parameter and gradient through its segment's row of the pointer table and its state in
-// the flat buffers. Inside a tile the element loop is auto-vectorized, its width chosen per CPU by
-// cpu_vectorize.h. The loop is memory bound (28 bytes per fp32 parameter), so it stays close to the
+// the flat buffers. Inside a tile the element loop is auto-vectorized, compiled once per
+// instruction-set level (cpu_vectorize.h) and run at the level the caller names. The loop is memory bound (28 bytes per fp32 parameter), so it stays close to the
 // op order of the reference (mlr_kernels/backends/reference.py) rather than trading accuracy for
 // arithmetic.
 #include "adamw_cpu.h"
@@ -158,8 +158,8 @@ MLR_INLINE void adamw_range(const TileSpan& t, const AdamWScalars& s) {
   }
 }
 
-// The one function compiled per instruction set: every dtype's loop is inlined into each clone.
-MLR_VECTOR_CLONES void adamw_tile(ParamDtype dtype, const TileSpan& t, const AdamWScalars& s) {
+// The body compiled once per instruction-set level: every dtype's loop is inlined into each.
+MLR_INLINE void adamw_tile_body(ParamDtype dtype, const TileSpan& t, const AdamWScalars& s) {
   switch (dtype) {
     case ParamDtype::kFloat32:
       return adamw_range<Float32Storage>(t, s);
@@ -169,6 +169,9 @@ MLR_VECTOR_CLONES void adamw_tile(ParamDtype dtype, const TileSpan& t, const Ada
       return adamw_range<Float16Storage>(t, s);
   }
 }
+
+MLR_SIMD_VARIANTS(void, adamw_tile, adamw_tile_body,
+                  (ParamDtype dtype, const TileSpan& t, const AdamWScalars& s), (dtype, t, s))
 
 // Tile row `tile` of `table` resolved to addresses: state element i is parameter element
 // i - offset of the segment.
@@ -253,9 +256,8 @@ int threads_for(int64_t elements, int max_threads) {
   return useful < 1 ? 1 : useful < max_threads ? static_cast<int>(useful) : max_threads;
 }
 
-MLR_VECTOR_CLONES void stream_4r3w_range(float* __restrict a, float* __restrict b,
-                                         float* __restrict c, const float* __restrict d,
-                                         int64_t start, int64_t end) {
+MLR_INLINE void stream_4r3w_body(float* __restrict a, float* __restrict b, float* __restrict c,
+                                 const float* __restrict d, int64_t start, int64_t end) {
   for (int64_t i = start; i < end; ++i) {
     a[i] += d[i];
     b[i] += d[i];
@@ -263,11 +265,50 @@ MLR_VECTOR_CLONES void stream_4r3w_range(float* __restrict a, float* __restrict 
   }
 }
 
+MLR_SIMD_VARIANTS(void, stream_4r3w_range, stream_4r3w_body,
+                  (float* __restrict a, float* __restrict b, float* __restrict c,
+                   const float* __restrict d, int64_t start, int64_t end),
+                  (a, b, c, d, start, end))
+
+void check_simd_level(SimdLevel level) {
+  if (!simd_level_supported(level)) {
+    throw std::invalid_argument("SIMD level code " + std::to_string(static_cast<int>(level)) +
+                                " is not built or not supported by this CPU");
+  }
+}
+
 }  // namespace
 
+bool simd_level_supported(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kBaseline:
+      return true;
+#if MLR_HAS_X86_LEVELS
+    case SimdLevel::kAvx2:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("x86-64-v3");
+    case SimdLevel::kAvx512:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("x86-64-v4");
+#endif
+    default:
+      return false;
+  }
+}
+
+SimdLevel widest_simd_level() {
+  for (SimdLevel level : {SimdLevel::kAvx512, SimdLevel::kAvx2}) {
+    if (simd_level_supported(level)) return level;
+  }
+  return SimdLevel::kBaseline;
+}
+
 void adamw_step(const SegmentTableView& table, const AdamWState& state, const int64_t* tiles,
-                int64_t num_tiles, const float* grad_mult, const float* found_inf, int num_threads) {
+                int64_t num_tiles, const float* grad_mult, const float* found_inf, int num_threads,
+                SimdLevel level) {
+  check_simd_level(level);
   validate(table, state, tiles, num_tiles, num_threads);
+  const auto adamw_tile = MLR_SIMD_SELECT(level, adamw_tile);
   if (found_inf != nullptr && *found_inf != 0.0f) return;
   const float grad_mult_value = grad_mult != nullptr ? *grad_mult : 1.0f;
   const int64_t elements = elements_to_update(table.hyper, tiles, num_tiles);
@@ -294,7 +335,10 @@ void adamw_step(const SegmentTableView& table, const AdamWState& state, const in
   }
 }
 
-void stream_4r3w(float* a, float* b, float* c, const float* d, int64_t n, int num_threads) {
+void stream_4r3w(float* a, float* b, float* c, const float* d, int64_t n, int num_threads,
+                 SimdLevel level) {
+  check_simd_level(level);
+  const auto stream_4r3w_range = MLR_SIMD_SELECT(level, stream_4r3w_range);
   // Same shape of work as adamw_step: contiguous chunks split across the threads.
   constexpr int64_t kChunk = 1 << 16;
   const int64_t num_chunks = (n + kChunk - 1) / kChunk;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "cpu_vectorize.h"
 #include "segment_table.h"
 
 namespace mlr {
@@ -35,12 +36,15 @@ struct AdamWState {
 // segment is active. `grad_mult` (null = 1) scales every gradient; a nonzero `*found_inf` (null = 0)
 // skips the step. Throws std::invalid_argument, before writing anything, if a tile lies outside the
 // state buffers or outside its segment, names a missing segment, or belongs to an active segment
-// without a gradient, or an amsgrad segment has no `max_exp_avg_sq`.
+// without a gradient, or an amsgrad segment has no `max_exp_avg_sq`, or `level` is not supported
+// (simd_level_supported). Every supported level writes the same bits.
 void adamw_step(const SegmentTableView& table, const AdamWState& state, const int64_t* tiles,
-                int64_t num_tiles, const float* grad_mult, const float* found_inf, int num_threads);
+                int64_t num_tiles, const float* grad_mult, const float* found_inf, int num_threads,
+                SimdLevel level);
 
 // Reads a, b, c, d and writes a, b, c (a += d, b += d, c += d): fp32 AdamW's memory traffic,
 // 28 bytes per element, with no math. Timing it gives the bandwidth ceiling for adamw_step.
-void stream_4r3w(float* a, float* b, float* c, const float* d, int64_t n, int num_threads);
+void stream_4r3w(float* a, float* b, float* c, const float* d, int64_t n, int num_threads,
+                 SimdLevel level);
 
 }  // namespace mlr

@@ -25,7 +25,7 @@ PYBIND11_MODULE(_cpu, m) {
       [](std::uintptr_t hyper, std::uintptr_t pointers, int64_t num_segments, int dtype,
          std::uintptr_t master, std::uintptr_t exp_avg, std::uintptr_t exp_avg_sq,
          std::uintptr_t max_exp_avg_sq, int64_t numel, std::uintptr_t tiles, int64_t num_tiles,
-         std::uintptr_t grad_mult, std::uintptr_t found_inf, int num_threads) {
+         std::uintptr_t grad_mult, std::uintptr_t found_inf, int num_threads, int simd_level) {
         const mlr::SegmentTableView table{as_pointer<const double>(hyper),
                                           as_pointer<const int64_t>(pointers), num_segments,
                                           static_cast<mlr::ParamDtype>(dtype)};
@@ -34,22 +34,30 @@ PYBIND11_MODULE(_cpu, m) {
                                     as_pointer<float>(max_exp_avg_sq), numel};
         mlr::adamw_step(table, state, as_pointer<const int64_t>(tiles), num_tiles,
                         as_pointer<const float>(grad_mult), as_pointer<const float>(found_inf),
-                        num_threads);
+                        num_threads, static_cast<mlr::SimdLevel>(simd_level));
       },
       py::arg("hyper"), py::arg("pointers"), py::arg("num_segments"), py::arg("dtype"),
       py::arg("master"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq"),
       py::arg("numel"), py::arg("tiles"), py::arg("num_tiles"), py::arg("grad_mult"),
-      py::arg("found_inf"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
-      "One AdamW step; dtype codes: 0 float32, 1 bfloat16, 2 float16. See adamw_cpu.h.");
+      py::arg("found_inf"), py::arg("num_threads"), py::arg("simd_level"),
+      py::call_guard<py::gil_scoped_release>(),
+      "One AdamW step; dtype codes: 0 float32, 1 bfloat16, 2 float16; SIMD level codes: 0 "
+      "baseline, 1 AVX2, 2 AVX-512. See adamw_cpu.h.");
 
   m.def(
       "stream_4r3w",
       [](std::uintptr_t a, std::uintptr_t b, std::uintptr_t c, std::uintptr_t d, int64_t n,
-         int num_threads) {
+         int num_threads, int simd_level) {
         mlr::stream_4r3w(as_pointer<float>(a), as_pointer<float>(b), as_pointer<float>(c),
-                         as_pointer<const float>(d), n, num_threads);
+                         as_pointer<const float>(d), n, num_threads,
+                         static_cast<mlr::SimdLevel>(simd_level));
       },
       py::arg("a"), py::arg("b"), py::arg("c"), py::arg("d"), py::arg("n"),
-      py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
+      py::arg("num_threads"), py::arg("simd_level"), py::call_guard<py::gil_scoped_release>(),
       "a += d; b += d; c += d over n float32s: fp32 AdamW's memory traffic with no math.");
+
+  m.def(
+      "simd_level_supported",
+      [](int level) { return mlr::simd_level_supported(static_cast<mlr::SimdLevel>(level)); },
+      py::arg("level"), "Whether this build has code for the SIMD level and this CPU runs it.");
 }

@@ -1,16 +1,20 @@
 """Fused multi-segment AdamW on CPU tensors: the C++ kernel of ``csrc/adamw_cpu.cpp``.
 
 One OpenMP parallel region per step splits the tile list into one run per thread (as many threads
-as ``torch.get_num_threads()``, fewer for a small step); inside a tile the element loop runs in
-AVX-512, AVX2 or SSE2, picked for the CPU when the extension loads. Arguments are checked here, then
-only their addresses cross into C++; the kernel itself refuses tiles that point outside the buffers.
-See :mod:`mlr_kernels.backends` for the contract.
+as ``torch.get_num_threads()``, fewer for a small step); inside a tile the element loop runs at one
+SIMD level, AVX-512, AVX2 or the SSE2 baseline: the widest this CPU runs, or the one named by the
+environment variable ``MLR_CPU_SIMD`` (:func:`simd_level`). Every level writes the same bits.
+Arguments are checked here, then only their addresses cross into C++; the kernel itself refuses
+tiles that point outside the buffers. See :mod:`mlr_kernels.backends` for the contract.
 
 ``stream_4r3w`` is the bandwidth ceiling the benchmarks compare against: the same memory traffic as
 an fp32 step (28 bytes per parameter) with no math.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 
@@ -33,6 +37,44 @@ NAME = "cpu"
 # the threads' shares of a step stay even (a tile is the unit they are split by). On the 2-core
 # EPYC, 16K, 64K and 256K all step a 64M fp32 buffer at 98-101% of the stream_4r3w ceiling.
 TILE_SIZE = 1 << 16
+
+
+# The instruction-set levels the kernel is compiled for, narrowest first; a level's index is its code
+# in csrc/cpu_vectorize.h (SimdLevel).
+SIMD_LEVELS = ("baseline", "avx2", "avx512")
+SIMD_ENV = "MLR_CPU_SIMD"
+
+
+def simd_levels() -> list[str]:
+    """The SIMD levels this build has and this CPU runs, narrowest first (``[]`` without the
+    extension). On x86-64 with GCC: ``baseline`` (SSE2), ``avx2`` (x86-64-v3), ``avx512``
+    (x86-64-v4); elsewhere ``baseline`` only."""
+    if _cpu is None:
+        return []
+    return [name for code, name in enumerate(SIMD_LEVELS) if _cpu.simd_level_supported(code)]
+
+
+def simd_level() -> str:
+    """The SIMD level :func:`adamw_step` runs at: ``$MLR_CPU_SIMD`` when set (``baseline``,
+    ``avx2`` or ``avx512``; to run or test another level on this CPU, as ``ATEN_CPU_CAPABILITY``
+    does for torch), else the widest in :func:`simd_levels`.
+
+    Raises:
+        RuntimeError: the extension is not built.
+        ValueError: ``$MLR_CPU_SIMD`` names an unknown level or one this CPU cannot run."""
+    _require_extension()
+    return _resolve_simd_level(os.environ.get(SIMD_ENV, ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_simd_level(requested: str) -> str:
+    levels = simd_levels()
+    if not requested:
+        return levels[-1]
+    if requested not in levels:
+        known = "unknown" if requested not in SIMD_LEVELS else "not supported by this CPU or build"
+        raise ValueError(f"{SIMD_ENV}={requested!r} is {known}; this CPU runs: {', '.join(levels)}")
+    return requested
 
 
 def unavailable_reason(device: torch.device | str) -> str | None:
@@ -82,6 +124,7 @@ def adamw_step(
         grad_mult=_address(grad_mult),
         found_inf=_address(found_inf),
         num_threads=torch.get_num_threads(),
+        simd_level=SIMD_LEVELS.index(simd_level()),
     )
 
 
@@ -98,4 +141,4 @@ def stream_4r3w(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tens
                              f"({a.numel()}), got {tensor.dtype} {tuple(tensor.shape)} on "
                              f"{tensor.device}")
     _cpu.stream_4r3w(a=a.data_ptr(), b=b.data_ptr(), c=c.data_ptr(), d=d.data_ptr(), n=a.numel(),
-                     num_threads=torch.get_num_threads())
+                     num_threads=torch.get_num_threads(), simd_level=SIMD_LEVELS.index(simd_level()))
