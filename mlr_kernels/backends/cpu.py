@@ -66,7 +66,7 @@ def simd_level() -> str:
     return _resolve_simd_level(os.environ.get(SIMD_ENV, ""))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve_simd_level(requested: str) -> str:
     levels = simd_levels()
     if not requested:
