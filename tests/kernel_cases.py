@@ -252,9 +252,10 @@ def check_cuda_graph_replay(backend: ModuleType, case: AdamWCase, steps: int = 2
     torch.cuda.synchronize()
     got = case.to(case.param.device)
     expected = case.to("cpu")
+    kwargs = got.step_kwargs()  # the segment table is written from the host: before the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        backend.adamw_step(**got.step_kwargs())
+        backend.adamw_step(**kwargs)
     for step in range(steps):
         if step:
             got.advance_step()

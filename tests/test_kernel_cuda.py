@@ -122,6 +122,19 @@ def test_rejects_cpu_state_with_cuda_param():
         cuda_backend.adamw_step(**bad_case.step_kwargs())
 
 
+@needs_gpu
+def test_stream_4r3w_adds_d_to_a_b_c():
+    n = 5 * 2048 + 13  # whole vectors of every thread, then a scalar tail
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    a, b, c, d = (torch.randn(n, generator=gen, device="cuda") for _ in range(4))
+    expected = (a + d, b + d, c + d)
+    cuda_backend.stream_4r3w(a, b, c, d)
+    for got, want in zip((a, b, c), expected):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="d must be a contiguous 1-D float32 CUDA tensor"):
+        cuda_backend.stream_4r3w(a, b, c, d[:-1])
+
+
 def test_not_available_for_cpu_tensors_and_library_not_loaded(monkeypatch):
     monkeypatch.setattr(cuda_backend, "_library", None)
     monkeypatch.setattr(cuda_backend, "_load_error", None)

@@ -68,3 +68,15 @@ def check_step_args(
     for name, scalar in (("grad_mult", grad_mult), ("found_inf", found_inf)):
         if scalar is not None:
             _check_vector(name, scalar.reshape(-1), device, 1)
+
+
+def check_stream_args(device_type: str, **vectors: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless every one of ``vectors`` (named as the caller's arguments) is a
+    contiguous 1-D float32 tensor on a ``device_type`` device, all of the first one's length (the
+    bandwidth-ceiling loops ``stream_4r3w``)."""
+    numel = next(iter(vectors.values())).numel()
+    for name, tensor in vectors.items():
+        if (tensor.device.type != device_type or tensor.dtype != torch.float32 or tensor.dim() != 1
+                or not tensor.is_contiguous() or tensor.numel() != numel):
+            raise ValueError(f"{name} must be a contiguous 1-D float32 {device_type.upper()} tensor of "
+                             f"{numel} elements, got {tensor.dtype} {tuple(tensor.shape)} on {tensor.device}")

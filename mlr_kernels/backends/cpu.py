@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from mlr_kernels.backends.checks import check_step_args
+from mlr_kernels.backends.checks import check_step_args, check_stream_args
 from mlr_kernels.segments import DTYPE_CODES, SegmentTable
 
 try:
@@ -134,11 +134,6 @@ def stream_4r3w(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tens
     :func:`adamw_step`. Time it next to a step over as many elements to get the step's bandwidth as
     a share of what this machine can move in the same run."""
     _require_extension()
-    for name, tensor in (("a", a), ("b", b), ("c", c), ("d", d)):
-        if (tensor.device.type != "cpu" or tensor.dtype != torch.float32 or tensor.dim() != 1
-                or not tensor.is_contiguous() or tensor.numel() != a.numel()):
-            raise ValueError(f"{name} must be a contiguous 1-D float32 CPU tensor of a's length "
-                             f"({a.numel()}), got {tensor.dtype} {tuple(tensor.shape)} on "
-                             f"{tensor.device}")
+    check_stream_args("cpu", a=a, b=b, c=c, d=d)
     _cpu.stream_4r3w(a=a.data_ptr(), b=b.data_ptr(), c=c.data_ptr(), d=d.data_ptr(), n=a.numel(),
                      num_threads=torch.get_num_threads(), simd_level=SIMD_LEVELS.index(simd_level()))

@@ -1,5 +1,8 @@
 """CUDA C++ backend: the kernel of ``csrc/adamw_cuda.cu``, called through ctypes.
 
+``stream_4r3w`` is the bandwidth ceiling the benchmarks compare against: the same memory traffic as
+an fp32 step (28 bytes per parameter) with no math, with the kernel's 16-byte accesses.
+
 ``setup.py`` compiles that file with nvcc into ``mlr_kernels/_adamw_cuda.so`` when nvcc exists. The
 library is loaded on the first call with a CUDA tensor, never at import, so this module imports
 anywhere. Arguments are checked here, at the boundary: the kernel trusts its pointers. It launches
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mlr_kernels.backends.checks import check_step_args
+from mlr_kernels.backends.checks import check_step_args, check_stream_args
 from mlr_kernels.segments import DTYPE_CODES, VECTOR_BYTES, SegmentTable
 
 NAME = "cuda"
@@ -46,6 +49,8 @@ def _load_library() -> ctypes.CDLL | None:
         pointer, pointer, pointer,  # grad_mult, found_inf, stream
     ]
     library.mlr_adamw_cuda_step.restype = ctypes.c_int
+    library.mlr_stream_4r3w_cuda.argtypes = [pointer, pointer, pointer, pointer, ctypes.c_int64, pointer]
+    library.mlr_stream_4r3w_cuda.restype = ctypes.c_int
     library.mlr_adamw_cuda_error_string.argtypes = [ctypes.c_int]
     library.mlr_adamw_cuda_error_string.restype = ctypes.c_char_p
     _library = library
@@ -108,3 +113,22 @@ def adamw_step(
     if error:
         message = library.mlr_adamw_cuda_error_string(error).decode()
         raise RuntimeError(f"the AdamW CUDA kernel failed to launch: {message} (cudaError {error})")
+
+
+def stream_4r3w(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> None:
+    """``a += d; b += d; c += d`` over four float32 CUDA vectors of one length, on the current
+    stream: fp32 AdamW's traffic (28 bytes per element) with no math. See the CPU backend's."""
+    reason = unavailable_reason(a.device)
+    if reason is not None:
+        raise RuntimeError(f"the CUDA backend cannot run on {a.device}: {reason}")
+    check_stream_args("cuda", a=a, b=b, c=c, d=d)
+    misaligned = [name for name, t in zip("abcd", (a, b, c, d)) if t.data_ptr() % VECTOR_BYTES]
+    if misaligned:
+        raise ValueError(f"{', '.join(misaligned)} must start on a {VECTOR_BYTES}-byte boundary")
+    library = _load_library()
+    with torch.cuda.device(a.device):
+        error = library.mlr_stream_4r3w_cuda(a.data_ptr(), b.data_ptr(), c.data_ptr(), d.data_ptr(),
+                                             a.numel(), torch.cuda.current_stream(a.device).cuda_stream)
+    if error:
+        message = library.mlr_adamw_cuda_error_string(error).decode()
+        raise RuntimeError(f"the stream kernel failed to launch: {message} (cudaError {error})")

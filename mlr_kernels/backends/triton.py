@@ -24,6 +24,7 @@ behind a barrier. Tune BLOCK, NUM_WARPS and TILE_SIZE with the benchmarks, on a 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -45,8 +46,19 @@ BLOCK = 1024
 NUM_WARPS = 8
 
 NAME = "triton"
-# triton.jit chooses between compiling and interpreting when it decorates, i.e. at this import.
-_INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+def _interpreter_on() -> bool:
+    """Whether triton.jit, which chooses between compiling and interpreting when it decorates (at
+    this import), interprets: ``triton.knobs`` says so from Triton 3.4 on; earlier versions read
+    ``TRITON_INTERPRET`` from the environment themselves."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_INTERPRETED = triton is not None and _interpreter_on()
 
 
 def unavailable_reason(device: torch.device | str) -> str | None:
