@@ -1,38 +1,82 @@
-"""Compare MLRAdamW with torch.optim.AdamW (for-loop, foreach, fused) in one interleaved run.
+"""Compare MLRAdamW with torch.optim.AdamW (fused, foreach) in one interleaved run.
 
     python bench/compare_optimizers.py                      # CPU workloads of bench/workloads.py
-    python bench/compare_optimizers.py --device cuda --dtype bf16
+    python bench/compare_optimizers.py --device cuda --dtype bf16 --workloads llama-1b,lora,small
 
-Every variant steps over the same workload with one param group per module (and torch fused once
-more with a single group). Rounds are interleaved so that machine noise hits all variants alike;
-the table gives the median ms per step, GB/s of the bytes AdamW must move (28 per parameter) and
-that as a share of a ceiling measured in the same run: on the CPU a loop with AdamW's exact
-traffic (4 fp32 streams read, 3 written), on a GPU a device-to-device copy of as many bytes.
+Every variant steps the same random parameters and gradients (never zeros) with its own state,
+once with one param group per module (ML-LR's multipliers on MLRAdamW) and once with a single
+group. Rounds are interleaved so that machine noise hits all variants alike; the table gives
+medians. Per variant:
+
+* bytes per parameter its algorithm must move: fp32 AdamW 28 (param, grad and both moments read;
+  param and both moments written); MLRAdamW on bf16 parameters 30 (fp32 master and moments);
+  torch's AdamW on bf16 parameters 14: it keeps bf16 moments and no master, a different and less
+  precise algorithm, so its GB/s is not comparable with MLRAdamW's on bf16;
+* device ms and host ms apart (bench/timing.py): on a GPU the events time the device's work with
+  the stream kept busy, and host ms is what ``step()`` costs the host meanwhile; on the CPU both
+  are the wall time of the call;
+* GB/s, and that as a share of two ceilings measured in the same run over as many elements: a
+  loop with fp32 AdamW's exact traffic and no math (``stream_4r3w``, 4 streams read and 3
+  written), and a copy of 28 bytes per element;
+* the speed-up over torch fused with the same groups, and GPU launches per step;
+* for MLRAdamW, the per-step contract check's host time per parameter, with the gradients
+  unchanged and with every gradient a new tensor (torch's default ``zero_grad()``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import (  # noqa: E402
+    StepTimer,
+    Timing,
+    copy_ceiling,
+    launches_per_step,
+    median_timing,
+    stream_ceiling,
+)
 from workloads import CPU_WORKLOADS, GPU_WORKLOADS, Workload, make_params  # noqa: E402
 
 from mlr_kernels import MLRAdamW  # noqa: E402
 
-BYTES_PER_PARAM = 28  # fp32 AdamW: read param, grad, exp_avg, exp_avg_sq; write param and both moments
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CEILING_BYTES_PER_ELEMENT = 28
+GROUPINGS = ("per-module groups", "1 group")
+
+
+def bytes_per_param(optimizer: str, dtype: torch.dtype) -> int:
+    """Bytes per parameter ``optimizer`` (``"mlr"`` or ``"torch"``) must move in one step."""
+    if dtype == torch.float32:
+        return 28
+    return 30 if optimizer == "mlr" else 14  # fp32 master and moments, or bf16 moments and no master
+
+
+@dataclass
+class Variant:
+    name: str
+    grouping: str
+    step: Callable[[], None]
+    bytes_per_param: int
+    optimizer: MLRAdamW | None = None  # MLRAdamW variants: for the contract check's host time
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}, {self.grouping}"
 
 
 def group_dicts(named_groups, lr: float, with_mult: bool):
-    """One param group per module; MLR variants alternate lr multipliers as ML-LR would."""
+    """One param group per module; with ``with_mult``, lr multipliers as ML-LR would set them."""
     groups = []
     for k, (_, params) in enumerate(named_groups):
         group = {"params": params, "lr": lr}
@@ -42,28 +86,29 @@ def group_dicts(named_groups, lr: float, with_mult: bool):
     return groups
 
 
-def build_variants(workload: Workload, device: str, dtype: torch.dtype, backends: list[str]):
-    """name -> zero-argument step function, each over its own copy of the workload; and the
-    MLRAdamW optimizers by name."""
-    variants: dict[str, Callable[[], None]] = {}
-    optimizers: dict[str, MLRAdamW] = {}
-    for backend in backends:
-        opt = MLRAdamW(group_dicts(make_params(workload, device, dtype), 1e-3, True), backend=backend)
-        variants[f"MLRAdamW[{backend}] per-module groups"] = opt.step
-        optimizers[f"MLRAdamW[{backend}] per-module groups"] = opt
-    torch_kinds = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
-    for kind, flags in torch_kinds.items():
-        opt = torch.optim.AdamW(group_dicts(make_params(workload, device, dtype), 1e-3, False), **flags)
-        variants[f"torch AdamW {kind} per-module groups"] = opt.step
-    single = [p for _, ps in make_params(workload, device, dtype) for p in ps]
-    variants["torch AdamW fused 1 group"] = torch.optim.AdamW(single, lr=1e-3, fused=True).step
-    return variants, optimizers
+def build_variants(workload: Workload, device: str, dtype: torch.dtype, backends: list[str]) -> list[Variant]:
+    """Every variant, each optimizer over the same parameters, in both groupings."""
+    named = make_params(workload, device, dtype)
+    every = [p for _, params in named for p in params]
+    variants = []
+    for grouping in GROUPINGS:
+        def groups(with_mult: bool, grouping: str = grouping):
+            return group_dicts(named, 1e-3, with_mult) if grouping == GROUPINGS[0] else [{"params": every}]
+        for backend in backends:
+            opt = MLRAdamW(groups(True), lr=1e-3, backend=backend)
+            variants.append(Variant(f"MLRAdamW[{backend}]", grouping, opt.step,
+                                    bytes_per_param("mlr", dtype), opt))
+        for kind, flags in (("fused", dict(fused=True)), ("foreach", dict(foreach=True))):
+            opt = torch.optim.AdamW(groups(False), lr=1e-3, **flags)
+            variants.append(Variant(f"torch AdamW {kind}", grouping, opt.step,
+                                    bytes_per_param("torch", dtype)))
+    return variants
 
 
-def host_check_ms(opt: MLRAdamW, rounds: int = 30) -> tuple[float, float]:
-    """Median host time of the per-step contract check (``MLRAdamW._sync``) alone: with the
-    gradients unchanged since the last step, and with every ``.grad`` a new tensor at a new
-    address, as after torch's default ``zero_grad()`` and a backward."""
+def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> tuple[float, float]:
+    """Median host time of the per-step contract check (``MLRAdamW._sync``) alone, in µs per
+    parameter: with the gradients unchanged since the last step, and with every ``.grad`` a new
+    tensor at a new address, as after torch's default ``zero_grad()`` and a backward."""
     params = [p for g in opt.param_groups for p in g["params"]]
     spare = [[p.grad, p.grad.clone()] for p in params]
     unchanged, replaced = [], []
@@ -76,87 +121,78 @@ def host_check_ms(opt: MLRAdamW, rounds: int = 30) -> tuple[float, float]:
         start = time.perf_counter()
         opt._sync()
         replaced.append(time.perf_counter() - start)
-    return statistics.median(unchanged) * 1e3, statistics.median(replaced) * 1e3
-
-
-def ceiling_step(numel: int, device: str) -> Callable[[], None]:
-    """The bandwidth ceiling with AdamW's traffic, measured like any variant."""
-    gen = torch.Generator(device=device).manual_seed(1)
-    if device == "cpu":
-        from mlr_kernels.backends import cpu
-
-        a, b, c, d = (torch.randn(numel, generator=gen) for _ in range(4))
-        return lambda: cpu.stream_4r3w(a, b, c, d)
-    src = torch.randn(numel * BYTES_PER_PARAM // 8, generator=gen, device=device)  # 14 B read + 14 written
-    dst = torch.empty_like(src)
-    return lambda: dst.copy_(src)
-
-
-def launches_per_step(step: Callable[[], None]) -> int:
-    """GPU work items (kernels, copies, memsets) one call of ``step`` issues, from the profiler."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    return sum(1 for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA)
-
-
-def timer(device: str) -> Callable[[Callable[[], None]], float]:
-    if device == "cpu":
-        def run(fn):
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
-        return run
-
-    def run_cuda(fn):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    return run_cuda
+    return (statistics.median(unchanged) * 1e6 / len(params), statistics.median(replaced) * 1e6 / len(params))
 
 
 def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[str], rounds: int,
-            warmup: int):
-    steps, optimizers = build_variants(workload, device, dtype, backends)
-    variants = {"ceiling (same traffic)": ceiling_step(workload.numel, device), **steps}
-    time_one = timer(device)
+            warmup: int) -> list[dict]:
+    """Time every variant and both ceilings, interleaved; one row per variant."""
+    variants = build_variants(workload, device, dtype, backends)
+    ceilings = {"stream_4r3w": stream_ceiling(workload.numel, device),
+                "copy": copy_ceiling(workload.numel, device)}
+    calls = {**{f"ceiling {name}": fn for name, fn in ceilings.items()}, **{v.key: v.step for v in variants}}
+    timer = StepTimer(device)
+    host_ms = {name: 0.0 for name in calls}
     for _ in range(warmup):
-        for fn in variants.values():
-            time_one(fn)
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+        for name, fn in calls.items():
+            host_ms[name] = timer(fn).host_ms
+    samples: dict[str, list[Timing]] = {name: [] for name in calls}
     for _ in range(rounds):
-        for name, fn in variants.items():
-            samples[name].append(time_one(fn))
-    checks = {name: host_check_ms(opt) for name, opt in optimizers.items()}
-    if device == "cuda":
-        for name, fn in variants.items():
-            print(f"  {name}: {launches_per_step(fn)} GPU launches per step")
-    return {name: statistics.median(times) for name, times in samples.items()}, checks
-
-
-def print_table(workload: Workload, medians: dict[str, float],
-                checks: dict[str, tuple[float, float]]) -> list[dict]:
-    gbytes = workload.numel * BYTES_PER_PARAM / 1e9
-    ceiling = gbytes / (medians["ceiling (same traffic)"] / 1e3)
-    fused = medians["torch AdamW fused per-module groups"]
-    print(f"\n{workload.name}: {workload.numel / 1e6:.1f}M params in {workload.num_tensors} tensors, "
-          f"{len(workload.groups)} groups; ceiling {ceiling:.1f} GB/s")
-    print(f"  {'variant':42s} {'ms/step':>9s} {'GB/s':>7s} {'% ceil':>7s} {'vs fused':>9s}")
+        for name, fn in calls.items():
+            samples[name].append(timer(fn, host_ms[name]))
+    medians = {name: median_timing(times) for name, times in samples.items()}
+    ceiling_bytes = workload.numel * CEILING_BYTES_PER_ELEMENT
+    ceiling_gbs = {name: ceiling_bytes / 1e6 / medians[f"ceiling {name}"].device_ms for name in ceilings}
+    fused = {v.grouping: medians[v.key].device_ms for v in variants if v.name == "torch AdamW fused"}
     rows = []
-    for name, ms in medians.items():
-        gbs = gbytes / (ms / 1e3)
-        rows.append(dict(workload=workload.name, variant=name, ms=ms, gbs=gbs, ceiling_share=gbs / ceiling,
-                         speedup_vs_fused_same_groups=fused / ms))
-        print(f"  {name:42s} {ms:9.2f} {gbs:7.1f} {100 * gbs / ceiling:6.1f}% {fused / ms:8.2f}x")
-    for name, (unchanged, replaced) in checks.items():
-        print(f"  {name}: contract check {unchanged:.3f} ms per step with the same grads, "
-              f"{replaced:.3f} ms with every grad replaced ({workload.num_tensors} tensors)")
-        rows.append(dict(workload=workload.name, variant=name, check_ms_same_grads=unchanged,
-                         check_ms_new_grads=replaced))
+    for v in variants:
+        t = medians[v.key]
+        gbs = workload.numel * v.bytes_per_param / 1e6 / t.device_ms
+        row = dict(workload=workload.name, params=workload.numel, tensors=workload.num_tensors,
+                   groups=len(workload.groups) if v.grouping == GROUPINGS[0] else 1, variant=v.name,
+                   grouping=v.grouping, bytes_per_param=v.bytes_per_param, device_ms=t.device_ms,
+                   host_ms=t.host_ms, host_bound=t.host_bound, gbs=gbs,
+                   share_of_stream_ceiling=gbs / ceiling_gbs["stream_4r3w"],
+                   share_of_copy_ceiling=gbs / ceiling_gbs["copy"],
+                   speedup_vs_torch_fused=fused[v.grouping] / t.device_ms,
+                   stream_ceiling_gbs=ceiling_gbs["stream_4r3w"], copy_ceiling_gbs=ceiling_gbs["copy"])
+        if timer.cuda and v.grouping == GROUPINGS[0]:  # the profiler costs seconds: once per optimizer
+            row["launches_per_step"] = launches_per_step(v.step)
+        if v.optimizer is not None:
+            row["check_us_per_param_same_grads"], row["check_us_per_param_new_grads"] = (
+                host_check_us_per_param(v.optimizer))
+        rows.append(row)
     return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    first = rows[0]
+    print(f"\n{first['workload']}: {first['params'] / 1e6:.1f}M params in {first['tensors']} tensors; "
+          f"ceilings: stream_4r3w {first['stream_ceiling_gbs']:.1f} GB/s, "
+          f"copy {first['copy_ceiling_gbs']:.1f} GB/s")
+    print(f"  {'variant':20s} {'groups':>6s} {'B/param':>7s} {'device ms':>9s} {'host ms':>8s} "
+          f"{'GB/s':>7s} {'% 4r3w':>7s} {'% copy':>7s} {'vs fused':>8s} {'launches':>8s}  "
+          "check µs/param (same / new grads)")
+    for r in rows:
+        launches = str(r.get("launches_per_step", "-"))
+        check = (f"  {r['check_us_per_param_same_grads']:.2f} / {r['check_us_per_param_new_grads']:.2f}"
+                 if "check_us_per_param_same_grads" in r else "")
+        bound = " host-bound" if r["host_bound"] else ""
+        print(f"  {r['variant']:20s} {r['groups']:6d} {r['bytes_per_param']:7d} {r['device_ms']:9.3f} "
+              f"{r['host_ms']:8.3f} {r['gbs']:7.1f} {100 * r['share_of_stream_ceiling']:6.1f}% "
+              f"{100 * r['share_of_copy_ceiling']:6.1f}% {r['speedup_vs_torch_fused']:7.2f}x "
+              f"{launches:>8s}{check}{bound}")
+
+
+def environment(device: str) -> dict:
+    """What the figures depend on: versions, the processor, threads, the kernel's SIMD level."""
+    from mlr_kernels.backends import cpu
+
+    env = dict(torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
+               cpu=platform.processor() or platform.machine(), simd_level=cpu.simd_level())
+    if torch.device(device).type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    return env
 
 
 def main() -> None:
@@ -165,8 +201,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--workloads", default=None,
                         help="comma-separated names (default: all for the device)")
-    parser.add_argument("--backends", default=None,
-                        help="MLRAdamW backends (default: cpu, or cuda,triton)")
+    parser.add_argument("--backends", default=None, help="MLRAdamW backends (default: cpu, or cuda,triton)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -174,19 +209,24 @@ def main() -> None:
 
     catalogue = CPU_WORKLOADS if args.device == "cpu" else GPU_WORKLOADS
     names = args.workloads.split(",") if args.workloads else list(catalogue)
+    unknown = [name for name in names if name not in catalogue]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(catalogue)}")
     default_backends = ["cpu"] if args.device == "cpu" else ["cuda", "triton"]
     backends = args.backends.split(",") if args.backends else default_backends
-    print(f"device={args.device} dtype={args.dtype} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()} rounds={args.rounds} (medians)")
+    env = environment(args.device)
+    print(f"device={args.device} dtype={args.dtype} rounds={args.rounds} (medians) "
+          + " ".join(f"{k}={v}" for k, v in env.items()))
     rows = []
     for name in names:
-        medians, checks = measure(catalogue[name], args.device, DTYPES[args.dtype], backends,
-                                  args.rounds, args.warmup)
-        rows += print_table(catalogue[name], medians, checks)
+        workload_rows = measure(catalogue[name], args.device, DTYPES[args.dtype], backends, args.rounds,
+                                args.warmup)
+        print_table(workload_rows)
+        rows += workload_rows
         if args.device == "cuda":
             torch.cuda.empty_cache()
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(dict(environment=env, dtype=args.dtype, rows=rows), indent=2))
 
 
 if __name__ == "__main__":

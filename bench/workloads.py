@@ -67,6 +67,8 @@ GPU_WORKLOADS = {
     "llama-125m": llama(layers=12, hidden=768, intermediate=3072, vocab=32000),
     "llama-1b": llama(layers=16, hidden=2048, intermediate=5632, vocab=32000, kv_heads_ratio=4),
     "llama-7b": llama(layers=32, hidden=4096, intermediate=11008, vocab=32000),
+    "lora": lora(448),  # about 450 tensors, about 0.3 ms of device work: where the host time shows
+    "small": small_tensors(2000),
 }
 
 
