@@ -28,7 +28,7 @@ def test_without_torchrun_it_is_one_process_and_no_process_group(monkeypatch):
     assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.is_distributed) == (0, 1, True, False)
     assert not torch.distributed.is_initialized()
     assert run_on_main(ctx, lambda: "written") == "written"
-    assert all_reduce_sum(3.0) == 3.0
+    assert all_reduce_sum(3.0, ctx) == 3.0
 
 
 def test_each_rank_takes_a_contiguous_equal_share_of_the_batch():

@@ -132,7 +132,7 @@ def test_the_conversion_is_cached_and_redone_when_the_file_changes(
     assert second != first and conversions == [path, path]
     model, _ = load_model(path)
     assert torch.equal(model.lm_head.weight, changed.lm_head.weight)
-    assert sorted(p.name for p in (cache / "gguf").iterdir()) == sorted([first.name, second.name])
+    assert sorted(p.name for p in (cache / "gguf").glob("[!.]*")) == sorted([first.name, second.name])
 
 
 def test_the_preset_name_resolves_to_the_file_its_package_ships(
@@ -203,7 +203,8 @@ def test_files_that_are_not_gguf_are_refused(tmp_path: Path, cache: Path) -> Non
     with pytest.raises(MlrInputError, match="cannot convert the GGUF file") as error:
         load_model(truncated)
     _one_line(error)
-    assert not any((cache / "gguf").iterdir())  # nothing half-converted left behind
+    assert not any((cache / "gguf").glob("[!.]*"))  # nothing half-converted left behind
+    assert not any((cache / "gguf").glob(".*.building-*"))
 
 
 @pytest.mark.parametrize("command", ["probe", "train", "eval"])

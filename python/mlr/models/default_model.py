@@ -1,7 +1,8 @@
 """The embedded default model: a tiny Llama and a tokenizer trained on the project's corpus.
 
 Nothing is downloaded. The directory is built once and cached under ``$MLR_CACHE`` (default
-``~/.cache/mlr``; see ``mlr.models.cache``, which also makes the build atomic) in a folder named
+``~/.cache/mlr``; ``mlr.models.cache`` makes the build atomic, once across processes and ranks,
+and checked before use) in a folder named
 by a hash of the recipe (architecture, tokenizer settings, seed, corpus text), so changing any of
 them builds a new one.
 """
@@ -18,7 +19,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from mlr.data.corpus import tokenizer_texts
-from mlr.models.cache import build_directory, cache_root, cached_directory
+from mlr.models.cache import build_directory, cache_entry, cache_root
 from mlr.models.chat import CHAT_TEMPLATE
 from mlr.models.tokenizer import train_tokenizer
 
@@ -86,5 +87,6 @@ def build_default_model_dir(path: str | os.PathLike) -> Path:
 
 
 def default_model_dir() -> Path:
-    """The cached default model directory, built on first use."""
-    return cached_directory(cache_root() / f"tiny-llama-{recipe_hash()}", _save_default_model)
+    """The cached default model directory, built on first use (:func:`mlr.models.cache.cache_entry`)."""
+    return cache_entry(cache_root() / f"tiny-llama-{recipe_hash()}", _save_default_model,
+                       "the embedded default model")

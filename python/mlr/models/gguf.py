@@ -6,8 +6,9 @@ gguf_file=name)`` builds the config and tokenizer from the metadata and dequanti
 (to float32 here). That takes tens of seconds for a 135 M-parameter model, so it is done once and
 the result saved with ``save_pretrained`` into ``$MLR_CACHE/gguf/<stem>-<key>`` (default
 ``~/.cache/mlr``), where the key hashes the file's resolved path, size and modification time: a
-file changed in place is converted again. The conversion is atomic (see ``mlr.models.cache``).
-The cached directory holds float32 weights, about 4 bytes per parameter.
+file changed in place is converted again. The conversion is atomic, done once across processes
+and ranks, and checked before use (``mlr.models.cache``). The cached directory holds float32
+weights, about 4 bytes per parameter.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import re
 import struct
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mlr.errors import MlrInputError, first_line
-from mlr.models.cache import cache_root, cached_directory
+from mlr.models.cache import cache_entry, cache_root
 from mlr.models.requirements import package_dir
 
 # transformers 5 can keep GGUF blocks packed (with the `kernels` package); older ones always unpack.
@@ -68,9 +68,10 @@ def convert_gguf(path: Path, directory: Path) -> None:
 
     The GGUF quantization config is dropped before saving: the weights are dense now, and
     ``save_pretrained`` refuses a model that still says it is GGUF-quantized. Raises
-    ``MlrInputError`` when transformers cannot read the file (an unsupported architecture, a
-    truncated file).
+    ``MlrInputError`` when the ``gguf`` package is not installed or transformers cannot read the
+    file (an unsupported architecture, a truncated file).
     """
+    package_dir("gguf", "loading a GGUF file", INSTALL_GGUF)
     where = {"pretrained_model_name_or_path": path.parent, "gguf_file": path.name,
              "local_files_only": True}
     dense = {} if GgufConfig is None else {"quantization_config": GgufConfig(dequantize=True)}
@@ -101,9 +102,5 @@ def gguf_model_dir(path: str | os.PathLike) -> Path:
     if not is_gguf_file(path):
         raise MlrInputError(f"not a GGUF file (it does not start with {GGUF_MAGIC!r}), nor a model "
                             f"directory: {path}")
-    target = converted_dir(path)
-    if not target.is_dir():
-        package_dir("gguf", "loading a GGUF file", INSTALL_GGUF)
-        print(f"mlr: converting {path} to a Hugging Face directory in {target} (once)",
-              file=sys.stderr, flush=True)
-    return cached_directory(target, partial(convert_gguf, path))
+    return cache_entry(converted_dir(path), partial(convert_gguf, path),
+                       f"the Hugging Face directory of {path}")

@@ -6,8 +6,10 @@ requests) gets a short alignment stage first, as the alignment stage of Vaccine,
 does. Both are the ``mlr train`` recipe (full fine-tuning, every module at the base LR) on the
 embedded alignment set (``mlr.data.embedded_data.alignment_examples``: harmful request → refusal,
 benign twin → help, general questions → answers). The result depends only on the model and these
-settings, so it is cached under ``$MLR_CACHE`` in a folder named by their hash, built beside it and
-renamed into place (a reader never sees half of one).
+settings, so it is cached under ``$MLR_CACHE`` in a folder named by their hash, built once across
+processes and ranks, atomically, and checked before use (``mlr.models.cache``). Under a process
+group rank 0 trains it alone (a run without ``distributed`` talks to no other rank) while the
+others wait.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlr.data.embedded_data import alignment_examples
-from mlr.io import publish_directory
 from mlr.models import model_dir, recipe_hash
-from mlr.models.cache import cache_root
+from mlr.models.cache import cache_entry, cache_root
 from mlr.tuning.train import TrainConfig, train
 
 
@@ -50,9 +51,6 @@ def align_model(settings: AlignSettings = AlignSettings(), model: str | None = N
                 progress: bool = True) -> Path:
     """The model directory of ``model`` (None: the embedded default) safety-aligned with
     ``settings``, trained on first use."""
-    target = aligned_dir(settings, model)
-    if (target / "model").is_dir():
-        return target / "model"
 
     def build(staging: Path) -> None:
         train(TrainConfig(out=str(staging), model=model, steps=settings.steps, lr=settings.lr,
@@ -60,5 +58,6 @@ def align_model(settings: AlignSettings = AlignSettings(), model: str | None = N
                           max_length=settings.max_length, progress=progress),
               examples=alignment_examples("train"))
 
-    publish_directory(target, build, replace=False)  # a concurrent run's identical build may win
-    return target / "model"
+    name = "the embedded default" if model is None else str(model)
+    what = f"{name} safety-aligned ({settings.steps} steps)"
+    return cache_entry(aligned_dir(settings, model), build, what, model="model") / "model"

@@ -9,7 +9,7 @@ The building blocks of ``mlr train --distributed ddp|fsdp2``, meant to read top 
     groups = param_groups(unwrap(model), multipliers, weight_decay)
     optimizer = MLRAdamW(groups, lr=lr)           # after wrapping: FSDP2 parameters are DTensors
     for indices in batches:                       # the one-GPU loop on this rank's share
-        loss = loss_sum(model, rank_share(indices, ctx)) / (all_reduce_sum(tokens) / ctx.world_size)
+        loss = loss_sum(model, rank_share(indices, ctx)) / (all_reduce_sum(tokens, ctx) / ctx.world_size)
         ...
     save_sharded_checkpoint(run_dir / "checkpoint", model, optimizer)  # every rank, resumable
     # (mlr.tuning.checkpoint saves the whole training state the same way, for `mlr train`)
@@ -105,9 +105,11 @@ def rank_share(items: Sequence[T], ctx: DistributedContext) -> list[T]:
     return list(items[ctx.rank * share : (ctx.rank + 1) * share])
 
 
-def all_reduce_sum(value: float) -> float:
-    """``value`` summed over all ranks (itself without a process group): token counts, losses."""
-    if not dist.is_initialized():
+def all_reduce_sum(value: float, ctx: DistributedContext) -> float:
+    """``value`` summed over the ranks of ``ctx``: token counts, losses. A single-process ``ctx``
+    gets ``value`` back even when a process group exists (a run without ``--distributed``, such as
+    the alignment rank 0 trains for the cache, talks to no other rank)."""
+    if not ctx.is_distributed:
         return value
     total = torch.tensor(float(value), dtype=torch.float64,
                          device="cuda" if dist.get_backend() == "nccl" else "cpu")
@@ -118,7 +120,8 @@ def all_reduce_sum(value: float) -> float:
 def run_on_main(ctx: DistributedContext, fn: Callable[[], T]) -> T | None:
     """Run ``fn`` (write a file, a report) on rank 0 only; every rank waits until it is done."""
     result = fn() if ctx.is_main else None
-    barrier()
+    if ctx.is_distributed:
+        barrier()
     return result
 
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from mlr.data.ift import InstructionExample
 from mlr.errors import MlrInputError
 from mlr.io import reusable, write_json_atomic
-from mlr.models import load_model
+from mlr.models import load_model, model_dir
 from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
 from mlr.progress import progress_enabled
 from mlr.tuning.checkpoint import (
@@ -177,11 +177,14 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
         raise MlrInputError(f"{out} holds checkpoints of an earlier run; pass --resume to continue "
                             "it, or choose another --out")
 
-    # 2. Model and tokenizer (right padding for training), LoRA adapters.
+    # 2. Model and tokenizer (right padding for training), LoRA adapters. A cached model (the
+    #    default, a GGUF conversion) is built before the process group exists, so that any rank
+    #    may build it, on every node's own disk too.
+    source = str(model_dir(config.model))
     ctx = (init_distributed(torch.device(config.device).type) if config.distributed
            else single_process(config.device))
     torch.manual_seed(config.seed)
-    model, tokenizer = load_model(config.model, config.dtype, str(ctx.device), padding_side="right")
+    model, tokenizer = load_model(source, config.dtype, str(ctx.device), padding_side="right")
     if config.lora_rank:
         model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout)
     model.train()
@@ -233,7 +236,7 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
             micro_batches = [make_batch(encoded, rank_share(sampler.next_batch(config.batch_size), ctx),
                                         pad_id, ctx.device) for _ in range(config.grad_accum)]
             # Ranks' gradients are averaged: scale by the world size to get the global token mean.
-            targets = all_reduce_sum(sum(target_tokens(b) for b in micro_batches)) / ctx.world_size
+            targets = all_reduce_sum(sum(target_tokens(b) for b in micro_batches), ctx) / ctx.world_size
             loss_sum = 0.0
             for batch in micro_batches:
                 with autocast:
@@ -252,8 +255,8 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
             optimizer.zero_grad()
             step += 1
 
-            loss_sum = all_reduce_sum(loss_sum) / ctx.world_size
-            tokens = int(all_reduce_sum(sum(int(b.attention_mask.sum()) for b in micro_batches)))
+            loss_sum = all_reduce_sum(loss_sum, ctx) / ctx.world_size
+            tokens = int(all_reduce_sum(sum(int(b.attention_mask.sum()) for b in micro_batches), ctx))
             tokens_seen += tokens
             last_loss = loss_sum
             seconds = time.perf_counter() - tick
@@ -267,15 +270,16 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
                                 fingerprint, config.keep_checkpoints)
 
     # 8. The final model, LoRA merged in.
-    whole = gathered_model(model, lambda: load_model(config.model, config.dtype, "cpu")[0], ctx)
-    model_dir = out / "model"
-    result = TrainResult(model_dir, step, last_loss, tokens_seen, time.perf_counter() - started)
+    whole = gathered_model(model, lambda: load_model(source, config.dtype, "cpu")[0], ctx)
+    final_dir = out / "model"
+    result = TrainResult(final_dir, step, last_loss, tokens_seen, time.perf_counter() - started)
     if ctx.is_main:
-        save_pretrained_atomic(merged(whole), tokenizer, model_dir)
+        save_pretrained_atomic(merged(whole), tokenizer, final_dir)
         write_json_atomic(out / "train.json", {
             "config": asdict(config), "fingerprint": fingerprint,
-            "result": {**asdict(result), "model_dir": str(model_dir)}})
-    barrier()
+            "result": {**asdict(result), "model_dir": str(final_dir)}})
+    if ctx.is_distributed:
+        barrier()
     return result
 
 
