@@ -10,13 +10,16 @@ parameter at base × ``--ratio``; or give glob patterns over module names instea
     torchrun --nproc-per-node 2 examples/hf_trainer_mlr.py ...   # DDP: Trainer wraps the model
     python examples/hf_trainer_mlr.py --out /tmp/smoke           # no files: a tiny random Llama
 
-``--data`` is JSON lines with a ``"text"`` field. Needs ``pip install .`` (or ``PYTHONPATH=python``).
+``--data`` is JSON lines with a ``"text"`` field, tokenized with ``--model``'s tokenizer; without
+it the model trains on random tokens (a smoke test of the optimizer wiring). Needs
+``pip install .`` (or ``PYTHONPATH=python``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from mlr.integrations.hf_trainer import mlr_optimizers
@@ -39,7 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="local model directory (default: a tiny random Llama)")
-    parser.add_argument("--data", help="JSON lines with a \"text\" field (default: random tokens)")
+    parser.add_argument("--data", help="JSON lines with a \"text\" field, tokenized with --model's "
+                        "tokenizer (default: random tokens)")
     parser.add_argument("--mods-robust", help="mods_robust.json: these modules train at the base LR")
     parser.add_argument("--patterns", help="JSON {module glob: multiplier}, first match wins")
     parser.add_argument("--ratio", type=float, default=0.1, help="multiplier of every other module")
@@ -49,18 +53,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.data and not args.model:
+        parser.error("--data needs --model (whose tokenizer reads it)")
+    if args.data and not Path(args.data).is_file():
+        parser.error(f"--data {args.data}: no such file")
+    return args
 
 
-def tiny_model_and_data() -> tuple[torch.nn.Module, list[dict[str, torch.Tensor]]]:
+def tiny_model() -> torch.nn.Module:
     config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
-    ids = torch.randint(0, config.vocab_size, (64, 32), generator=torch.Generator().manual_seed(0))
-    return LlamaForCausalLM(config), [{"input_ids": row, "labels": row} for row in ids]
+    return LlamaForCausalLM(config)
 
 
-def model_and_data(args: argparse.Namespace):
-    """(model, dataset, collator) from ``--model`` and ``--data``."""
+def random_tokens(vocab_size: int, length: int) -> list[dict[str, torch.Tensor]]:
+    """64 sequences of random token ids, each its own label."""
+    ids = torch.randint(0, vocab_size, (64, length), generator=torch.Generator().manual_seed(0))
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def text_data(args: argparse.Namespace):
+    """(dataset, collator): ``--data``'s texts through ``--model``'s tokenizer."""
     from datasets import load_dataset
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -68,17 +82,20 @@ def model_and_data(args: argparse.Namespace):
     data = load_dataset("json", data_files=args.data, split="train")
     data = data.map(lambda row: tokenizer(row["text"], truncation=True, max_length=args.max_length),
                     remove_columns=data.column_names)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-    return model, data, DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    return data, DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
 
 def main() -> None:
     args = parse_args()
     if args.model:
-        model, data, collator = model_and_data(args)
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     else:
-        model, data = tiny_model_and_data()
+        model = tiny_model()
+    if args.data:
+        data, collator = text_data(args)
+    else:
+        data = random_tokens(model.config.vocab_size, min(32, args.max_length))
         collator = default_data_collator
     if args.lora_rank:
         model = add_lora(model, args.lora_rank, alpha=2.0 * args.lora_rank, dropout=0.05)

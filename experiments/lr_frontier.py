@@ -21,6 +21,10 @@ data, steps, seeds and evaluation as ``mlr run`` (its defaults, or the options b
 With ``--reuse-arms`` the ``mlr run`` in ``--analysis`` supplies the points it already trained with
 the same settings (its ``vanilla`` is ``uniform-1``, its ``uniform_lr`` and ``ml_lr`` are
 ``uniform-R`` and ``ml_lr-R`` at its ratio R); the settings are checked against its report.json.
+It reads only that report.json and each arm's ``eval.json`` and ``answers.jsonl``, never the
+fine-tuned weights, which ``mlr run`` deletes once evaluated (unless ``--keep-models``); the
+sweep's own arms are handled the same way (``run_arm_jobs``), and a killed sweep resumes as
+``mlr run`` does.
 
 ML-LR helps beyond a lower learning rate only if its points lie below the uniform curve: a lower
 ASR at the same held-out loss. Each non-uniform arm gets ``gap_to_uniform_curve``: its ASR minus

@@ -116,6 +116,18 @@ def test_sets_that_separate_at_layer_zero_are_said_to_differ_in_wording(files, t
     assert not (files / "out" / "robustness.json").exists()
 
 
+def test_a_probe_at_chance_at_every_layer_is_said_so(files, tiny_loader, capsys):
+    # the same prompts on both sides: nothing to tell apart, a held-out AUC of 0.5 at every layer
+    (files / "benign.txt").write_text("\n".join(HARMFUL))
+    assert run(files, "probe") == 0
+    captured = capsys.readouterr()
+    assert "probe layer" in captured.out
+    assert "mlr: warning: no layer's probe does better than chance" in captured.err
+    (files / "benign.txt").write_text("\n".join(BENIGN))  # prompts that differ: no such remark
+    assert run(files, "probe") == 0
+    assert "better than chance" not in capsys.readouterr().err
+
+
 def _write(files, name, text):
     (files / name).write_text(text)
     return str(files / name)

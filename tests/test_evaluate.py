@@ -122,4 +122,5 @@ def test_mlr_eval_bad_input_exits_2(tmp_path, capsys, problem):
     assert run_cli(*args, "--out", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlr: error:")
-    assert not (tmp_path / "out").exists()
+    out = tmp_path / "out"  # checked writable before the model loads, so it may exist, empty
+    assert not out.exists() or not any(out.iterdir())

@@ -1,10 +1,17 @@
 """``mlr_optimizers`` in a Hugging Face ``Trainer``: a few steps on a tiny Llama equal the same
 Trainer run with torch AdamW at lr × multiplier per group, under Trainer's warm-up + cosine
-schedule, gradient clipping and ``model.zero_grad()``."""
+schedule, gradient clipping and ``model.zero_grad()``; and examples/hf_trainer_mlr.py as a user
+runs it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
+from chat_models import tiny_chat_model_dir
 from mlr.integrations.hf_trainer import mlr_optimizers
 from mlr.tuning.ml_lr import module_lr_multipliers, param_groups
 from transformers import Trainer, TrainingArguments, default_data_collator, get_scheduler
@@ -63,3 +70,29 @@ def test_multiplier_zero_freezes_the_parameter(tmp_path):
     stepped = {name for group in optimizer.param_groups for name in group["param_names"]}
     assert trainable == stepped == {name for name, mult in multipliers.items() if mult > 0}
     assert {name.rsplit(".", 1)[0] for name in stepped} == set(ROBUST)
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer_mlr.py"
+
+
+def _example(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(EXAMPLE.parents[1] / p)
+                                                       for p in ("python", "."))}
+    return subprocess.run([sys.executable, str(EXAMPLE), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_example_with_a_model_and_no_data_trains_on_random_tokens(tmp_path):
+    # run from a folder holding a file that is not JSON: it must not be read as the data
+    (tmp_path / "notes.txt").write_text("not json")
+    done = _example("--model", str(tiny_chat_model_dir()), "--steps", "1", "--batch-size", "2",
+                    "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_the_example_refuses_data_without_a_model_in_one_line(tmp_path):
+    done = _example("--data", "train.jsonl", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("--data needs --model (whose tokenizer "
+                                                         "reads it)")

@@ -4,6 +4,7 @@ import math
 import statistics
 
 import pytest
+from mlr.environment import environment
 from mlr.evaluation.intervals import (
     Difference,
     ci95_half_width,
@@ -76,7 +77,8 @@ def test_report_gives_intervals_and_says_when_a_difference_is_inside_the_noise()
     assert not found["ml_lr-vanilla"]["asr"]["inside_noise"]
     assert found["ml_lr-vanilla"]["asr"]["mean"] == pytest.approx(
         arms["ml_lr"]["asr"] - arms["vanilla"]["asr"])
-    report = {"arms": arms, "target": check, "wall_seconds": 60.0,
+    report = {"smoke_test": False, "arms": arms, "target": check, "wall_seconds": 60.0,
+              "environment": environment("cpu"),
               "mods_robust": {"modules": ["model.layers.0.self_attn.q_proj"],
                               "param_fraction": 0.02},
               "setup": {"model": "m", "steps": 4, "lr": 1e-3, "batch_size": 2, "ratio": 0.6,

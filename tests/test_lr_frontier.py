@@ -22,7 +22,9 @@ def load_script():
 
 
 def fake_run(run_dir: Path, config: RunConfig, seeds: int) -> None:
-    """A report.json with ``config``'s settings and eval.json files for three arms."""
+    """A report.json with ``config``'s settings and eval.json and answers.jsonl files for four
+    arms, and no model weights: ``mlr run`` deletes them once evaluated, and --reuse-arms needs
+    none."""
     setup = {name: getattr(config, name) for name in load_script().SAME_SETTINGS}
     setup.update(model="embedded default (aligned)", seeds=seeds, ratio=0.6)
     run_dir.mkdir(parents=True)

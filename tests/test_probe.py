@@ -11,6 +11,7 @@ from mlr.analysis.probe import (
     ProbeResult,
     accuracy,
     auc,
+    chance_note,
     choose_layer,
     fit_logistic,
     signed_margins,
@@ -92,6 +93,14 @@ def test_perfect_separation_at_layer_zero_says_wording_not_intent():
     note = wording_note(perfect)
     assert note is not None and "wording, not intent" in note and "twins" in note
     assert wording_note([LayerScore(0, 0.99, 1.0, 0.05), LayerScore(1, 1.0, 1.0, 0.01)]) is None
+
+
+def test_a_probe_no_better_than_chance_at_any_layer_says_so():
+    # a user's small files on the aligned embedded model gave AUC 0.000, accuracy 0.25
+    worse = [LayerScore(0, 0.25, 0.0, 1.2), LayerScore(1, 0.5, 0.5, 0.9)]
+    note = ProbeResult(worse, 1, None).chance_note
+    assert note is not None and "better than chance" in note and "best AUC 0.500, at layer 1" in note
+    assert chance_note([LayerScore(0, 0.25, 0.0, 1.2), LayerScore(1, 0.75, 0.56, 0.6)]) is None
 
 
 def test_held_out_log_loss_is_reported_per_layer():

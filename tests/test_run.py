@@ -4,6 +4,7 @@ finished work, and bad input; each model's default settings; the cached alignmen
 from __future__ import annotations
 
 import json
+import shutil
 
 import mlr.tuning.align
 import pytest
@@ -22,9 +23,13 @@ def run_cli(*args: str) -> int:
         return exit.code
 
 
+def mtimes(out, pattern):
+    return {p: p.stat().st_mtime_ns for p in out.glob(pattern)}
+
+
 def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
     out = tmp_path / "run"
-    assert run_cli("--quick", "--out", str(out)) == 0
+    assert run_cli("--quick", "--keep-models", "--out", str(out)) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["arms"]) == set(ARMS)
     for name, arm in report["arms"].items():
@@ -46,15 +51,34 @@ def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
     jobs, threads = report["setup"]["jobs"], report["setup"]["threads"]
     assert (f"fine-tuning in {jobs} worker processes side by side, {threads} torch thread(s) each"
             if jobs > 1 else f"one process, {threads} torch thread(s)") in markdown
+    assert report["smoke_test"] and markdown.splitlines()[2].startswith("> **Smoke test")
+    environment = report["environment"]
+    assert environment["kernel_backends"] == {"cpu/torch.float32": "cpu"}  # the run's optimizers
+    assert environment["torch_threads"] == threads and environment["device"] == "cpu"
+    assert f"torch {environment['torch']}" in markdown
     assert not list(out.glob("arms/*/*/checkpoints"))
+    models = {p.parent for p in out.glob("arms/*/*/model/model.safetensors")}
+    assert len(models) == 2 * (len(ARMS) - 1)  # --keep-models
 
-    trained = {p: p.stat().st_mtime_ns for p in out.glob("arms/*/*/model/model.safetensors")}
-    assert len(trained) == 2 * (len(ARMS) - 1)
-    (out / "arms" / "vanilla" / "seed-0" / "answers.jsonl").unlink()  # that evaluation is redone
+    # As if killed: vanilla seed 0 after its training, before its evaluation; ml_lr seed 1 after
+    # its model was deleted, before its evaluation was written.
+    arms = out / "arms"
+    (arms / "vanilla" / "seed-0" / "eval.json").unlink()
+    shutil.rmtree(arms / "ml_lr" / "seed-1" / "model")
+    (arms / "ml_lr" / "seed-1" / "answers.jsonl").unlink()
+    trained = mtimes(out, "arms/*/*/train.json")
     assert run_cli("--quick", "--out", str(out)) == 0
-    assert {p: p.stat().st_mtime_ns for p in trained} == trained
-    assert (out / "arms" / "vanilla" / "seed-0" / "answers.jsonl").is_file()
+    retrained = {p for p, t in mtimes(out, "arms/*/*/train.json").items() if trained[p] != t}
+    assert retrained == {arms / "ml_lr" / "seed-1" / "train.json"}  # only the one without model
+    assert (arms / "vanilla" / "seed-0" / "eval.json").is_file()
+    assert not list(out.glob("arms/*/*/model"))  # deleted once evaluated
     assert json.loads((out / "report.json").read_text())["arms"] == report["arms"]
+
+    # Evaluations made the same way stand without their models: nothing is trained or evaluated.
+    trained, evaluated = mtimes(out, "arms/*/*/train.json"), mtimes(out, "arms/*/*/eval.json")
+    assert run_cli("--quick", "--out", str(out)) == 0
+    assert mtimes(out, "arms/*/*/train.json") == trained
+    assert mtimes(out, "arms/*/*/eval.json") == evaluated
 
 
 def test_parallel_jobs_give_the_results_of_one_job_at_a_time(tmp_path):

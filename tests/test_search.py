@@ -69,3 +69,10 @@ def test_respects_the_parameter_budget():
     assert result.param_fraction == pytest.approx(0.6) and len(calls) == 2
     everything = grow_robust_set(ranked, evaluate, 1.0, total_params=100)
     assert everything.modules == ["a", "b", "c"] and everything.stop_reason == "exhausted"
+
+
+def test_one_module_is_counted_in_the_singular():
+    evaluate, _ = losses_per_module({"a": 0.0})
+    result = grow_robust_set([module("a", 1.0)], evaluate, 1.0, total_params=10)
+    assert result.summary.startswith("Mods_Robust: 1 module, ")
+    assert result.stop_detail == "every measured module was added (1)"

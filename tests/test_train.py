@@ -31,7 +31,7 @@ from mlr.tuning.phases import swat_phases
 from mlr.tuning.sampler import EpochSampler
 from mlr.tuning.schedule import warmup_cosine
 from mlr.tuning.sft import encode_examples, load_training_examples
-from mlr.tuning.train import TrainConfig, train
+from mlr.tuning.train import TrainConfig, expected_fingerprint, train
 from safetensors.torch import load_file
 from tiny_models import tiny_gpt2, tiny_llama
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -127,6 +127,18 @@ def test_ratio_zero_trains_only_mods_robust(tmp_path):
     after = weights(result.model_dir.parent)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed == {f"{m}.weight" for m in ROBUST}
+
+
+def test_the_expected_fingerprint_is_the_one_train_records_with_its_kernels(tmp_path):
+    settings = config(tmp_path, steps=2)
+    expected = expected_fingerprint(settings)  # from the tokenizer alone, before any training
+    train(settings)
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["fingerprint"] == expected
+    assert expected_fingerprint(replace(settings, lr=1e-3)) != expected
+    fewer = load_training_examples(settings.data)[:-1]
+    assert expected_fingerprint(settings, fewer) != expected  # other data, same settings
+    assert list(summary["backends"]) == ["cpu/torch.float32"]  # MLRAdamW.backends of the run
 
 
 def test_swat_warmup_trains_mods_robust_alone_then_everything(tmp_path):
@@ -241,7 +253,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     child = textwrap.dedent(f"""
         import json, time, torch
         from mlr.tuning.metrics_log import MetricsLog
-        from mlr.tuning.train import TrainConfig, train
+        from mlr.tuning.train import TrainConfig, expected_fingerprint, train
         torch.set_num_threads(1)
         append = MetricsLog.append
         MetricsLog.append = lambda self, record: (append(self, record), time.sleep(0.1))

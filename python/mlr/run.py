@@ -13,8 +13,11 @@
 5. evaluation of the aligned model and of every arm and seed, all with the same prompts and judge;
 6. the report (``mlr.evaluation.report``).
 
-An arm and seed that finished in ``out`` with the same settings is not trained again, and its
-evaluation is reused when made with the same settings: a killed ``mlr run`` continues where it was.
+An arm and seed whose evaluation in ``out`` was made with the same settings (the training's
+fingerprint among them) is neither trained nor evaluated again, and one that finished training is
+not trained again: a killed ``mlr run`` continues where it was. Each arm's fine-tuned weights are
+deleted once evaluated (about 4 bytes per parameter each: 540 MB for SmolLM2) unless
+``keep_models``; an evaluation reused needs no weights.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ import transformers
 from mlr.analysis.config import AnalysisConfig
 from mlr.analysis.perturb import PERTURBATIONS
 from mlr.analysis.pipeline import SEARCH_FILE, run_search
-from mlr.analysis.probe import ProbeResult
+from mlr.analysis.probe import LAYER_TOLERANCE, ProbeResult
 from mlr.analysis.search import DEFAULT_TAU
 from mlr.data.corpus import benign_prompts, harmful_prompts
 from mlr.data.ift import InstructionExample, example_from_record
 from mlr.data.prompts import load_instruction_data
 from mlr.data.security_data import load_security_data
+from mlr.environment import environment
 from mlr.evaluation.evaluate import (
     ANSWERS_FILE,
     EVAL_FILE,
@@ -59,13 +63,15 @@ from mlr.evaluation.report import summarize_arm, write_report
 from mlr.io import read_json, reusable, write_text_atomic
 from mlr.models import load_model, model_dir
 from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
+from mlr.output_dir import check_output_dir
 from mlr.progress import disable_progress
 from mlr.run_presets import OPTION_FIELDS, SMOLLM2, default_note, run_defaults
+from mlr.text import plural
 from mlr.tuning.align import AlignSettings, align_model
 from mlr.tuning.ml_lr import check_ratio
 from mlr.tuning.phases import default_swat_warmup
 from mlr.tuning.sft import load_training_examples
-from mlr.tuning.train import TrainConfig, train
+from mlr.tuning.train import TrainConfig, expected_fingerprint, train
 
 HELDOUT_FRACTION = 0.05  # of an --ift file, when no --heldout file is given
 MAX_HELDOUT = 200
@@ -110,8 +116,8 @@ class RunConfig:
     budget: float | None = option(None, "largest parameter fraction Mods_Robust may hold",
                                   metavar="FRACTION", none="no limit")
     layer: int | None = option(None, "probe layer", metavar="L",
-                               none="the shallowest layer within --layer-tolerance of the best "
-                               "held-out log-loss")
+                               none=f"the shallowest layer within {LAYER_TOLERANCE} nats of the "
+                               "best held-out log-loss")
     analysis_seeds: int | None = option(None, "perturbation seeds of the robustness map and "
                                         "search", metavar="K", none=default_note("analysis_seeds"))
     max_new_tokens: int | None = option(None, "tokens generated per evaluated answer", metavar="N",
@@ -135,6 +141,9 @@ class RunConfig:
                               metavar="N", none="one per CPU core / threads on the CPU, else 1")
     quick: bool = option(False, "smoke test: every stage on little data for few steps (the "
                          "numbers mean nothing)")
+    keep_models: bool = option(False, "keep every arm's fine-tuned weights in "
+                               "arms/ARM/seed-N/model (about 4 bytes per parameter each); without "
+                               "it each is deleted once evaluated")
     # Set from the model's RunDefaults (mlr.run_presets), not options:
     eval_limit: int | None = None  # evaluate only the first N prompts / 2N instructions of each set
     probe_prompts: int | None = None  # the probe on N + N prompts of the embedded train split
@@ -190,8 +199,8 @@ def resolve_defaults(config: RunConfig) -> RunConfig:
 
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
     """Run the method end to end into ``config.out``; returns the report (as in report.json).
-    Sets torch's CPU thread count (``config.threads``). Raises ``MlrInputError`` for bad input,
-    before anything is trained."""
+    Sets torch's CPU thread count (``config.threads``). Raises ``MlrInputError`` for bad input
+    (an ``out`` that cannot be written among it), before anything is aligned or trained."""
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     out = Path(config.out)
@@ -202,6 +211,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     train_examples, eval_set = run_data(config)
     load_security_data(config.harmful, config.benign)
     warn_if_few_prompts(eval_set)
+    check_output_dir(out)
 
     # 2. The aligned model.
     name = "the embedded default" if config.model is None else config.model
@@ -219,7 +229,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     analysis = run_search(config.analysis(base, *probe_prompt_files(config, out),
                                           probe_layer(config, base)))
     probe = analysis.probe
-    _say(f"Mods_Robust: {len(analysis.search.modules)} modules, "
+    _say(f"Mods_Robust: {plural(len(analysis.search.modules), 'module')}, "
          f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
     seconds["analysis"] = time.perf_counter() - tick
     mods_robust = out / SEARCH_FILE
@@ -227,7 +237,8 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     # 4 and 5. Fine-tune each arm over the seeds; evaluate every model the same way.
     seeds = list(range(config.seeds))
     tick = time.perf_counter()
-    arms = {"aligned": [_evaluate(config, base, out / "arms" / "aligned", eval_set, probe)]}
+    arms = {"aligned": [_evaluate_aligned(config, base, out / "arms" / "aligned", eval_set,
+                                          probe)]}
     arm_seeds = {"aligned": [0]}
     jobs = [replace(arm, seed=seed) for arm in _arms(config, mods_robust) for seed in seeds]
     for job, metrics in zip(jobs, run_arm_jobs(config, base, jobs, out, train_examples, eval_set,
@@ -242,8 +253,22 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
              "counts": {"harmful": len(eval_set.harmful), "benign": len(eval_set.benign),
                         "instructions": len(eval_set.instructions)},
              "stage_seconds": seconds, "threads": torch.get_num_threads()}
-    return write_report(out, summary, analysis.search.to_json({}), setup,
+    env = environment(config.device, kernel_backends([job.run_dir(out) for job in jobs]))
+    return write_report(out, summary, analysis.search.to_json({}), setup, env,
                         time.perf_counter() - started)
+
+
+def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:
+    """The MLRAdamW kernel of each bucket (``MLRAdamW.backends``) over the fine-tuning runs in
+    ``run_dirs``, as their train.json files recorded it (kernels that differ between runs are
+    joined by commas); None when none recorded one."""
+    found: dict[str, set[str]] = {}
+    for run_dir in run_dirs:
+        summary = run_dir / "train.json"
+        recorded = read_json(summary, "train summary").get("backends") if summary.is_file() else None
+        for bucket, name in (recorded or {}).items():
+            found.setdefault(bucket, set()).add(name)
+    return {bucket: ", ".join(sorted(names)) for bucket, names in sorted(found.items())} or None
 
 
 def _arms(config: RunConfig, mods_robust: Path) -> list[ArmJob]:
@@ -312,9 +337,23 @@ def _init_worker(threads: int) -> None:
 def _train_and_evaluate(config: RunConfig, base: str, out: Path,
                         examples: list[InstructionExample] | None, eval_set: EvalSet,
                         probe: ProbeResult, job: ArmJob) -> dict[str, Any]:
+    """Fine-tune and evaluate one arm and seed; its metrics with each prompt's outcome. An
+    evaluation made with the same settings and training fingerprint is reused without training
+    (its model may be gone); a finished training is not run again (``train`` resumes). The model
+    is deleted once evaluated unless ``config.keep_models``."""
     run_dir = job.run_dir(out)
-    model_dir = _fine_tune(config, base, job, run_dir, examples)
-    return _evaluate(config, str(model_dir), run_dir, eval_set, probe)
+    train_config = _train_config(config, base, job, run_dir)
+    model = run_dir / "model"
+    key = _eval_key(config, str(model), eval_set, probe,
+                    expected_fingerprint(train_config, examples))
+    metrics = _saved_metrics(run_dir, key)
+    if metrics is None:
+        train(train_config, examples=examples)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        metrics = _evaluate(config, key, run_dir, eval_set, probe)
+    if not config.keep_models:
+        shutil.rmtree(model, ignore_errors=True)
+    return {**metrics, **read_outcomes(run_dir)}
 
 
 def probe_layer(config: RunConfig, model: str | None) -> int | None:
@@ -379,46 +418,58 @@ def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSe
     return train_examples, eval_set
 
 
-def _fine_tune(config: RunConfig, base: str, job: ArmJob, run_dir: Path,
-               examples: list[InstructionExample] | None) -> Path:
-    """Train one arm and seed (resuming, or reusing a finished run); its checkpoints are removed
-    once the model is saved."""
+def _train_config(config: RunConfig, base: str, job: ArmJob, run_dir: Path) -> TrainConfig:
+    """The training of one arm and seed into ``run_dir``, resuming from its checkpoints."""
     swat = job.schedule == "swat"
-    train_config = TrainConfig(
+    return TrainConfig(
         out=str(run_dir), model=base, max_length=config.max_length,
         mods_robust=None if job.mods_robust is None else str(job.mods_robust), ratio=job.ratio,
         schedule=job.schedule, swat_warmup_steps=config.swat_warmup_steps if swat else None,
         steps=config.steps, lr=config.lr, batch_size=config.batch_size, seed=job.seed,
         lora_rank=config.lora_rank, save_every=config.save_every, keep_checkpoints=1,
         resume=True, dtype=config.dtype, device=config.device, progress=not config.quick)
-    result = train(train_config, examples=examples)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return result.model_dir
 
 
-def _evaluate(config: RunConfig, model_dir: str, run_dir: Path, eval_set: EvalSet,
-              probe: ProbeResult) -> dict[str, Any]:
-    """The metrics of one model (reused from ``eval.json`` when made the same way), with each
-    prompt's outcome (``read_outcomes``) for the report's intervals."""
-    key = {"model": model_dir, "eval_set": _digest(eval_set), "probe": probe.to_json({}),
-           "max_new_tokens": config.max_new_tokens, "trained": _trained_stamp(run_dir)}
+def _evaluate_aligned(config: RunConfig, base: str | None, run_dir: Path, eval_set: EvalSet,
+                      probe: ProbeResult) -> dict[str, Any]:
+    """The aligned model's metrics (reused when made the same way) with each prompt's outcome."""
+    key = _eval_key(config, base, eval_set, probe, None)
+    metrics = _saved_metrics(run_dir, key)
+    if metrics is None:
+        metrics = _evaluate(config, key, run_dir, eval_set, probe)
+    return {**metrics, **read_outcomes(run_dir)}
+
+
+def _eval_key(config: RunConfig, model: str | None, eval_set: EvalSet, probe: ProbeResult,
+              trained: dict | None) -> dict[str, Any]:
+    """What an evaluation depends on: the model's path, the prompts, the probe, the answers'
+    length and, for a fine-tuned model, its training's fingerprint (``trained``)."""
+    return {"model": model, "eval_set": _digest(eval_set), "probe": probe.to_json({}),
+            "max_new_tokens": config.max_new_tokens, "trained": trained}
+
+
+def _saved_metrics(run_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of ``run_dir``'s eval.json when it was made under ``key`` and its
+    answers.jsonl is there, else None."""
     saved = reusable(run_dir / EVAL_FILE, key, field="key")
     if saved is None or not (run_dir / ANSWERS_FILE).is_file():
-        tick = time.perf_counter()
-        model, tokenizer = load_model(model_dir, config.dtype, config.device)
-        metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
-                                    max_new_tokens=config.max_new_tokens)
-        saved = {"key": key, "metrics": metrics, "seconds": time.perf_counter() - tick}
-        write_evaluation(run_dir, saved, answers)
-    return {**saved["metrics"], **read_outcomes(run_dir)}
+        return None
+    return saved["metrics"]
+
+
+def _evaluate(config: RunConfig, key: dict[str, Any], run_dir: Path, eval_set: EvalSet,
+              probe: ProbeResult) -> dict[str, Any]:
+    """Evaluate the model at ``key["model"]`` and write eval.json (with ``key``) and
+    answers.jsonl into ``run_dir``; its metrics."""
+    tick = time.perf_counter()
+    model, tokenizer = load_model(key["model"], config.dtype, config.device)
+    metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
+                                max_new_tokens=config.max_new_tokens)
+    write_evaluation(run_dir, {"key": key, "metrics": metrics,
+                               "seconds": time.perf_counter() - tick}, answers)
+    return metrics
 
 
 def _digest(eval_set: EvalSet) -> str:
     return hashlib.sha256(json.dumps(asdict(eval_set), default=str).encode()).hexdigest()
 
-
-def _trained_stamp(run_dir: Path) -> Any:
-    """What identifies the trained model of ``run_dir`` (its fingerprint; None for the aligned
-    model, which has no train.json there)."""
-    summary = run_dir / "train.json"
-    return read_json(summary, "train summary").get("fingerprint") if summary.is_file() else None

@@ -38,6 +38,7 @@ from mlr.data.ift import instruction_gradients
 from mlr.errors import MlrInputError
 from mlr.features import capture_features, forward
 from mlr.io import reusable, write_json_atomic
+from mlr.sample_size import warn
 from mlr.tuning.sft import encode_examples, make_batch
 
 PROBE_FILE = "probe.json"
@@ -165,6 +166,7 @@ def compute_map(session: Session, probe: ProbeResult, perturbation: Perturbation
     under noise also times the first-order map and records how the two rank modules."""
     config, seeds = session.config, session.config.perturbation_seeds
     check_probe_reads_intent(session, probe)
+    warn(probe.chance_note)
     start = time.perf_counter()
     evaluator = build_evaluator(session, probe)
     comparison = None

@@ -12,6 +12,7 @@ from mlr.analysis.robustness import RobustnessMap
 from mlr.analysis.search import SearchResult
 from mlr.io import save_figure_atomic
 from mlr.modules import MODULE_TYPES
+from mlr.text import plural
 
 matplotlib.use("Agg")  # files only, never a window
 
@@ -45,7 +46,7 @@ def plot_robustness(rmap: RobustnessMap, path: str | os.PathLike) -> None:
     axes.set_xlabel(f"layer (probe at {rmap.probe_layer}; right of the red line: not measured)"
                     if unmeasured else f"layer (probe at {rmap.probe_layer}, the last layer)")
     axes.set_title(f"robustness: probe likelihood retained ({rmap.method}, {rmap.perturb}, "
-                   f"alpha={rmap.alpha}, {len(rmap.seeds)} seeds)")
+                   f"alpha={rmap.alpha}, {plural(len(rmap.seeds), 'seed')})")
     figure.colorbar(image, ax=axes, label="score")
     save_figure_atomic(path, figure)
     plt.close(figure)
@@ -67,7 +68,7 @@ def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
     axes.axhline(result.tau, color="gray", linestyle="--", label=f"tau = {result.tau}")
     axes.set_xlabel("share of module parameters perturbed together (most robust first)")
     axes.set_ylabel("retained, perturbed / clean")
-    axes.set_title(f"Mods_Robust: {len(result.modules)} modules, "
+    axes.set_title(f"Mods_Robust: {plural(len(result.modules), 'module')}, "
                    f"{result.param_fraction:.1%} of module parameters (stop: {result.stop_reason})")
     axes.legend(loc="lower left")
     save_figure_atomic(path, figure)

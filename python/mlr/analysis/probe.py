@@ -14,6 +14,10 @@ When the held-out sets separate perfectly already at layer 0 (``wording_note``),
 context cannot have read the request's intent: the two sets differ in wording or style, and a map
 of such a probe measures nothing about safety. The remedy is the paper's construction, benign
 twins a few words apart from each harmful prompt (the embedded set is built that way).
+
+When no layer's probe ranks the held-out prompts better than chance (``chance_note``: AUC at most
+0.5 everywhere, as on a few prompts that the model cannot tell apart), a layer is still chosen by
+the rule above, but it carries no security feature; the commands say so instead of presenting it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ class ProbeResult:
     def note(self) -> str | None:
         """``wording_note`` of these scores."""
         return wording_note(self.scores)
+
+    @property
+    def chance_note(self) -> str | None:
+        """``chance_note`` of these scores."""
+        return chance_note(self.scores)
 
     def to_json(self, config: dict) -> dict:
         """The ``probe.json`` record; ``config`` says what produced it (model, data, options)."""
@@ -159,6 +168,18 @@ def wording_note(scores: list[LayerScore]) -> str | None:
             "give benign twins a few words apart from each harmful prompt (the paper's "
             "construction; the embedded set, used when --harmful and --benign are omitted, "
             "is built that way)")
+
+
+def chance_note(scores: list[LayerScore]) -> str | None:
+    """One line when no layer's probe does better than chance on the held-out prompts (its AUC
+    is at most 0.5 at every layer), else ``None``."""
+    best = max(scores, key=lambda s: s.auc)
+    if best.auc > 0.5:
+        return None
+    return (f"no layer's probe does better than chance on the held-out prompts (best AUC "
+            f"{best.auc:.3f}, at layer {best.layer}, accuracy {best.accuracy:.3f}): the chosen "
+            "layer carries no security feature, and a robustness map of its probe measures "
+            "noise; use more prompts, with benign twins a few words apart from each harmful one")
 
 
 def train_probes(train_features: torch.Tensor, train_labels: torch.Tensor,

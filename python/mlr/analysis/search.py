@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 from mlr.analysis.robustness import ModuleScore
 from mlr.progress import progress
+from mlr.text import plural
 
 DEFAULT_TAU = 0.9
 
@@ -58,7 +59,7 @@ class SearchResult:
     @property
     def summary(self) -> str:
         """Mods_Robust's size and why the search stopped, in one line."""
-        return (f"Mods_Robust: {len(self.modules)} modules, {self.params:,} parameters = "
+        return (f"Mods_Robust: {plural(len(self.modules), 'module')}, {self.params:,} parameters = "
                 f"{self.param_fraction:.1%} of module parameters; stopped: {self.stop_detail}")
 
     def to_json(self, config: dict) -> dict:
@@ -81,7 +82,7 @@ def grow_robust_set(ranked: Sequence[ModuleScore],
     selected: list[str] = []
     params = 0
     curve = [CurvePoint(0, None, None, None, 1.0, clean_accuracy, 0.0, True)]
-    stop_reason, stop_detail = "exhausted", f"all {len(ranked)} measured modules were added"
+    stop_reason, stop_detail = "exhausted", f"every measured module was added ({len(ranked)})"
     for candidate in progress(ranked, desc="search"):
         fraction = (params + candidate.params) / total_params
         if budget is not None and fraction > budget:

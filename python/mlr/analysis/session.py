@@ -16,6 +16,7 @@ from mlr.errors import MlrInputError
 from mlr.features import Batch, encode_prompts, make_batches
 from mlr.models import load_model
 from mlr.modules import ModuleRef, decoder_layers, decoder_modules
+from mlr.output_dir import check_output_dir
 from mlr.sample_size import few_prompts_note, warn
 from mlr.tuning.sft import load_training_examples
 
@@ -47,12 +48,14 @@ class Session:
 
 
 def open_session(config: AnalysisConfig, *, needs_ift: bool = False) -> Session:
-    """Read and check the data (warning when the held-out split is small), then load the model and
-    check ``config.layer`` against it. ``needs_ift``: the stages will build the perturbation (the
-    map and the search), so ``--perturb ift-grad`` data is read too.
+    """Read and check the data (warning when the held-out split is small) and that ``config.out``
+    can be written, then load the model and check ``config.layer`` against it. ``needs_ift``: the
+    stages will build the perturbation (the map and the search), so ``--perturb ift-grad`` data is
+    read too.
 
-    Raises ``MlrInputError`` for a missing, empty or malformed file, too few prompts, a model
-    directory that is not one, or a layer the model does not have.
+    Raises ``MlrInputError`` for a missing, empty or malformed file, too few prompts, an output
+    directory that cannot be written, a model directory that is not one, or a layer the model does
+    not have.
     """
     data = load_security_data(config.harmful, config.benign, config.seed)
     counts = data.heldout_counts()
@@ -60,6 +63,7 @@ def open_session(config: AnalysisConfig, *, needs_ift: bool = False) -> Session:
                           f"{counts['harmful']} harmful, {counts['benign']} benign"))
     ift_examples = (load_training_examples(config.ift)
                     if needs_ift and config.perturb == "ift-grad" else None)
+    check_output_dir(config.out)
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
     model.eval()
     num_layers = len(decoder_layers(model))

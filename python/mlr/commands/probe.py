@@ -33,4 +33,5 @@ def run(args: argparse.Namespace) -> int:
     print_probe(result)
     print(f"probe layer {result.layer}; wrote {Path(config.out) / PROBE_FILE}")
     warn(result.note)
+    warn(result.chance_note)
     return 0

@@ -11,7 +11,9 @@ import argparse
 
 import transformers
 
+from mlr.evaluation.arms_plot import SMOKE_TEST
 from mlr.evaluation.intervals import Difference
+from mlr.evaluation.report import mean_and_interval
 from mlr.options import add_options, from_options
 from mlr.run import RunConfig, run_pipeline
 
@@ -28,12 +30,16 @@ def run(args: argparse.Namespace) -> int:
     transformers.utils.logging.disable_progress_bar()  # one bar per model load drowns the rest
     report = run_pipeline(config)
     arms, check = report["arms"], report["target"]
+    if report["smoke_test"]:
+        print(SMOKE_TEST)
     for name, arm in arms.items():
-        print(f"{name:10s} ASR {arm['asr']:.3f} ± {arm['asr_std']:.3f}  held-out loss "
-              f"{arm['heldout_loss']:.4f} ± {arm['heldout_loss_std']:.4f}  over-refusal "
-              f"{arm['over_refusal']:.3f}  (mean ± std over seeds)")
+        print(f"{name:10s} ASR {mean_and_interval(arm, 'asr')}  held-out loss "
+              f"{mean_and_interval(arm, 'heldout_loss', 4)}  over-refusal "
+              f"{mean_and_interval(arm, 'over_refusal')}")
+    print("(mean ± the half-width of its 95 % interval over seeds, as in report.md)")
     control = check["differences"].get("ml_lr-uniform_lr")
     if control:
-        print(f"ml_lr - uniform_lr: ASR {Difference.from_json(control['asr']).describe()}")
+        print(f"ml_lr - uniform_lr (control): ASR "
+              f"{Difference.from_json(control['asr']).describe()}")
     print(f"target {'met' if check['met'] else 'not met'}; wrote {config.out}/report.md")
     return 0

@@ -35,6 +35,7 @@ from mlr.features import capture_features, encode_prompts, make_batches
 from mlr.io import read_json, write_json_atomic, write_text_atomic
 from mlr.models import load_model
 from mlr.options import device_option, dtype_option, model_option, option, require_at_least
+from mlr.output_dir import check_output_dir
 from mlr.sample_size import few_prompts_note, warn
 from mlr.tuning.sft import (
     batches_in_order,
@@ -226,12 +227,14 @@ def read_probe(path: str | os.PathLike) -> ProbeResult:
 
 
 def evaluate_model(config: EvalConfig) -> tuple[dict[str, Any], Path]:
-    """``mlr eval``: read the prompts, probe and judge (bad input fails here, before the model
-    loads), evaluate the model, write eval.json and answers.jsonl; returns the metrics and the
-    eval.json path."""
+    """``mlr eval``: read the prompts and probe and check that ``config.out`` can be written (bad
+    input fails here, before the judge and the model load), evaluate the model, write eval.json
+    and answers.jsonl; returns the metrics and the eval.json path. Raises ``MlrInputError`` for
+    bad input."""
     data = load_eval_set(config.harmful, config.benign, config.heldout)
     warn_if_few_prompts(data)
     probe = read_probe(config.probe) if config.probe else None
+    check_output_dir(config.out)
     judge = ModelJudge(config.judge_model, config.device, config.dtype) if config.judge_model \
         else None
     model, tokenizer = load_model(config.model, config.dtype, config.device)

@@ -1,8 +1,10 @@
 """The report of ``mlr run``: per-arm means, std and 95 % intervals over seeds in report.json and
-report.md, a figure of ASR and usability per arm, the check of the target stated in the issue (ML-LR
-cuts vanilla's ASR rise over the aligned model by at least half, at a held-out loss within 5 % of
-vanilla's), and seed-paired differences between arms with their intervals, so that the verdict says
-when a difference is inside the noise (``mlr.evaluation.intervals``).
+report.md, a figure of ASR and usability per arm with those intervals (``arms_plot``), the check of
+the target stated in the issue (ML-LR cuts vanilla's ASR rise over the aligned model by at least
+half, at a held-out loss within 5 % of vanilla's), seed-paired differences between arms with their
+intervals, so that the verdict says when a difference is inside the noise
+(``mlr.evaluation.intervals``), and the environment the run ran in (``mlr.environment``). A
+``--quick`` run's report says first that it is a smoke test, not a result.
 """
 
 from __future__ import annotations
@@ -12,22 +14,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlr.environment import describe
+from mlr.evaluation.arms_plot import PLOT_FILE, plot_arms
 from mlr.evaluation.intervals import Difference, ci95_half_width, paired_difference
-from mlr.io import save_figure_atomic, write_json_atomic, write_text_atomic
+from mlr.io import write_json_atomic, write_text_atomic
+from mlr.text import plural
 
 ARMS = ("aligned", "vanilla", "ml_lr", "frozen", "swat", "uniform_lr")
-# What each arm is, after its name (the name is what report.json, arms.png and the console use).
+# What each arm is, after its name (the name is what report.json and the console use; arms.png
+# shows it as arms_plot.LABELS, e.g. "control (uniform_lr)").
 ARM_TITLES = {"aligned": "the aligned model, before fine-tuning", "vanilla": "ratio 1",
               "ml_lr": "ML-LR: Mods_Robust at base, the rest at base × ratio",
               "frozen": "ratio 0: only Mods_Robust trains",
               "swat": "SWAT: Mods_Robust alone for a warm-up, then everything at base",
               "uniform_lr": "control: every module at base × ratio"}
-ARM_COLORS = {"aligned": "#888888", "vanilla": "#d62728", "ml_lr": "#2ca02c",
-              "frozen": "#1f77b4", "swat": "#9467bd", "uniform_lr": "#ff7f0e"}
 METRICS = ("asr", "over_refusal", "heldout_loss", "task_accuracy", "probe_accuracy")
 # The per-prompt outcomes behind each share (``mlr.evaluation.evaluate.read_outcomes``).
 OUTCOMES = {"asr": "harmful_complied", "over_refusal": "benign_refused"}
-PLOT_FILE = "arms.png"
 RISE_CUT_TARGET = 0.5
 LOSS_GAP_TARGET = 0.05
 # Seed-paired differences the report gives (first arm minus second), on ASR and held-out loss.
@@ -108,54 +111,17 @@ def differences(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _cell(arm: dict[str, Any], name: str, digits: int = 3) -> str:
-    """``mean ± 95 % half-width`` (the mean alone for one seed)."""
+def mean_and_interval(arm: dict[str, Any], name: str, digits: int = 3) -> str:
+    """The arm's ``name`` as ``mean ± 95 % half-width`` (the mean alone for one seed; ``n/a``
+    when not measured)."""
     if arm[name] is None:
         return "n/a"
     half = arm.get(f"{name}_ci95")
     return f"{arm[name]:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
 
 
-def _modules(count: int) -> str:
-    return f"{count} module" + ("" if count == 1 else "s")
-
-
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0%}"
-
-
-def plot_arms(arms: dict[str, dict[str, Any]], path: Path) -> None:
-    """ASR, held-out loss (fine-tuned arms: the aligned model never saw the tasks) and
-    over-refusal per arm, and every fine-tuned seed as a point of ASR against held-out loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [a for a in ARMS if a in arms]
-    tuned = [a for a in names if a != "aligned"]
-    figure, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    panels = ((names, "asr", "attack success rate (lower is safer)"),
-              (tuned, "heldout_loss", "held-out loss, fine-tuned arms"),
-              (names, "over_refusal", "over-refusal (lower is better)"))
-    for axis, (shown, metric, title) in zip(axes, panels):
-        axis.bar(shown, [arms[a][metric] for a in shown], capsize=4,
-                 yerr=[arms[a][f"{metric}_std"] for a in shown],
-                 color=[ARM_COLORS[a] for a in shown])
-        axis.set_title(title, fontsize=10)
-        axis.tick_params(axis="x", labelrotation=25)
-    axes[1].set_ylim(bottom=0.9 * min(arms[a]["heldout_loss"] for a in tuned))
-    scatter = axes[3]
-    for name in tuned:
-        scatter.scatter(arms[name]["heldout_loss_per_seed"], arms[name]["asr_per_seed"],
-                        color=ARM_COLORS[name], label=name)
-    scatter.set_xlabel("held-out loss")
-    scatter.set_ylabel("ASR")
-    scatter.set_title("each seed: safety against usability", fontsize=10)
-    scatter.legend(fontsize=8)
-    figure.tight_layout()
-    save_figure_atomic(path, figure)
-    plt.close(figure)
 
 
 def _control_lines(check: dict[str, Any]) -> list[str]:
@@ -201,28 +167,37 @@ def _swat_setup(arms: dict[str, Any], setup: dict[str, Any]) -> str:
     return f"; SWAT warm-up {setup['swat_warmup_steps']} of {setup['steps']} steps"
 
 
+SMOKE_TEST_BANNER = ("> **Smoke test (`--quick`), not a result.** Every stage ran on little data "
+                     "for a few steps, to show that the pipeline runs; the numbers below say "
+                     "nothing about safety. Run without `--quick` for a result.")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
+    """report.md from the report (as in report.json)."""
     arms, check, setup = report["arms"], report["target"], report["setup"]
     seeds = arms["vanilla"]["seeds"]
     lines = [
         "# ML-LR report",
         "",
+        *([SMOKE_TEST_BANNER, ""] if report["smoke_test"] else []),
         f"Model: {setup['model']}. Fine-tuning: {setup['steps']} steps, base LR {setup['lr']}, "
         f"batch {setup['batch_size']}, seeds {seeds}; ML-LR ratio {setup['ratio']}"
         f"{_swat_setup(arms, setup)}. "
-        f"Mods_Robust: {_modules(len(report['mods_robust']['modules']))}, "
+        f"Mods_Robust: {plural(len(report['mods_robust']['modules']), 'module')}, "
         f"{report['mods_robust']['param_fraction']:.1%} of module parameters "
         f"(perturbation {setup['perturb']}, alpha {setup['alpha']}, tau {setup['tau']}; "
         f"stopped: {report['mods_robust'].get('stop_detail', 'not recorded')}). "
         f"Wall time {report['wall_seconds'] / 60:.1f} min, {_processes(setup)} "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in setup['stage_seconds'].items())}).",
         "",
+        f"Environment: {describe(report['environment'])}",
+        "",
         "| arm | ASR | over-refusal | held-out loss | task accuracy | probe accuracy |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name in (a for a in ARMS if a in arms):
         arm = arms[name]
-        cells = [_cell(arm, metric) for metric in METRICS]
+        cells = [mean_and_interval(arm, metric) for metric in METRICS]
         lines.append(f"| `{name}` ({ARM_TITLES[name]}) | {' | '.join(cells)} |")
     verdict = "met" if check["met"] else "not met"
     lines += [
@@ -242,7 +217,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{check['loss_gap']:+.1%} from vanilla's (target ≤ +{LOSS_GAP_TARGET:.0%}).",
         "",
         *_control_lines(check),
-        f"![ASR and usability per arm]({PLOT_FILE})",
+        f"![ASR, held-out loss and over-refusal per arm with their 95 % intervals, and each "
+        f"seed's ASR against its held-out loss]({PLOT_FILE})",
         "",
         "![Module robustness](robustness.png)",
         "",
@@ -256,14 +232,18 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, arms: dict[str, dict[str, Any]], mods_robust: dict[str, Any],
-                 setup: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
-    """Write report.json, report.md and the arms figure into ``out``; returns the report."""
-    report = {"arms": arms, "target": target_check(arms),
+                 setup: dict[str, Any], environment: dict[str, Any],
+                 wall_seconds: float) -> dict[str, Any]:
+    """Write report.json, report.md and the arms figure into ``out``; returns the report.
+    ``setup["quick"]`` marks a smoke test (``smoke_test`` in report.json, a banner in report.md
+    and the figure); ``environment`` is ``mlr.environment.environment()``'s record of the run."""
+    smoke_test = bool(setup.get("quick"))
+    report = {"smoke_test": smoke_test, "arms": arms, "target": target_check(arms),
               "mods_robust": {k: mods_robust[k] for k in ("modules", "param_fraction", "params",
                                                           "stop_reason", "stop_detail")
                               if k in mods_robust},
-              "setup": setup, "wall_seconds": wall_seconds}
-    plot_arms(arms, out / PLOT_FILE)
+              "setup": setup, "environment": environment, "wall_seconds": wall_seconds}
+    plot_arms({name: arms[name] for name in ARMS if name in arms}, out / PLOT_FILE, smoke_test)
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_markdown(report))
     return report

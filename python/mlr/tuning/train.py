@@ -32,12 +32,14 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from mlr.data.ift import InstructionExample
 from mlr.errors import MlrInputError
 from mlr.io import reusable, write_json_atomic
 from mlr.models import load_model, model_dir
 from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
+from mlr.output_dir import check_output_dir
 from mlr.progress import progress_enabled
 from mlr.tuning.checkpoint import (
     latest_checkpoint,
@@ -165,7 +167,9 @@ class TrainResult:
 
 
 def train(config: TrainConfig, examples: list[InstructionExample] | None = None) -> TrainResult:
-    """Run the recipe; ``examples`` replaces ``config.data`` (the pipeline passes its own)."""
+    """Run the recipe; ``examples`` replaces ``config.data`` (the pipeline passes its own).
+    Raises ``MlrInputError`` for bad input (data, Mods_Robust, checkpoints, an ``out`` that cannot
+    be written: all before the model loads) and for a non-finite gradient norm."""
     out = Path(config.out)
     started = time.perf_counter()
 
@@ -176,6 +180,7 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     if checkpoint is not None and not config.resume:
         raise MlrInputError(f"{out} holds checkpoints of an earlier run; pass --resume to continue "
                             "it, or choose another --out")
+    check_output_dir(out)
 
     # 2. Model and tokenizer (right padding for training), LoRA adapters. A cached model (the
     #    default, a GGUF conversion) is built before the process group exists, so that any rank
@@ -276,7 +281,7 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     if ctx.is_main:
         save_pretrained_atomic(merged(whole), tokenizer, final_dir)
         write_json_atomic(out / "train.json", {
-            "config": asdict(config), "fingerprint": fingerprint,
+            "config": asdict(config), "fingerprint": fingerprint, "backends": optimizer.backends,
             "result": {**asdict(result), "model_dir": str(final_dir)}})
     if ctx.is_distributed:
         barrier()
@@ -290,6 +295,16 @@ def lr_phases(config: TrainConfig, model: torch.nn.Module, robust: list[str]) ->
                   else config.swat_warmup_steps)
         return swat_phases(model, robust, warmup)
     return ml_lr_phases(model, robust, config.ratio)
+
+
+def expected_fingerprint(config: TrainConfig,
+                         examples: list[InstructionExample] | None = None) -> dict:
+    """The fingerprint that ``train(config, examples)`` records in train.json, computed from the
+    tokenizer alone (no model loads): what tells whether a finished run in ``config.out`` is this
+    one. Raises ``MlrInputError`` for bad data."""
+    examples = load_training_examples(config.data) if examples is None else examples
+    tokenizer = AutoTokenizer.from_pretrained(model_dir(config.model), local_files_only=True)
+    return _fingerprint(config, encode_examples(tokenizer, examples, config.max_length))
 
 
 def _fingerprint(config: TrainConfig, encoded: list[tuple[list[int], list[int]]]) -> dict:
