@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mlr.environment import environment  # noqa: E402
 from timing import (  # noqa: E402
     StepTimer,
     Timing,
@@ -184,17 +184,6 @@ def print_table(rows: list[dict]) -> None:
               f"{launches:>8s}{check}{bound}")
 
 
-def environment(device: str) -> dict:
-    """What the figures depend on: versions, the processor, threads, the kernel's SIMD level."""
-    from mlr_kernels.backends import cpu
-
-    env = dict(torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
-               cpu=platform.processor() or platform.machine(), simd_level=cpu.simd_level())
-    if torch.device(device).type == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
-    return env
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -215,6 +204,7 @@ def main() -> None:
     default_backends = ["cpu"] if args.device == "cpu" else ["cuda", "triton"]
     backends = args.backends.split(",") if args.backends else default_backends
     env = environment(args.device)
+    del env["kernel_backends"]  # per variant, in the rows
     print(f"device={args.device} dtype={args.dtype} rounds={args.rounds} (medians) "
           + " ".join(f"{k}={v}" for k, v in env.items()))
     rows = []
