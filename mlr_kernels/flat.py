@@ -6,19 +6,25 @@ this module keeps it:
 * **Parameters and gradients stay where user code and autograd put them.** ``p.data`` and
   ``p.grad`` are never re-pointed; the kernel reaches each through its segment's row of
   :attr:`SegmentTable.pointers <mlr_kernels.segments.SegmentTable>`, written from the tensors
-  ``p`` and ``p.grad`` hold *at step time*.
+  ``p`` and ``p.grad`` hold *at step time*. AdamW is elementwise, so a segment is stepped in the
+  order its elements lie in memory: a parameter that is dense in another order than the
+  contiguous one (``channels_last``) is stepped where it is, its gradient read in the same order.
 * **What the optimizer owns is flat**: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` and the
   float32 master weights of bfloat16/float16 parameters live in one float32 buffer each per
-  (device, dtype); ``optimizer.state[p]`` holds views of them. Only parameters that have had a
-  gradient are packed, as torch creates state lazily (the optimizer re-packs when another one
-  gets its first gradient).
+  (device, dtype); ``optimizer.state[p]`` holds views of them with ``p``'s shape and strides, as
+  ``torch.zeros_like(p, memory_format=torch.preserve_format)`` would be. Only parameters that have
+  had a gradient are packed, as torch creates state lazily; one that gets its first gradient later
+  is appended to its bucket (:meth:`FlatBucket.extend`), whose buffers grow by half at least when
+  full, so an optimizer stepped from every parameter's gradient hook packs in linear time.
 * **A low-precision weight written by user code is where its step starts.** The kernels compare
   each bf16/fp16 weight with its master rounded and start from the weight where they differ, so
   no write can be missed (``p.data``, a collective, another optimizer, a load), at the cost of
   reading the weight once more (2 bytes per element).
 * **One check per step** (:meth:`FlatBucket.sync`), in C loops over the parameters: the gradient
   objects (None or not) and their addresses, the parameters' addresses, and, when the
-  optimizer's ``state`` changed, its entries. What changed is handled for that segment only:
+  optimizer's ``state`` changed, its entries; per bucket, how many tensors use each buffer's
+  memory, which changes when user code replaces a state tensor or its ``.data``. What changed is
+  handled for that segment only:
 
   ==========================================  ===============================================
   user action since the last step             what sync does (cost)
@@ -27,10 +33,16 @@ this module keeps it:
                                               device and size; None = inactive (the pointer
                                               table is rewritten: every step under torch's
                                               default ``zero_grad(set_to_none=True)``)
-  gradient not contiguous                     a contiguous copy for this step (one copy)
+  gradient in another layout than its         a copy in the parameter's layout for this step
+  parameter (or not dense)                    (one copy)
   ``p.data = t``, ``load_state_dict(assign)``  new address (the kernel re-reads a bf16 master)
-  parameter not contiguous                    stepped through a contiguous copy (two copies)
+  parameter not dense, or in another layout   stepped through a copy in its state's layout
+  than its state                              (two copies)
   ``optimizer.state`` entry replaced/cleared  moments zeroed or read from the new entry
+  ``state[p][k] = t``, ``state[p][k].data =   ``t`` copied in, a view put back in its place
+  t`` (offload and reload of the state)       (a buffer none of whose views is left in
+                                              ``optimizer.state`` is freed at once, and
+                                              allocated again at the next step)
   ``model.to(device or dtype)``               :class:`Repack`: the optimizer re-packs
   ==========================================  ===============================================
 
@@ -44,11 +56,14 @@ read the same way, and its state is DTensors over views of the flat buffers (see
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from itertools import compress, repeat
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from mlr_kernels.dtensor import dtensor_like, local_tensor, sharding_key
 from mlr_kernels.segments import (
@@ -59,26 +74,40 @@ from mlr_kernels.segments import (
     EPS,
     LR,
     MAXIMIZE,
+    NUM_HYPER_COLUMNS,
     STEP,
     WEIGHT_DECAY,
     SegmentTable,
 )
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+# Each optimizer.state key kept in a flat buffer, and the FlatBucket attribute of that buffer.
+FLAT_STATE = (("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq"),
+              ("max_exp_avg_sq", "max_exp_avg_sq"), ("master_param", "master"))
+_FLAT_KEYS = frozenset(key for key, _ in FLAT_STATE)
 
 # Types of hyperparameter values read as plain numbers; anything else (a tensor) is read by value.
 PLAIN_NUMBERS = frozenset({float, int, bool})
 _grad_of = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
+_stride = torch.Tensor.stride
 _numel = torch.Tensor.numel
 _dtype_and_device = operator.attrgetter("dtype", "device")
+# How many tensors (and storage objects) hold a storage: a view dropped from optimizer.state, or
+# whose .data was replaced, lowers it. Private to torch (its CUDA-graph trees use it too).
+_use_count = torch._C._storage_Use_Count
 
 
 class Repack(Exception):
     """A parameter now lives on another device or in another dtype than its bucket: the
     optimizer must re-pack its buckets (raised by :meth:`FlatBucket.sync`)."""
+
+
+def state_shape_error(where: str, key: str, got: Sequence[int], want: Sequence[int]) -> ValueError:
+    """The error for a state tensor whose shape is not its parameter's (torch fails at the step)."""
+    return ValueError(f"{where}: optimizer state {key!r} has shape {tuple(got)} but the parameter has "
+                      f"shape {tuple(want)}; was it saved for another parameter?")
 
 
 class FlatBucket:
@@ -87,32 +116,44 @@ class FlatBucket:
     Args:
         params: the parameters (``torch.nn.Parameter`` or tensors), all of one device and dtype.
             Their state starts at zero: the optimizer then adopts each one's ``optimizer.state``
-            entry with :meth:`adopt_state`.
+            entry with :meth:`adopt_entries`.
         amsgrad: allocate ``max_exp_avg_sq``.
-        group_index: index into ``optimizer.param_groups`` of each parameter's group.
+        positions: ``(group index, index in the group)`` of each parameter in
+            ``optimizer.param_groups``; tied parameters are stepped in this order, as torch does.
+        describe: names the parameter at a position, for error messages.
 
     Attributes:
         table: the :class:`~mlr_kernels.segments.SegmentTable` the kernels read.
         master: float32 master weights (bfloat16/float16 parameters only, else None).
         exp_avg, exp_avg_sq, max_exp_avg_sq: float32 moments (``max_exp_avg_sq`` only with amsgrad).
+            A buffer is None between the moment no view of it is left in ``optimizer.state`` (all
+            were replaced: the state was offloaded) and the next :meth:`sync`.
         backend: the kernel module that steps this bucket (set by the optimizer).
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], amsgrad: bool, group_index: Sequence[int]) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], amsgrad: bool, positions: Sequence[tuple[int, int]],
+                 describe: Callable[[tuple[int, int]], str] = str) -> None:
         first = local_tensor(params[0])
         self.device, self.dtype = first.device, first.dtype
         self.sharding = sharding_key(params[0])
-        self.params = list(params)
-        self.group_index = list(group_index)
-        self.shapes = [local_tensor(p).shape for p in params]
+        self.amsgrad = amsgrad
+        self.describe = describe
+        self.params: list[torch.Tensor] = []
+        self.positions: list[tuple[int, int]] = []
+        self.group_index: list[int] = []
+        self.shapes: list[torch.Size] = []
+        # Each segment's layout: the strides of its state views, the order its elements are
+        # stepped in; and whether that is the contiguous order.
+        self.strides: list[tuple[int, ...]] = []
+        self._contiguous: list[bool] = []
+        self._add_segments(params, positions)
         self.table = SegmentTable([shape.numel() for shape in self.shapes], self.dtype, self.device)
-        length = self.table.length
-        float32 = dict(dtype=torch.float32, device=self.device)
         # Zero padding between segments: kernels never touch it.
-        self.master = None if self.dtype == torch.float32 else torch.zeros(length, **float32)
-        self.exp_avg = torch.zeros(length, **float32)
-        self.exp_avg_sq = torch.zeros(length, **float32)
-        self.max_exp_avg_sq = torch.zeros(length, **float32) if amsgrad else None
+        self.master = None if self.dtype == torch.float32 else self._zeros()
+        self.exp_avg = self._zeros()
+        self.exp_avg_sq = self._zeros()
+        self.max_exp_avg_sq = self._zeros() if amsgrad else None
+        self._keys = [(key, attr) for key, attr in FLAT_STATE if getattr(self, attr) is not None]
         self.backend: Any = None
 
         count = len(self.params)
@@ -120,92 +161,265 @@ class FlatBucket:
         self._data_ptrs: list[int] = [-1] * count
         self._grad_ptrs: list[int] = []
         self._states: list[dict[str, Any] | None] = [None] * count
-        # Segments stepped through a contiguous copy, and the launch order for tied storage.
+        # Segments stepped through a copy in their state's layout, and the launch order for ties.
         self._staged: dict[int, torch.Tensor] = {}
         self._passes: list[list[int]] | None = None
-        # The group values the hyper table was last written from.
+        # The group values the hyper table was last written from, and for how many segments.
         self._hyper_signature: Any = None
         self._lr_signature: Any = None
+        self._rows_written = 0
         self._group_index_device = torch.tensor(self.group_index, dtype=torch.long, device=self.device)
-        self._lr_mults = torch.ones(count, dtype=torch.float64, device=self.device)
+        self._lr_mults = torch.ones(0, dtype=torch.float64, device=self.device)
+        # Per buffer, weak references to the views of it handed out to optimizer.state; and how
+        # many tensors used each buffer's (and the hyper table's) memory at the last check.
+        self._views: dict[str, set[weakref.ref]] = {attr: set() for _, attr in self._keys}
+        self._watch_storages()
+        self._users_seen: list[int] | None = None
+        # Segments were appended since the last sync; the buffers have room to spare.
+        self._appended = False
+        self._spare_room = False
         local = self._local_params()
         self._adopt_params(local, list(map(_data_ptr, local)))
 
+    def _add_segments(self, params: Sequence[torch.Tensor], positions: Sequence[tuple[int, int]]) -> None:
+        for p, position in zip(params, positions):
+            local = local_tensor(p)
+            dense = _is_dense(local)
+            self.params.append(p)
+            self.positions.append(tuple(position))
+            self.group_index.append(position[0])
+            self.shapes.append(local.shape)
+            self.strides.append(local.stride() if dense else _contiguous_strides(local.shape))
+            self._contiguous.append(local.is_contiguous() or not dense)
+        self._all_contiguous = all(self._contiguous)
+
+    def _zeros(self) -> torch.Tensor:
+        return torch.zeros(self.table.length, dtype=torch.float32, device=self.device)
+
     # ------------------------------------------------------------------------------ state
-    def state_view(self, key: str, i: int) -> torch.Tensor | None:
-        """Segment ``i`` of flat buffer ``key`` (``master``, ``exp_avg``, ...) in its parameter's
-        (local) shape, or None when the bucket has no such buffer."""
-        flat = getattr(self, key)
+    def state_view(self, attr: str, i: int) -> torch.Tensor | None:
+        """Segment ``i`` of flat buffer ``attr`` (``master``, ``exp_avg``, ...) with its
+        parameter's (local) shape and strides, or None when the bucket has no such buffer."""
+        flat = getattr(self, attr)
         if flat is None:
             return None
         o, n = self.table.offsets[i], self.table.numels[i]
-        return flat[o : o + n].view(self.shapes[i])
+        return flat[o : o + n].as_strided(self.shapes[i], self.strides[i])
 
     def optimizer_state(self, i: int) -> dict[str, Any]:
         """Parameter ``i``'s state as ``torch.optim.AdamW`` names it, as views of the flat buffers
         (DTensors for a DTensor parameter, as torch's AdamW keeps them under FSDP2)."""
-        def like(view: torch.Tensor) -> torch.Tensor:
-            return view if self.sharding is None else dtensor_like(self.params[i], view)
-
-        state: dict[str, Any] = {"step": self.table.hyper[i, STEP],
-                                 "exp_avg": like(self.state_view("exp_avg", i)),
-                                 "exp_avg_sq": like(self.state_view("exp_avg_sq", i))}
-        if self.max_exp_avg_sq is not None:
-            state["max_exp_avg_sq"] = like(self.state_view("max_exp_avg_sq", i))
-        if self.master is not None:
-            state["master_param"] = like(self.state_view("master", i))
+        state: dict[str, Any] = {"step": self.table.hyper[i, STEP]}
+        for key, attr in self._keys:
+            state[key] = self._handed_out_view(attr, i)
         return state
+
+    def _handed_out_view(self, attr: str, i: int) -> torch.Tensor:
+        """A view for ``optimizer.state``, watched: when the last one of a buffer is freed (user
+        code replaced them all, as an offload does), the buffer is released."""
+        view = self.state_view(attr, i)
+        if self.sharding is not None:
+            view = dtensor_like(self.params[i], view)
+        # A DTensor holds a view of the view it was made from: watch the one it holds.
+        self._views[attr].add(weakref.ref(local_tensor(view), partial(_view_freed, weakref.ref(self), attr)))
+        return view
+
+    def _forget_view(self, attr: str, ref: weakref.ref) -> None:
+        views = self._views[attr]
+        views.discard(ref)
+        if not views:  # the state is elsewhere now (offloaded): free the memory, sync re-allocates
+            setattr(self, attr, None)
+            self._users_seen = None
 
     def adopt_state(self, i: int, found: Mapping[str, Any] | None,
                     extra: Mapping[str, Any]) -> dict[str, Any]:
         """Read segment ``i``'s state from ``found`` (an ``optimizer.state`` entry: tensors there
         are copied in, missing ones start at zero, as torch starts a fresh parameter) and return
-        the entry that replaces it: views of the flat buffers, plus ``extra`` keys."""
+        the entry that replaces it: views of the flat buffers, plus ``extra`` keys.
+
+        Raises:
+            ValueError: a state tensor in ``found`` does not have the parameter's shape."""
         found = found or {}
-        for key in STATE_KEYS:
-            view = self.state_view(key, i)
-            if view is None:
-                continue
-            value = found.get(key)
-            if isinstance(value, torch.Tensor):
-                view.copy_(local_tensor(value).reshape(view.shape))
-            else:
-                view.zero_()
-        master = self.state_view("master", i)
-        if master is not None:
-            value = found.get("master_param")
-            source = value if isinstance(value, torch.Tensor) else self.params[i]
-            master.copy_(local_tensor(source).detach().reshape(master.shape))
-        step = found.get("step")
-        self.table.hyper[i, STEP] = float(step) if isinstance(step, (torch.Tensor, int, float)) else 0.0
-        entry = {**{k: v for k, v in found.items() if k not in (*STATE_KEYS, "master_param", "step")},
+        self._allocate_released()
+        for key, attr in self._keys:
+            self._read_state(i, key, attr, found.get(key))
+        self._read_step(i, found.get("step"))
+        entry = {**{k: v for k, v in found.items() if k not in _FLAT_KEYS and k != "step"},
                  **self.optimizer_state(i), **extra}
         self._states[i] = entry
         return entry
 
+    def adopt_entries(self, state: dict[Any, Any], extra_state: Callable[[int], Mapping[str, Any]],
+                      indices: Sequence[int]) -> None:
+        """:meth:`adopt_state` for the segments at ``indices``, writing their new entries into
+        ``state`` (the optimizer's); ``extra_state(i)`` gives the keys kept beside the views."""
+        self._adopt(state, extra_state, indices)
+        self._users_seen = self._storage_users()
+
+    def _adopt(self, state: dict[Any, Any], extra_state: Callable[[int], Mapping[str, Any]],
+               indices: Sequence[int]) -> None:
+        for i in indices:
+            p = self.params[i]
+            state[p] = self.adopt_state(i, state.get(p), extra_state(i))
+
+    def _read_state(self, i: int, key: str, attr: str, value: Any) -> None:
+        """Copy state tensor ``value`` into segment ``i`` of buffer ``attr``; without one, start
+        the moments at zero and the master at the parameter."""
+        view = self.state_view(attr, i)
+        if isinstance(value, torch.Tensor):
+            source = local_tensor(value)
+            if source.shape != view.shape:
+                raise state_shape_error(self.describe(self.positions[i]), key, source.shape, view.shape)
+            view.copy_(source)
+        elif key == "master_param":
+            view.copy_(local_tensor(self.params[i]).detach())
+        else:
+            view.zero_()
+
+    def _read_step(self, i: int, value: Any) -> None:
+        """Set segment ``i``'s step count (on the device: a tensor is not read on the host)."""
+        if isinstance(value, torch.Tensor):
+            self.table.hyper[i, STEP].copy_(local_tensor(value).detach().reshape(()))
+        else:
+            self.table.hyper[i, STEP] = float(value) if isinstance(value, (int, float)) else 0.0
+
+    def _allocate_released(self) -> None:
+        released = [attr for _, attr in self._keys if getattr(self, attr) is None]
+        for attr in released:
+            setattr(self, attr, self._zeros())
+        if released:
+            self._watch_storages()
+
+    # -------------------------------------------------------------------- following the state
+    def _watch_storages(self) -> None:
+        """Weak references to the storages of the buffers and of the hyper table, whose views
+        ``optimizer.state`` holds, to count their users at every sync."""
+        tensors = [getattr(self, attr) for _, attr in self._keys] + [self.table.hyper]
+        self._storages = [StorageWeakRef(t.untyped_storage()) for t in tensors]
+        self._storage_cdata = [ref.cdata for ref in self._storages]
+
+    def _storage_users(self) -> list[int]:
+        return list(map(_use_count, self._storage_cdata))
+
+    def _follow_state(self, state: dict[Any, Any], entries_changed: bool,
+                      extra_state: Callable[[int], Mapping[str, Any]]) -> None:
+        """Adopt what user code changed in this bucket's ``optimizer.state`` entries: entries
+        replaced or removed (``entries_changed``), and, when a buffer's users changed, state
+        tensors replaced or with their ``.data`` replaced."""
+        tensors_changed = self._storage_users() != self._users_seen
+        if entries_changed:
+            entries = list(map(state.get, self.params))
+            if not all(map(operator.is_, entries, self._states)):
+                changed = compress(range(len(entries)), map(operator.is_not, entries, self._states))
+                self._adopt(state, extra_state, list(changed))
+        if tensors_changed:
+            self._follow_tensors()
+        self._users_seen = self._storage_users()
+
+    def _follow_tensors(self) -> None:
+        """Every state tensor that is not a view of this bucket's memory any more (``state[p][k]
+        = t``, ``state[p][k].data = t``: an offload and reload of the state) is copied in, and a
+        view takes its place. Buffer by buffer, so that, after a reload, the memory of one buffer
+        is allocated while the tensors user code reloaded are still there, not of all of them."""
+        released = [attr for _, attr in self._keys if getattr(self, attr) is None]
+        for key, attr in self._keys:
+            if attr in released:
+                setattr(self, attr, self._zeros())
+            base = getattr(self, attr).data_ptr()
+            for i, entry in enumerate(self._states):
+                value = entry.get(key)
+                if not self._is_segment_view(value, base + 4 * self.table.offsets[i], i):
+                    self._read_state(i, key, attr, value)
+                    entry[key] = self._handed_out_view(attr, i)
+        hyper = self.table.hyper
+        for i, entry in enumerate(self._states):
+            value = entry.get("step")
+            address = hyper.data_ptr() + hyper.element_size() * (i * NUM_HYPER_COLUMNS + STEP)
+            if not (isinstance(value, torch.Tensor) and value.data_ptr() == address
+                    and value.dtype == hyper.dtype and value.device == hyper.device):
+                self._read_step(i, value)
+                entry["step"] = hyper[i, STEP]
+        if released:
+            self._watch_storages()
+
+    def _is_segment_view(self, value: Any, address: int, i: int) -> bool:
+        """``value`` reads segment ``i`` of the buffer that starts ``address`` (float32 views)."""
+        if not isinstance(value, torch.Tensor):
+            return False
+        t = local_tensor(value)
+        return ((t.data_ptr() == address or not self.table.numels[i]) and t.device == self.device
+                and t.dtype == torch.float32 and t.shape == self.shapes[i] and t.stride() == self.strides[i])
+
+    # ------------------------------------------------------------------------------ growth
+    def extend(self, params: Sequence[torch.Tensor], positions: Sequence[tuple[int, int]],
+               state: dict[Any, Any], extra_state: Callable[[int], Mapping[str, Any]]) -> None:
+        """Append segments for ``params`` (parameters that just got their first gradient) and
+        adopt their ``state`` entries. The others' state stays where it is unless the buffers
+        are full; then they grow by half at least and every view is handed out again, so
+        parameters appended one at a time copy O(total) state in all."""
+        # State tensors user code replaced go into the buffers before they move (a replaced
+        # entry is adopted at the next sync, from the entry: it needs nothing from the buffers).
+        self._follow_state(state, False, extra_state)
+        start = len(self.params)
+        self._add_segments(params, positions)
+        length, rows = self.table.length, self.table.hyper.untyped_storage().data_ptr()
+        self.table.append([shape.numel() for shape in self.shapes[start:]])
+        if self.table.length != length:
+            self._resize_buffers()
+        if self.table.length != length or self.table.hyper.untyped_storage().data_ptr() != rows:
+            self._watch_storages()
+            self._hand_out_views_again(range(start))
+        added = len(self.params) - start
+        self._data_ptrs += [-1] * added
+        self._states += [None] * added
+        self._group_index_device = torch.tensor(self.group_index, dtype=torch.long, device=self.device)
+        self._appended = True
+        self._spare_room = self.table.length > self.table.used_length
+        self.adopt_entries(state, extra_state, range(start, len(self.params)))
+
+    def _fit(self) -> None:
+        """Give back the room appends left in the buffers (once the set of segments settles)."""
+        self.table.fit()
+        self._resize_buffers()
+        self._watch_storages()
+        self._hand_out_views_again(range(len(self.params)))
+        self._spare_room = False
+        self._users_seen = self._storage_users()
+
+    def _resize_buffers(self) -> None:
+        """Re-allocate every buffer to ``table.length`` elements, keeping what they hold."""
+        for _, attr in self._keys:
+            old, new = getattr(self, attr), self._zeros()
+            kept = min(old.numel(), new.numel())
+            new[:kept].copy_(old[:kept])
+            setattr(self, attr, new)
+
+    def _hand_out_views_again(self, indices: Sequence[int]) -> None:
+        """Put views of the current buffers and hyper table in these segments' entries."""
+        for i in indices:
+            self._states[i].update(self.optimizer_state(i))
+
     # ------------------------------------------------------------------------------- sync
-    def sync(self, state: dict[Any, Any] | None, extra_state: Callable[[int], Mapping[str, Any]]) -> None:
+    def sync(self, state: dict[Any, Any], entries_changed: bool,
+             extra_state: Callable[[int], Mapping[str, Any]]) -> None:
         """Point the segment table at what user code holds now (see the module docstring).
 
-        ``state`` is the optimizer's ``state`` mapping, or None when the caller knows it is as this
-        bucket left it; an entry that is not the one this bucket last wrote (replaced, cleared, or
-        a whole new mapping) is adopted with :meth:`adopt_state`, ``extra_state(i)`` giving the
-        keys to keep beside the buffers.
+        ``state`` is the optimizer's ``state`` mapping and ``entries_changed`` whether any of its
+        entries may have been replaced or removed, or the mapping itself; an entry that is not the
+        one this bucket last wrote is adopted with :meth:`adopt_state`, ``extra_state(i)`` giving
+        the keys to keep beside the buffers. State tensors replaced inside an entry are adopted
+        when the buffers' users changed.
 
         Raises:
             Repack: a parameter moved to another device or dtype.
-            ValueError: a parameter changed its number of elements.
-            RuntimeError: a sparse gradient (as ``torch.optim.AdamW``).
+            ValueError: a parameter changed its shape, or a state tensor is not of its shape.
+            RuntimeError: a sparse gradient (as ``torch.optim.AdamW``), or a gradient of another
+                dtype, device or number of elements than its parameter.
         """
+        if entries_changed or self._storage_users() != self._users_seen:
+            self._follow_state(state, entries_changed, extra_state)
         params = self.params
         local = self._local_params()
-        if state is not None:
-            entries = list(map(state.get, params))
-            if not all(map(operator.is_, entries, self._states)):
-                for i, (entry, ours) in enumerate(zip(entries, self._states)):
-                    if entry is not ours:
-                        state[params[i]] = self.adopt_state(i, entry, extra_state(i))
-
         data_ptrs = list(map(_data_ptr, local))
         if data_ptrs != self._data_ptrs:
             self._adopt_params(local, data_ptrs)
@@ -216,23 +430,55 @@ class FlatBucket:
         everywhere = all(live)
         present = grads if everywhere else list(compress(grads, live))
         try:
-            contiguous = all(map(_is_contiguous, present))
+            in_layout = (all(map(_is_contiguous, present)) if self._all_contiguous
+                         else list(map(_stride, present)) == list(compress(self.strides, live)))
         except RuntimeError:  # a sparse tensor has no strides
-            contiguous = False
-        if not contiguous:
-            grads = list(map(_dense_contiguous, grads))
+            in_layout = False
+        if not in_layout:
+            grads = list(map(self._grad_in_layout, range(len(grads)), grads))
         grad_ptrs = (list(map(_data_ptr, grads)) if everywhere
                      else [0 if g is None else g.data_ptr() for g in grads])
         if grad_ptrs != self._grad_ptrs:  # new gradients: the kernel will trust their size and dtype
-            self._check_grads(present if contiguous else list(compress(grads, live)), live)
+            self._check_grads(present if in_layout else list(compress(grads, live)), live)
             self._grad_ptrs = grad_ptrs
         if self._staged:
             local = list(local)
             for i in self._staged:
-                self._staged[i] = local[i] = local[i].detach().contiguous()
+                self._staged[i] = local[i] = self._in_layout(i, local[i].detach())
             data_ptrs = list(map(_data_ptr, local))
         self.table.point_at(local, grads, data_ptrs, grad_ptrs)
         self.table.set_active(live)
+        if self._spare_room and not self._appended:
+            self._fit()
+        self._appended = False
+
+    def _fits(self, i: int, t: torch.Tensor) -> bool:
+        """``t`` lies in memory in segment ``i``'s order (so the kernel can read it in place)."""
+        return t.is_contiguous() if self._contiguous[i] else t.stride() == self.strides[i]
+
+    def _in_layout(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (of segment ``i``'s shape) as a dense tensor in the segment's order: itself or
+        a copy."""
+        if self._fits(i, t):
+            return t
+        if self._contiguous[i]:
+            return t.contiguous()
+        return torch.empty_strided(self.shapes[i], self.strides[i], dtype=t.dtype, device=t.device).copy_(t)
+
+    def _grad_in_layout(self, i: int, grad: torch.Tensor | None) -> torch.Tensor | None:
+        """A gradient the kernel can read, in its parameter's layout (None stays None). One of
+        another shape is read in row-major order, as contiguous gradients always were (one of
+        another number of elements is left for :meth:`_check_grads` to refuse)."""
+        if grad is None:
+            return None
+        if grad.layout != torch.strided:
+            raise RuntimeError("MLRAdamW does not support sparse gradients; use torch.optim.SparseAdam")
+        if grad.shape == self.shapes[i]:
+            return self._in_layout(i, grad)
+        if not self._contiguous[i]:
+            raise RuntimeError(f"a gradient of shape {tuple(grad.shape)} for a parameter of shape "
+                               f"{tuple(self.shapes[i])}")
+        return grad.contiguous()
 
     def _check_grads(self, present: list[torch.Tensor], live: list[bool]) -> None:
         """Raise ``RuntimeError`` unless every gradient has its parameter's dtype, device and
@@ -257,40 +503,34 @@ class FlatBucket:
                 continue
             if p.device != self.device or p.dtype != self.dtype:
                 raise Repack(f"parameter {i} moved from {self.device}/{self.dtype} to {p.device}/{p.dtype}")
-            if p.shape.numel() != self.table.numels[i]:
+            if p.shape != self.shapes[i]:
                 raise ValueError(f"a parameter of shape {tuple(self.shapes[i])} now has shape "
                                  f"{tuple(p.shape)}; MLRAdamW cannot step it with its old state: "
                                  "build a new optimizer after reshaping parameters")
-            if p.is_contiguous():
+            if self._fits(i, p):
                 self._staged.pop(i, None)
             else:
                 self._staged[i] = p
         self._data_ptrs = data_ptrs
         # Empty parameters own no memory (and may all sit at address 0): they tie nothing.
         owned = [ptr if n else -1 - i for i, (ptr, n) in enumerate(zip(data_ptrs, self.table.numels))]
-        self._passes = _launch_passes(owned)
+        self._passes = _launch_passes(owned, self.positions)
 
     # ------------------------------------------------------------------------------ step
-    def write_hyperparameters(self, groups: Sequence[Mapping[str, Any]], signature: Any,
-                              lrs: list[Any], lr_mults: Callable[[FlatBucket], Sequence[float]]) -> None:
+    def write_hyperparameters(self, groups: Sequence[Mapping[str, Any]], signature: Any, lrs: list[Any],
+                              lr_mults: Callable[[FlatBucket, int], Sequence[float]]) -> None:
         """Write the columns of ``table.hyper`` that changed since the last step.
 
         ``signature`` changes whenever a group value other than ``lr`` (or a per-parameter
-        multiplier, ``lr_mults(self)``) does; ``lrs`` are the groups' learning rates (floats or
-        one-element tensors). Tensor learning rates are combined on the device, so a CUDA-graph
-        capture of the step stays valid."""
+        multiplier, ``lr_mults(self, start)`` for the segments from ``start`` on) does; then
+        every row is rewritten, else only those of segments appended since. ``lrs`` are the
+        groups' learning rates (floats or one-element tensors). Tensor learning rates are
+        combined on the device, so a CUDA-graph capture of the step stays valid."""
         hyper = self.table.hyper
         if self._hyper_signature != signature:
-            rows = []
-            for g in (groups[k] for k in self.group_index):
-                beta1, beta2 = (float(b) for b in g["betas"])
-                rows.append((float(g["weight_decay"]) * float(g.get("wd_mult", 1.0)), beta1, beta2,
-                             float(g["eps"]), float(g["maximize"]), float(g["amsgrad"])))
-            table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6)
-            hyper[:, [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]] = table.to(self.device)
-            self._lr_mults = torch.tensor(list(lr_mults(self)), dtype=torch.float64, device=self.device)
-            self._hyper_signature = signature
-            self._lr_signature = None
+            self._hyper_signature, self._rows_written = signature, 0
+        if self._rows_written < len(self.params):
+            self._write_rows(groups, lr_mults)
         # The set of types is the fast test for plain numbers (a scheduler's numpy float takes
         # the exact isinstance test).
         if not set(map(type, lrs)) <= PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
@@ -300,6 +540,22 @@ class FlatBucket:
             group_lr = torch.tensor(lrs, dtype=torch.float64, device=self.device)
             hyper[:, LR] = group_lr[self._group_index_device] * self._lr_mults
             self._lr_signature = lrs
+
+    def _write_rows(self, groups: Sequence[Mapping[str, Any]],
+                    lr_mults: Callable[[FlatBucket, int], Sequence[float]]) -> None:
+        """The group values of the segments from ``_rows_written`` on (all after a change)."""
+        start = self._rows_written
+        rows = []
+        for g in (groups[k] for k in self.group_index[start:]):
+            beta1, beta2 = (float(b) for b in g["betas"])
+            rows.append((float(g["weight_decay"]) * float(g.get("wd_mult", 1.0)), beta1, beta2,
+                         float(g["eps"]), float(g["maximize"]), float(g["amsgrad"])))
+        table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6)
+        self.table.hyper[start:, [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]] = table.to(self.device)
+        mults = torch.tensor(list(lr_mults(self, start)), dtype=torch.float64, device=self.device)
+        self._lr_mults = torch.cat([self._lr_mults[:start], mults])
+        self._rows_written = len(self.params)
+        self._lr_signature = None
 
     def step(self, grad_mult: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
         """Count the step and launch the kernel over every active segment (after :meth:`sync`)."""
@@ -316,20 +572,28 @@ class FlatBucket:
                                         grad_mult, found_inf)
         local = self._local_params()
         for i, staged in self._staged.items():
-            local[i].detach().copy_(staged.view(self.shapes[i]))
+            local[i].detach().copy_(staged)
             self._staged[i] = local[i]
         self.table.release()
 
 
-def _launch_passes(data_ptrs: Sequence[int]) -> list[list[int]] | None:
+def _view_freed(bucket: weakref.ref, attr: str, ref: weakref.ref) -> None:
+    """Weak-reference callback of a handed-out view (see :meth:`FlatBucket._handed_out_view`)."""
+    owner = bucket()
+    if owner is not None:
+        owner._forget_view(attr, ref)
+
+
+def _launch_passes(data_ptrs: Sequence[int], positions: Sequence[tuple[int, int]]) -> list[list[int]] | None:
     """None when every segment has its own storage; else the launches that keep torch's order
-    for tied ones (``b.data = a.data``): a segment goes one launch after the last segment before
-    it at the same address, so no launch writes one address twice."""
+    for tied ones (``b.data = a.data``): in param-group order, a segment goes one launch after
+    the last one before it at the same address, so no launch writes one address twice."""
     if len(set(data_ptrs)) == len(data_ptrs):
         return None
     seen: dict[int, int] = {}
     passes: list[list[int]] = []
-    for i, ptr in enumerate(data_ptrs):
+    for i in sorted(range(len(data_ptrs)), key=positions.__getitem__):
+        ptr = data_ptrs[i]
         k = seen[ptr] = seen.get(ptr, -1) + 1
         if k == len(passes):
             passes.append([])
@@ -337,10 +601,20 @@ def _launch_passes(data_ptrs: Sequence[int]) -> list[list[int]] | None:
     return passes
 
 
-def _dense_contiguous(grad: torch.Tensor | None) -> torch.Tensor | None:
-    """A gradient the kernel can read: contiguous and dense (or None)."""
-    if grad is None:
-        return None
-    if grad.layout != torch.strided:
-        raise RuntimeError("MLRAdamW does not support sparse gradients; use torch.optim.SparseAdam")
-    return grad.contiguous()
+def _is_dense(t: torch.Tensor) -> bool:
+    """``t``'s elements fill one block of memory, each once: its strides, sorted, are those of a
+    contiguous tensor of its sizes so sorted (a ``channels_last`` or transposed tensor is)."""
+    expected = 1
+    for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))

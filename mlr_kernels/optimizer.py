@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from typing import Any
 
 import torch
@@ -20,7 +20,14 @@ from torch.optim import Optimizer
 
 from mlr_kernels.backends import load_backend, resolve_backend
 from mlr_kernels.dtensor import local_tensor, sharding_key
-from mlr_kernels.flat import PLAIN_NUMBERS, SUPPORTED_DTYPES, FlatBucket, Repack
+from mlr_kernels.flat import (
+    FLAT_STATE,
+    PLAIN_NUMBERS,
+    SUPPORTED_DTYPES,
+    FlatBucket,
+    Repack,
+    state_shape_error,
+)
 
 # Group keys torch.optim.AdamW keeps; we keep them too so a state_dict loads either way.
 _TORCH_ADAMW_FLAGS = dict(foreach=None, capturable=False, differentiable=False, fused=None,
@@ -62,9 +69,11 @@ class MLRAdamW(Optimizer):
     (moments, and float32 master weights for bfloat16/float16 parameters, under ``"master_param"``)
     lives in flat buffers, read through ``optimizer.state`` as views. Every ``step()`` first checks
     what user code changed since the last one (:mod:`mlr_kernels.flat`), so assigned, in-place
-    and accumulated gradients, loaded or re-initialized weights, frozen parameters, state resets
-    and ``model.to()`` all step as with ``torch.optim.AdamW``. ``backends`` says which kernel each
-    (device, dtype) bucket resolved to.
+    and accumulated gradients, loaded or re-initialized weights, frozen parameters, state resets,
+    state tensors replaced (an offload and reload of the state), ``channels_last`` weights, a
+    step from every gradient hook and ``model.to()`` all step as with ``torch.optim.AdamW``.
+    ``load_state_dict`` refuses state whose tensors do not have their parameters' shapes.
+    ``backends`` says which kernel each (device, dtype) bucket resolved to.
 
     DTensor parameters (FSDP2's ``fully_shard``) are stepped on each rank's local shard, with no
     communication; their state is DTensors, as torch's AdamW keeps it, so
@@ -104,7 +113,9 @@ class MLRAdamW(Optimizer):
                 defaults[key] = value
         self.backend_name = backend
         self._buckets: list[FlatBucket] | None = None
+        # Parameters without state yet, and their (group, index) positions.
         self._unpacked: list[torch.Tensor] = []
+        self._unpacked_at: list[tuple[int, int]] = []
         self._loading: dict[str, Any] | None = None  # inside load_state_dict: the dict being loaded
         self._layout: tuple[list[int], list[torch.Tensor], list[bool]] = ([], [], [])
         self._state_values: list[Any] = []
@@ -147,31 +158,57 @@ class MLRAdamW(Optimizer):
             self._pack()
 
     def _pack(self) -> None:
-        by_key: dict[tuple[Any, ...], list[tuple[torch.Tensor, int]]] = {}
-        amsgrad: dict[tuple[Any, ...], bool] = {}
-        unpacked = []
+        by_key: dict[tuple[Any, ...], list[tuple[torch.Tensor, tuple[int, int]]]] = {}
+        unpacked, unpacked_at = [], []
         for k, group in enumerate(self.param_groups):
-            for p in group["params"]:
+            for j, p in enumerate(group["params"]):
                 if not self.state.get(p) and p.grad is None:
                     unpacked.append(p)
+                    unpacked_at.append((k, j))
                     continue
-                _check_trainable(p)
-                local = local_tensor(p)
-                key = (local.device, local.dtype, sharding_key(p))
-                by_key.setdefault(key, []).append((p, k))
-                amsgrad[key] = amsgrad.get(key, False) or bool(group["amsgrad"])
-        buckets = []
-        for key, members in by_key.items():
-            params = [p for p, _ in members]
-            bucket = FlatBucket(params, amsgrad[key], [k for _, k in members])
-            bucket.backend = resolve_backend(self.backend_name, bucket.device)
-            for i, p in enumerate(params):
-                self.state[p] = bucket.adopt_state(i, self.state.get(p), self._extra_state(p))
-            buckets.append(bucket)
-        self._buckets = buckets
-        self._unpacked = unpacked
+                by_key.setdefault(_bucket_key(p), []).append((p, (k, j)))
+        self._buckets = [self._new_bucket(members) for members in by_key.values()]
+        self._unpacked, self._unpacked_at = unpacked, unpacked_at
         self._layout = self._group_layout()
         self._state_values = list(self.state.values())
+
+    def _new_bucket(self, members: list[tuple[torch.Tensor, tuple[int, int]]]) -> FlatBucket:
+        """A bucket of ``(parameter, position)`` pairs of one key, their state adopted."""
+        params, positions = [p for p, _ in members], [at for _, at in members]
+        for p in params:
+            _check_trainable(p)
+        amsgrad = any(self.param_groups[k]["amsgrad"] for k, _ in positions)
+        bucket = FlatBucket(params, amsgrad, positions, self._describe)
+        bucket.backend = resolve_backend(self.backend_name, bucket.device)
+        bucket.adopt_entries(self.state, self._extra_state_of(bucket), range(len(params)))
+        return bucket
+
+    def _pack_new(self) -> None:
+        """Give state to the parameters that just got their first gradient by appending them to
+        their buckets, not by re-packing: an optimizer stepped from every parameter's
+        post-accumulate-grad hook meets one new gradient per step in its first backward."""
+        with torch.inference_mode(False):
+            got = list(map(operator.is_not, map(_grad_of, self._unpacked), repeat(None)))
+            by_key: dict[tuple[Any, ...], list[tuple[torch.Tensor, tuple[int, int]]]] = {}
+            for p, at in compress(zip(self._unpacked, self._unpacked_at), got):
+                _check_trainable(p)  # before anything changes
+                by_key.setdefault(_bucket_key(p), []).append((p, at))
+            buckets = {(b.device, b.dtype, b.sharding): b for b in self._buckets}
+            if any(key in buckets and not buckets[key].amsgrad
+                   and any(self.param_groups[k]["amsgrad"] for _, (k, _) in members)
+                   for key, members in by_key.items()):
+                self._build()  # the bucket needs a max_exp_avg_sq buffer
+                return
+            kept = list(map(operator.not_, got))
+            self._unpacked = list(compress(self._unpacked, kept))
+            self._unpacked_at = list(compress(self._unpacked_at, kept))
+            for key, members in by_key.items():
+                if key not in buckets:
+                    self._buckets.append(self._new_bucket(members))
+                    continue
+                bucket = buckets[key]
+                bucket.extend([p for p, _ in members], [at for _, at in members], self.state,
+                              self._extra_state_of(bucket))
 
     def _group_layout(self) -> tuple[list[int], list[torch.Tensor], list[bool]]:
         """What the buckets were packed from: each group's size, every parameter in group order,
@@ -180,28 +217,39 @@ class MLRAdamW(Optimizer):
         return (list(map(len, map(_params_of, groups))), list(chain.from_iterable(map(_params_of, groups))),
                 list(map(_amsgrad_of, groups)))
 
-    def _needs_repack(self) -> bool:
+    def _layout_changed(self) -> bool:
         """True when the param groups changed shape or order (params added, removed, moved or
-        swapped; groups inserted, removed or reordered), amsgrad was switched, or a parameter
-        without state got a gradient."""
+        swapped; groups inserted, removed or reordered) or amsgrad was switched."""
         sizes, params, amsgrad = self._group_layout()
         seen_sizes, seen_params, seen_amsgrad = self._layout
         return (sizes != seen_sizes or amsgrad != seen_amsgrad
-                or not all(map(operator.is_, params, seen_params))
-                or not all(map(operator.is_, map(_grad_of, self._unpacked), repeat(None))))
+                or not all(map(operator.is_, params, seen_params)))
+
+    def _has_new_gradients(self) -> bool:
+        """True when a parameter without state got a gradient."""
+        return not all(map(operator.is_, map(_grad_of, self._unpacked), repeat(None)))
 
     @property
     def buckets(self) -> list[FlatBucket]:
         """The flat-state buckets, one per (device, dtype, sharding) of the parameters that have
-        state, re-packed when the param groups or the set of parameters with gradients changed."""
-        if self._buckets is None or self._needs_repack():
+        state: re-packed when the param groups changed, extended when parameters without state
+        got gradients."""
+        if self._buckets is None or self._layout_changed():
             self._build()
+        elif self._has_new_gradients():
+            self._pack_new()
         return self._buckets
 
     @property
     def backends(self) -> dict[str, str]:
         """Which kernel steps each bucket: ``{"cpu/torch.float32": "cpu", ...}``."""
         return {f"{b.device}/{b.dtype}": b.backend.NAME for b in self.buckets}
+
+    def _describe(self, position: tuple[int, int]) -> str:
+        """The parameter at ``(group index, index in the group)``, as error messages name it."""
+        k, j = position
+        names = self.param_groups[k].get("param_names")
+        return f"parameter {names[j]!r}" if names else f"param_groups[{k}]['params'][{j}]"
 
     def _extra_state(self, p: torch.Tensor) -> dict[str, Any]:
         """State keys kept beside the buffers: the multiplier ``set_lr_mult`` gave ``p``."""
@@ -216,6 +264,7 @@ class MLRAdamW(Optimizer):
         """Unpickling, ``copy.deepcopy`` and ``load_state_dict`` come here: re-pack the state."""
         loading = getattr(self, "_loading", None)
         if loading:
+            self._check_loaded_shapes(state)
             self._restore_uncast(loading["state_dict"], state)
         super().__setstate__(state)
         self._mult_version = getattr(self, "_mult_version", 0) + 1
@@ -284,26 +333,26 @@ class MLRAdamW(Optimizer):
         # optimizer.state replaced, cleared or an entry swapped: compared by identity in C, since
         # looking parameters up (Tensor.__hash__ is Python) would cost more than the rest.
         values = list(self.state.values())
-        state_changed = (len(values) != len(self._state_values)
-                         or not all(map(operator.is_, values, self._state_values)))
+        entries_changed = (len(values) != len(self._state_values)
+                           or not all(map(operator.is_, values, self._state_values)))
         try:
             for bucket in self.buckets:
-                bucket.sync(self.state if state_changed else None, self._extra_state_of(bucket))
+                bucket.sync(self.state, entries_changed, self._extra_state_of(bucket))
         except Repack:  # model.to(...) after construction
             self._build()
             for bucket in self._buckets:
-                bucket.sync(self.state, self._extra_state_of(bucket))
+                bucket.sync(self.state, True, self._extra_state_of(bucket))
         self._state_values = list(self.state.values())
         return self._buckets
 
     def _extra_state_of(self, bucket: FlatBucket) -> Callable[[int], dict[str, Any]]:
         return lambda i: self._extra_state(bucket.params[i])
 
-    def _lr_mults_of(self, bucket: FlatBucket) -> list[float]:
-        """Each of ``bucket``'s parameters' learning-rate multiplier."""
+    def _lr_mults_of(self, bucket: FlatBucket, start: int) -> list[float]:
+        """The learning-rate multiplier of each of ``bucket``'s parameters from ``start`` on."""
         groups = self.param_groups
         return [self._param_lr_mult.get(p, groups[k].get("lr_mult", 1.0))
-                for p, k in zip(bucket.params, bucket.group_index)]
+                for p, k in zip(bucket.params[start:], bucket.group_index[start:])]
 
     # ------------------------------------------------------------------------------- gradients
     @torch.no_grad()
@@ -355,6 +404,19 @@ class MLRAdamW(Optimizer):
             handle.remove()
             self._loading = None
 
+    def _check_loaded_shapes(self, state: dict[str, Any]) -> None:
+        """Inside ``load_state_dict``, before anything changes: refuse state whose tensors do not
+        have their parameters' shapes (a checkpoint of parameters in another order, or of other
+        shapes). torch checks only the number of parameters per group, and fails at the step."""
+        for k, group in enumerate(state["param_groups"]):
+            for j, p in enumerate(group["params"]):
+                entry = state["state"].get(p, {})
+                for key, _ in FLAT_STATE:
+                    value = entry.get(key)
+                    if isinstance(value, torch.Tensor) and value.shape != p.shape:
+                        raise state_shape_error(f"load_state_dict: {self._describe((k, j))}", key,
+                                                value.shape, p.shape)
+
     def _restore_uncast(self, loaded: dict[str, Any], state: dict[str, Any]) -> None:
         """Inside ``load_state_dict``: put back into ``state`` (the one torch built) what its
         cast would lose, and the MLRAdamW keys the saved state_dict lacks."""
@@ -376,6 +438,12 @@ class MLRAdamW(Optimizer):
                     entry[key] = saved[key].to(local_tensor(p).device)
             if "lr_mult" in entry:
                 self._param_lr_mult[p] = float(entry["lr_mult"])
+
+
+def _bucket_key(p: torch.Tensor) -> tuple[Any, ...]:
+    """Parameters of one key share a bucket: (device, dtype, sharding) of the local tensor."""
+    local = local_tensor(p)
+    return local.device, local.dtype, sharding_key(p)
 
 
 def _group_signature(groups: list[dict[str, Any]]) -> tuple[Any, ...]:

@@ -19,15 +19,18 @@ and whatever tensor user code has put in ``.data`` or ``.grad`` is the one the k
 
 ``pointers`` (int64, ``[S, NUM_POINTER_COLUMNS]``, on the device) says where the segment is:
 
-    pointers[s, PARAM_PTR]  address of the parameter's first element (contiguous, NUMEL elements)
-    pointers[s, GRAD_PTR]   address of its gradient (same dtype and length), 0 when it has none
+    pointers[s, PARAM_PTR]  address of the parameter's NUMEL elements, in the order they lie in
+                            memory (contiguous, or dense in another order such as channels_last)
+    pointers[s, GRAD_PTR]   address of its gradient (same dtype and length, same order), 0 when
+                            it has none
     pointers[s, OFFSET]     where its state starts in the flat buffers
     pointers[s, NUMEL]      its number of elements
 
 Kernels walk *tiles*: rows ``(segment, start, end)`` of an int64 ``[T, 3]`` tensor in flat-state
 coordinates, each a run of at most ``tile_size`` elements inside one segment, so a block or thread
 finds its row with one lookup and never searches. Element ``i`` of a tile is state element ``i``
-and parameter element ``i - OFFSET``.
+and parameter element ``i - OFFSET`` (in memory order: AdamW is elementwise, so any order in which
+parameter, gradient and state agree will do).
 """
 
 from __future__ import annotations
@@ -104,8 +107,10 @@ class SegmentTable:
         self.device = torch.device(device)
         self.offsets, self.length = segment_offsets(self.numels)
         count = len(self.numels)
-        self.hyper = torch.zeros(count, NUM_HYPER_COLUMNS, dtype=torch.float64, device=self.device)
-        self.pointers = torch.zeros(count, NUM_POINTER_COLUMNS, dtype=torch.int64, device=self.device)
+        # Row storage with room to append (see append); hyper and pointers are its first rows.
+        self._hyper_rows = torch.zeros(count, NUM_HYPER_COLUMNS, dtype=torch.float64, device=self.device)
+        self._pointer_rows = torch.zeros(count, NUM_POINTER_COLUMNS, dtype=torch.int64, device=self.device)
+        self.hyper, self.pointers = self._hyper_rows, self._pointer_rows
         self.pointers[:, OFFSET] = torch.tensor(self.offsets, dtype=torch.int64)
         self.pointers[:, NUMEL] = torch.tensor(self.numels, dtype=torch.int64)
         self.params: list[torch.Tensor | None] = [None] * count
@@ -121,14 +126,54 @@ class SegmentTable:
     def __len__(self) -> int:
         return len(self.numels)
 
+    @property
+    def used_length(self) -> int:
+        """State elements the segments need: the end of the last one (padding included)."""
+        return max(self._end(), ALIGN_ELEMENTS)
+
+    def _end(self) -> int:
+        return self.offsets[-1] + aligned(self.numels[-1]) if self.numels else 0
+
+    def append(self, numels: Sequence[int]) -> None:
+        """Add segments after the last one, their state after its state. Existing rows keep their
+        values; the new ones are zero. When the state no longer fits, ``length`` grows by half at
+        least (the owner then re-allocates its buffers to it), and so do the row tensors, so that
+        segments appended one at a time copy O(total) elements in all."""
+        numels = list(numels)
+        start, count = len(self), len(self) + len(numels)
+        offsets, end = segment_offsets(numels)
+        base = self._end()
+        if base + end > self.length:
+            self.length = max(base + end, self.length * 3 // 2)
+        if count > self._hyper_rows.shape[0]:
+            self._hyper_rows = _grown(self._hyper_rows, count)
+            self._pointer_rows = _grown(self._pointer_rows, count)
+        self.hyper, self.pointers = self._hyper_rows[:count], self._pointer_rows[:count]
+        self.numels += numels
+        self.offsets += [base + o for o in offsets]
+        self.pointers[start:, OFFSET] = torch.tensor(self.offsets[start:], dtype=torch.int64)
+        self.pointers[start:, NUMEL] = torch.tensor(self.numels[start:], dtype=torch.int64)
+        self.params += [None] * len(numels)
+        self.grads += [None] * len(numels)
+        self._param_ptrs, self._grad_ptrs, self._active = [], [], None  # rewritten at the next step
+        whole = {key: tiles for key, tiles in self._tiles.items() if key[1] is None}
+        self._tiles = {key: torch.cat([tiles, make_tiles(self.offsets, self.numels, key[0],
+                                                         range(start, count)).to(self.device)])
+                       for key, tiles in whole.items()}
+
+    def fit(self) -> None:
+        """Shrink ``length`` to what the segments use (after appends left room to spare)."""
+        self.length = self.used_length
+
     def point_at(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None],
                  param_ptrs: Sequence[int], grad_ptrs: Sequence[int]) -> None:
         """Make every segment's row point at ``params[s]`` and ``grads[s]`` (None: no gradient),
         whose addresses are ``param_ptrs[s]`` and ``grad_ptrs[s]`` (0 for None).
 
-        The caller has checked that each is a contiguous tensor of the table's dtype and device
-        with the segment's number of elements: the kernels trust these addresses. The device
-        table is written only when an address changed."""
+        The caller has checked that each is a dense tensor of the table's dtype and device with
+        the segment's number of elements, each gradient in its parameter's memory order: the
+        kernels trust these addresses. The device table is written only when an address
+        changed."""
         if param_ptrs != self._param_ptrs or grad_ptrs != self._grad_ptrs:
             addresses = torch.tensor([param_ptrs, grad_ptrs], dtype=torch.int64).reshape(2, len(self))
             self.pointers[:, PARAM_PTR : GRAD_PTR + 1].copy_(addresses.t(), non_blocking=True)
@@ -157,3 +202,10 @@ class SegmentTable:
         if key not in self._tiles:
             self._tiles[key] = make_tiles(self.offsets, self.numels, tile_size, segments).to(self.device)
         return self._tiles[key]
+
+
+def _grown(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """``rows`` copied into a zeroed tensor of at least ``count`` rows, half as many again as now."""
+    grown = rows.new_zeros(max(count, rows.shape[0] * 3 // 2), rows.shape[1])
+    grown[: rows.shape[0]] = rows
+    return grown

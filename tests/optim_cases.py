@@ -90,3 +90,23 @@ def torch_adamw_for(groups: list[dict], lr: float, **extra) -> torch.optim.AdamW
     multiplier folded into its learning rate."""
     return torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"],
                                "lr": lr * g["lr_mult"]} for g in groups], **extra)
+
+
+def move_state(opt: torch.optim.Optimizer, how: str, device: str = "cpu") -> None:
+    """What RL trainers do to take the optimizer state off the GPU between steps, and back:
+    verl's ``offload_fsdp_optimizer``/``load_fsdp_optimizer`` replace every state tensor
+    (``state[k] = v.to(device)``); ms-swift's DeepSpeed path copies it into a buffer kept in the
+    entry and swaps ``.data``. On this CPU-only machine the move is a copy (``copy=True``), which
+    is what a move to another device is to the optimizer."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state[p]
+            for key, value in list(state.items()):
+                if not isinstance(value, torch.Tensor) or key.endswith("_buffer"):
+                    continue
+                if how == "replace":
+                    state[key] = value.to(device, copy=True)
+                else:
+                    buffer = state.setdefault(f"{key}_offload_buffer", torch.empty_like(value))
+                    buffer.copy_(value)
+                    value.data = buffer.to(device, copy=True)

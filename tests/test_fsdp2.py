@@ -1,6 +1,7 @@
 """MLRAdamW under FSDP2 (``fully_shard``), 2 CPU ranks (gloo): each rank steps its local shards
-and matches torch AdamW under FSDP2, clipping included; its DTensor state goes through
-``torch.distributed.checkpoint`` and training resumes identically."""
+and matches torch AdamW under FSDP2, clipping included, and with its state moved away and back
+between steps; its DTensor state goes through ``torch.distributed.checkpoint`` and training
+resumes identically."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from mlr.tuning.distributed import (
 from torch.distributed.tensor import DTensor
 
 from tests.dist_cases import Net, global_batches, run_ranks, train
-from tests.optim_cases import build_pair, random_groups
+from tests.optim_cases import build_pair, move_state, random_groups
 
 
 def _sharded_net(seed: int) -> Net:
@@ -44,6 +45,11 @@ def _fsdp2_matches_torch_and_resumes(ctx: DistributedContext, checkpoint: str) -
           model_zero_grad_at=(3,))
     _assert_same(_full_params(net), _full_params(torch_net), rtol=1e-5, atol=1e-6)
     assert all(isinstance(ours.state[param][key], DTensor) for key in ("exp_avg", "exp_avg_sq"))
+    for opt in (ours, ref, ours, ref):  # the state moved off the device and back, as verl does
+        move_state(opt, "replace")
+    train([(net, ours), (torch_net, ref)], global_batches(2, seed=10), ctx)
+    _assert_same(_full_params(net), _full_params(torch_net), rtol=1e-5, atol=1e-6)
+    assert ours.state[param]["step"].item() == ref.state[torch_net.model["mid"].weight]["step"].item() == 8
 
     save_sharded_checkpoint(checkpoint, net, ours)
     later = global_batches(4, seed=9)

@@ -11,6 +11,7 @@ import pickle
 import random
 import weakref
 from collections import defaultdict
+from functools import partial
 
 import pytest
 import torch
@@ -21,7 +22,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from mlr_kernels import MLRAdamW
-from tests.optim_cases import assert_same_params, available_backends, forward, make_model
+from tests.optim_cases import (
+    assert_same_params,
+    available_backends,
+    forward,
+    make_model,
+    move_state,
+)
 
 BACKENDS = available_backends()
 
@@ -812,3 +819,235 @@ def test_per_parameter_multipliers_survive_loading_a_torch_state_dict():
     opt.set_lr_mult({p: 0.5})
     opt.load_state_dict(ref.state_dict())
     assert opt.lr_mult_of(p) == 0.5
+
+
+# ------------------------------------------------------- trainer patterns (issue 17, item 3)
+def _train(pairs, steps: int, gen: torch.Generator) -> None:
+    for _ in range(steps):
+        x = torch.randn(4, 7, generator=gen)
+        for model, opt in pairs:
+            opt.zero_grad()
+            forward(model, x.to(next(model.parameters()).dtype)).float().pow(2).mean().backward()
+            opt.step()
+
+
+def assert_same_state(ours: dict, theirs: dict) -> None:
+    """Two state_dicts' state (as ``state_dict()["state"]``) hold the same values, fp32 rounding
+    apart (torch keeps ``step`` in float32, MLRAdamW in float64)."""
+    assert ours.keys() == theirs.keys()
+    for index, entry in ours.items():
+        assert entry.keys() == theirs[index].keys()
+        for key, value in entry.items():
+            torch.testing.assert_close(value.to(theirs[index][key].dtype), theirs[index][key], rtol=1e-5,
+                                       atol=1e-7, msg=lambda m, index=index, key=key: f"{index}/{key}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["replace", "data"])
+def test_state_offloaded_and_reloaded_between_steps_is_followed(backend, how):
+    """Three steps, the state moved away and back (as verl or ms-swift do between rollouts),
+    three more: the weights, the state_dict (step 6, not 3) and a resume from it are torch's."""
+    m_ours, m_ref = make_model(40), make_model(40)
+    ours = MLRAdamW(m_ours.parameters(), lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(40)
+    _train([(m_ours, ours), (m_ref, ref)], 3, gen)
+    bucket = ours.buckets[0]
+    flat = weakref.ref(bucket.exp_avg)
+    for opt in (ours, ref):
+        move_state(opt, how)
+    if how == "replace":  # no view of the buffers is left: their memory is freed while away
+        assert flat() is None and bucket.exp_avg is None
+    for opt in (ours, ref):
+        move_state(opt, how)
+    _train([(m_ours, ours), (m_ref, ref)], 3, gen)
+    assert_same_params(m_ours, m_ref)
+    saved_ours, saved_ref = copy.deepcopy(ours.state_dict()), copy.deepcopy(ref.state_dict())
+    assert saved_ours["state"][0]["step"].item() == 6
+    assert_same_state(saved_ours["state"], saved_ref["state"])
+    resumed = []
+    for saved, build in ((saved_ours, lambda ps: MLRAdamW(ps, lr=1e-2, backend=backend)),
+                         (saved_ref, lambda ps: torch.optim.AdamW(ps, lr=1e-2))):
+        model = copy.deepcopy(m_ref)
+        opt = build(model.parameters())
+        opt.load_state_dict(saved)
+        resumed.append((model, opt))
+    _train(resumed, 2, gen)
+    assert_same_params(resumed[0][0], resumed[1][0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["replace", "data"])
+def test_bf16_state_offloaded_and_reloaded_is_invisible(backend, how):
+    """bf16 weights (their fp32 masters are state too): moving the state away and back between
+    steps changes nothing, bit for bit, against the same training without the move."""
+    runs = []
+    for move in (False, True):
+        model = make_model(41, torch.bfloat16)
+        opt = MLRAdamW(model.parameters(), lr=1e-2, backend=backend)
+        gen = torch.Generator().manual_seed(41)
+        _train([(model, opt)], 2, gen)
+        if move:
+            move_state(opt, how)
+            move_state(opt, how)
+        _train([(model, opt)], 2, gen)
+        runs.append((model, opt.state_dict()))
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        assert torch.equal(p, q)
+    for entry, moved in zip(runs[0][1]["state"].values(), runs[1][1]["state"].values()):
+        for key in ("step", "exp_avg", "exp_avg_sq", "master_param"):
+            assert torch.equal(entry[key], moved[key]), key
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_tensors_replaced_or_rewritten_between_steps_are_used(backend):
+    """New values put in the state by replacing a tensor or its ``.data`` are where the next
+    step starts, as with torch; a tensor of another shape is refused in one line."""
+    m_ours, m_ref = make_model(42), make_model(42)
+    ours = MLRAdamW(m_ours.parameters(), lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW(m_ref.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(42)
+    _train([(m_ours, ours), (m_ref, ref)], 2, gen)
+    for model, opt in ((m_ours, ours), (m_ref, ref)):
+        weight, bias = model["mid"].weight, model["out"].bias
+        opt.state[weight]["exp_avg"] = torch.full_like(weight, 0.25)
+        opt.state[weight]["step"] = torch.tensor(7.0)
+        opt.state[bias]["exp_avg_sq"].data = torch.full_like(bias, 0.5)
+    _train([(m_ours, ours), (m_ref, ref)], 2, gen)
+    assert_same_params(m_ours, m_ref)
+    assert_same_state(ours.state_dict()["state"], ref.state_dict()["state"])
+    ours.state[m_ours["inp"].weight]["exp_avg"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\].*'exp_avg' has shape \(3,\)"):
+        _train([(m_ours, ours)], 1, gen)
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_checkpoint_of_parameters_in_another_order_is_refused_at_load(named):
+    """pytorch/pytorch#1489: an MLP's up [32, 8] and down [8, 32], loaded after a refactor into
+    parameters listed the other way round. torch loads and fails at the first step; MLRAdamW
+    refuses at the load, names the parameter and both shapes, and is left as it was."""
+    def mlp():
+        torch.manual_seed(43)
+        return torch.nn.ModuleDict({"up": torch.nn.Linear(8, 32, bias=False),
+                                    "down": torch.nn.Linear(32, 8, bias=False)})
+
+    def params(model, order):
+        listed = [(name, model[name.split(".")[0]].weight) for name in order]
+        return listed if named else [p for _, p in listed]
+
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(43))
+    saved = {}
+    for kind, build in (("ours", lambda ps: MLRAdamW(ps, lr=1e-2, backend="reference")),
+                        ("torch", lambda ps: torch.optim.AdamW(ps, lr=1e-2))):
+        model = mlp()
+        opt = build(params(model, ["up.weight", "down.weight"]))
+        model["down"](model["up"](x)).pow(2).mean().backward()
+        opt.step()
+        saved[kind] = opt.state_dict()
+    model = mlp()
+    ref = torch.optim.AdamW(params(model, ["down.weight", "up.weight"]), lr=1e-2)
+    ref.load_state_dict(saved["torch"])
+    model["down"](model["up"](x)).pow(2).mean().backward()
+    with pytest.raises(RuntimeError, match="must match the size"):
+        ref.step()
+    model, twin = mlp(), mlp()
+    ours = MLRAdamW(params(model, ["down.weight", "up.weight"]), lr=1e-2, backend="reference")
+    where = "parameter 'down.weight'" if named else r"param_groups\[0\]\['params'\]\[0\]"
+    with pytest.raises(ValueError, match=rf"load_state_dict: {where}: optimizer state 'exp_avg' has "
+                                         r"shape \(32, 8\) but the parameter has shape \(8, 32\)"):
+        ours.load_state_dict(saved["ours"])
+    fresh = torch.optim.AdamW(params(twin, ["down.weight", "up.weight"]), lr=1e-2)
+    for m, opt in ((model, ours), (twin, fresh)):
+        m["down"](m["up"](x)).pow(2).mean().backward()
+        opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def conv_net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_weights_step_in_their_layout_like_torch(backend):
+    """channels_last conv weights step where they are: weights and state as torch's (the
+    state in the weight's layout, as ``zeros_like(p, memory_format=torch.preserve_format)``),
+    with a gradient in another layout and a weight made contiguous after some steps."""
+    models = [conv_net(44).to(memory_format=torch.channels_last) for _ in range(2)]
+    ours = MLRAdamW(models[0].parameters(), lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW(models[1].parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(44)
+    for step in range(5):
+        x = torch.randn(2, 3, 9, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+        for model, opt in zip(models, (ours, ref)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            weight = model[0].weight
+            assert weight.grad.stride() == weight.stride() != weight.contiguous().stride()
+            if step == 1:  # a gradient in the contiguous layout
+                weight.grad = weight.grad.contiguous()
+            if step == 3:  # the weight itself made contiguous: its state stays channels_last
+                model[2].weight.data = model[2].weight.data.contiguous()
+            opt.step()
+    assert_same_params(*models)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert ours.state[p][key].stride() == ref.state[q][key].stride(), key
+    assert ours.state[models[0][0].weight]["exp_avg"].stride() == models[0][0].weight.stride()
+    assert_same_state(ours.state_dict()["state"], ref.state_dict()["state"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_optimizer_stepped_from_every_gradient_hook_matches_torch(backend):
+    """Optimizer in backward with one shared optimizer: every parameter's post-accumulate-grad
+    hook steps it and zeroes the gradients. The first backward meets one new gradient per step;
+    each is appended to the one bucket (never a re-pack), and the buffers' spare room is given
+    back at the next backward."""
+    models = [torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(12)]) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    ours = MLRAdamW(models[0].parameters(), lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW(models[1].parameters(), lr=1e-2)
+    buckets_seen = []
+
+    def hook(_, opt):
+        opt.step()
+        opt.zero_grad()
+        if opt is ours:
+            buckets_seen.append(ours._buckets[0])
+
+    for model, opt in zip(models, (ours, ref)):
+        for p in model.parameters():
+            p.register_post_accumulate_grad_hook(partial(hook, opt=opt))
+    gen = torch.Generator().manual_seed(45)
+    for _ in range(3):
+        x = torch.randn(4, 6, generator=gen)
+        for model in models:
+            model(x).pow(2).mean().backward()
+        assert_same_params(*models)
+    assert len(buckets_seen) == 3 * 24 and all(b is buckets_seen[0] for b in buckets_seen)
+    bucket = buckets_seen[0]
+    assert bucket.exp_avg.numel() == bucket.table.used_length
+    assert_same_state(ours.state_dict()["state"], ref.state_dict()["state"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tied_parameters_keep_torchs_order_when_the_later_one_gets_state_first(backend):
+    """``b.data = a.data``, listed [a, b, c]; b steps first, so it is packed first and a is
+    appended after it: the tie is still stepped a then b, as torch's single-tensor AdamW does."""
+    gen = torch.Generator().manual_seed(46)
+    a, c = (torch.nn.Parameter(torch.randn(3, generator=gen)) for _ in range(2))
+    b = torch.nn.Parameter(torch.zeros(3))
+    b.data = a.data
+    refs = [torch_twin(a), torch.nn.Parameter(torch.zeros(3)), torch_twin(c)]
+    refs[1].data = refs[0].data
+    ours = MLRAdamW([a, b, c], lr=0.1, backend=backend)
+    ref = torch.optim.AdamW(refs, lr=0.1, foreach=False)
+    for live in ([1], [0, 2], [0, 1, 2], [0, 1, 2]):
+        grads = [torch.randn(3, generator=gen) for _ in range(3)]
+        for params, opt in (([a, b, c], ours), (refs, ref)):
+            for k, param in enumerate(params):
+                param.grad = grads[k] if k in live else None
+            opt.step()
+    for got, want in zip((a, b, c), refs):
+        torch.testing.assert_close(got, want)

@@ -1,7 +1,7 @@
 """The optimizer contract on a GPU, for the CUDA and Triton backends (skipped without one): the
 randomized write patterns of tests/test_optimizer_contract.py on CUDA tensors, a model moved to
-the GPU after the optimizer was built, and a CUDA-graph capture of step() replayed while a tensor
-learning rate changes."""
+the GPU after the optimizer was built, a CUDA-graph capture of step() replayed while a tensor
+learning rate changes, and the state offloaded to the CPU and back between steps."""
 
 from __future__ import annotations
 
@@ -81,3 +81,48 @@ def test_cuda_graph_capture_of_step_with_a_changing_tensor_lr(backend):
         ref.step()
     torch.cuda.synchronize()
     assert_same_params(m_ours, m_ref)
+
+
+def _move_state_tensors(opt: torch.optim.Optimizer, device: str) -> None:
+    """verl's offload_fsdp_optimizer / load_fsdp_optimizer: ``state[k] = v.to(device)``."""
+    for state in opt.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.to(device, non_blocking=True)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_state_offloaded_to_the_cpu_frees_its_gpu_memory_and_comes_back(backend, dtype):
+    """The state moved to the CPU between steps and back, as verl does around rollouts: while it
+    is away the flat buffers' GPU memory is free; after the reload the training is unchanged."""
+    models = [make_model(43, dtype).cuda() for _ in range(2)]
+    opts = [MLRAdamW(model.parameters(), lr=1e-2, backend=backend) for model in models]
+    gen = torch.Generator().manual_seed(43)
+
+    def train(steps, pairs):
+        for _ in range(steps):
+            x = torch.randn(4, 7, generator=gen).to("cuda", dtype)
+            for model, opt in pairs:
+                opt.zero_grad()
+                forward(model, x).float().pow(2).mean().backward()
+                opt.step()
+
+    train(2, list(zip(models, opts)))
+    torch.cuda.synchronize()
+    moved = opts[1]
+    buffers = [b for bucket in moved.buckets
+               for b in (bucket.master, bucket.exp_avg, bucket.exp_avg_sq) if b is not None]
+    state_bytes = sum(b.numel() * b.element_size() for b in buffers)
+    del buffers
+    allocated = torch.cuda.memory_allocated()
+    _move_state_tensors(moved, "cpu")
+    torch.cuda.synchronize()
+    assert allocated - torch.cuda.memory_allocated() >= state_bytes
+    _move_state_tensors(moved, "cuda")
+    train(2, list(zip(models, opts)))
+    for p, q in zip(*(model.parameters() for model in models)):
+        assert torch.equal(p, q)
+    for entry, other in zip(opts[0].state.values(), moved.state.values()):
+        for key, value in entry.items():
+            assert torch.equal(value, other[key]), key

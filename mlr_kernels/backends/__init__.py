@@ -12,8 +12,9 @@ The contract of ``adamw_step`` (everything on ``table.device``):
 
 * ``table`` is a :class:`~mlr_kernels.segments.SegmentTable`: per segment, a row of ``hyper``
   (float64 hyperparameters, step count, ACTIVE flag) and of ``pointers`` (where its parameter and
-  gradient are, in ``table.dtype``: float32, bfloat16 or float16, contiguous, and where its state
-  starts). The caller guarantees that every pointer row describes live memory of that size.
+  gradient are, in ``table.dtype``: float32, bfloat16 or float16, dense, the gradient's elements
+  in the parameter's memory order, and where its state starts). The caller guarantees that every
+  pointer row describes live memory of that size.
 * ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (only when some segment uses amsgrad) and
   ``master`` (the float32 copy of bfloat16/float16 parameters; required then, ``None`` for float32)
   are contiguous 1-D float32 buffers of ``table.length`` elements.

@@ -55,8 +55,8 @@ def adamw_step(
         if h[ACTIVE] == 0.0:
             continue
         local = slice(start - table.offsets[seg], end - table.offsets[seg])
-        param = table.params[seg].detach().reshape(-1)[local]
-        g = table.grads[seg].detach().reshape(-1)[local].float()
+        param = _in_memory_order(table.params[seg])[local]
+        g = _in_memory_order(table.grads[seg])[local].float()
         lr, wd, beta1, beta2, eps = h[LR], h[WEIGHT_DECAY], h[BETA1], h[BETA2], h[EPS]
         step = h[STEP]
         if mult is not None:
@@ -83,3 +83,8 @@ def adamw_step(
         p.addcdiv_(m, denom, value=-step_size)
         if master is not None:
             param.copy_(p)
+
+
+def _in_memory_order(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as they lie in memory, as a 1-D view (the kernels' order)."""
+    return t.detach().as_strided((t.numel(),), (1,))
