@@ -76,6 +76,7 @@ setup(
         "peft>=0.12",
         "tqdm",
         "matplotlib",
+        "numpy",  # the host copy of the segment table (mlr_kernels.segments)
     ],
     extras_require={
         "triton": ["triton>=3.0"],

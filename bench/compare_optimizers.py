@@ -106,21 +106,26 @@ def build_variants(workload: Workload, device: str, dtype: torch.dtype, backends
 
 
 def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> tuple[float, float]:
-    """Median host time of the per-step contract check (``MLRAdamW._sync``) alone, in µs per
-    parameter: with the gradients unchanged since the last step, and with every ``.grad`` a new
-    tensor at a new address, as after torch's default ``zero_grad()`` and a backward."""
+    """Median host time of what a step does before its launches (``MLRAdamW._prepare``: the
+    contract check and the host copy of the hyper table, a new lr in every group as a scheduler
+    writes it), in µs per parameter: with the gradients unchanged since the last step, and with
+    every ``.grad`` a new tensor at a new address, as after torch's default ``zero_grad()`` and a
+    backward. Timed as this thread's CPU time (``time.thread_time``), which the other processes of
+    a shared machine do not inflate; it equals the wall time of the call when nothing waits."""
     params = [p for g in opt.param_groups for p in g["params"]]
     spare = [[p.grad, p.grad.clone()] for p in params]
     unchanged, replaced = [], []
     for k in range(rounds):
-        start = time.perf_counter()
-        opt._sync()
-        unchanged.append(time.perf_counter() - start)
-        for p, grads in zip(params, spare):
-            p.grad = grads[k % 2]
-        start = time.perf_counter()
-        opt._sync()
-        replaced.append(time.perf_counter() - start)
+        for times in (unchanged, replaced):
+            if times is replaced:
+                for p, grads in zip(params, spare):
+                    p.grad = grads[k % 2]
+            for group in opt.param_groups:  # a scheduler's step
+                group["lr"] = 1e-3 / (1 + k)
+            start = time.thread_time()
+            opt._prepare()
+            times.append(time.thread_time() - start)
+            opt.step()  # the uploads and launches, untimed: the next round starts from a step
     return (statistics.median(unchanged) * 1e6 / len(params), statistics.median(replaced) * 1e6 / len(params))
 
 

@@ -40,9 +40,8 @@ struct AdamWScalars {
 // torch's own vectorized lerp, so that the choice vectorizes as a mask.
 MLR_INLINE bool lerp_from_exp_avg(float weight) { return std::fabs(weight) < 0.5f; }
 
-AdamWScalars scalars_for(const double* row, float grad_mult) {
+AdamWScalars scalars_for(const double* row, double step, float grad_mult) {
   const double lr = row[kLr];
-  const double step = row[kStep];
   AdamWScalars s;
   s.grad_scale = row[kMaximize] != 0.0 ? -grad_mult : grad_mult;
   s.decay = static_cast<float>(1.0 - lr * row[kWeightDecay]);
@@ -328,7 +327,8 @@ void adamw_step(const SegmentTableView& table, const AdamWState& state, const in
       const double* row = table.hyper + kNumHyperColumns * tile[0];
       if (row[kActive] == 0.0) continue;
       if (before >= share_begin) {
-        adamw_tile(table.dtype, span_of(table, state, tile), scalars_for(row, grad_mult_value));
+        adamw_tile(table.dtype, span_of(table, state, tile),
+                   scalars_for(row, table.steps[tile[0]], grad_mult_value));
       }
       before += tile[2] - tile[1];
     }

@@ -13,11 +13,13 @@
 namespace mlr {
 
 // The segment tables of one step (mlr_kernels/segments.py): `hyper` is [num_segments,
-// kNumHyperColumns] float64, `pointers` [num_segments, kNumPointerColumns] int64. Every segment's
+// kNumHyperColumns] float64, `pointers` [num_segments, kNumPointerColumns] int64, `steps`
+// [num_segments] float64 (each segment's step count, this step included). Every segment's
 // parameter and gradient hold `dtype`.
 struct SegmentTableView {
   const double* hyper;
   const int64_t* pointers;
+  const double* steps;
   int64_t num_segments;
   ParamDtype dtype;
 };

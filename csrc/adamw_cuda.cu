@@ -1,9 +1,9 @@
 // Fused multi-segment AdamW for CUDA: one launch per step per segment table, however many segments.
 //
 // One block per tile row (segment, start, end). The block reads its segment's rows of the float64
-// hyper table and of the int64 pointer table (mlr_kernels/segments.py): the step size and bias
-// correction are derived there, so the step count lives on the device (no host sync, and a
-// captured CUDA graph replays correctly), and the parameter and gradient are reached wherever user
+// hyper table and of the int64 pointer table, and its step count (mlr_kernels/segments.py): the
+// step size and bias correction are derived there, so the step count lives on the device (no host
+// sync, and a captured CUDA graph replays correctly), and the parameter and gradient are reached wherever user
 // code keeps them. Threads then walk the tile 8 elements at a time with 16-byte vector accesses
 // (two float4 of float32, one 16-byte word of bfloat16/float16): tiles start on 16-element
 // boundaries of the state buffers, which the Python side checks are 16-byte aligned; a tile whose
@@ -44,12 +44,11 @@ struct SegmentScalars {
   bool amsgrad;
 };
 
-__device__ SegmentScalars segment_scalars(const double* row, const float* grad_mult,
+__device__ SegmentScalars segment_scalars(const double* row, double step, const float* grad_mult,
                                           bool has_max_exp_avg_sq) {
   const double lr = row[kLr];
   const double beta1 = row[kBeta1];
   const double beta2 = row[kBeta2];
-  const double step = row[kStep];
   SegmentScalars s;
   s.grad_scale = row[kMaximize] != 0.0 ? -1.0f : 1.0f;
   if (grad_mult != nullptr) s.grad_scale = __fmul_rn(s.grad_scale, *grad_mult);
@@ -230,7 +229,7 @@ __device__ __forceinline__ void adamw_tile(const SegmentScalars& s, int64_t n, b
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) adamw_tile_kernel(
     const double* __restrict__ hyper, const int64_t* __restrict__ pointers,
-    const int64_t* __restrict__ tiles, float* master, float* exp_avg, float* exp_avg_sq,
+    const double* __restrict__ steps, const int64_t* __restrict__ tiles, float* master, float* exp_avg, float* exp_avg_sq,
     float* max_exp_avg_sq, const float* __restrict__ grad_mult,
     const float* __restrict__ found_inf) {
   if (found_inf != nullptr && *found_inf != 0.0f) return;
@@ -244,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) adamw_tile_kernel(
   const T* grad = reinterpret_cast<const T*>(static_cast<uintptr_t>(where[kGradPtr])) + local;
   const bool vector =
       ((reinterpret_cast<uintptr_t>(param) | reinterpret_cast<uintptr_t>(grad)) % 16) == 0;
-  const SegmentScalars s = segment_scalars(row, grad_mult, max_exp_avg_sq != nullptr);
+  const SegmentScalars s = segment_scalars(row, steps[tile[0]], grad_mult, max_exp_avg_sq != nullptr);
   adamw_tile<T>(s, tile[2] - start, vector, param, grad,
                 master != nullptr ? master + start : nullptr, exp_avg + start, exp_avg_sq + start,
                 max_exp_avg_sq != nullptr ? max_exp_avg_sq + start : nullptr);
@@ -287,23 +286,24 @@ __global__ void __launch_bounds__(kThreads) stream_4r3w_kernel(float* __restrict
 }
 
 template <typename T>
-void launch(const double* hyper, const int64_t* pointers, const int64_t* tiles, int64_t num_tiles,
-            float* master, float* exp_avg, float* exp_avg_sq, float* max_exp_avg_sq,
+void launch(const double* hyper, const int64_t* pointers, const double* steps, const int64_t* tiles,
+            int64_t num_tiles, float* master, float* exp_avg, float* exp_avg_sq, float* max_exp_avg_sq,
             const float* grad_mult, const float* found_inf, cudaStream_t stream) {
   adamw_tile_kernel<T><<<static_cast<unsigned>(num_tiles), kThreads, 0, stream>>>(
-      hyper, pointers, tiles, master, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_mult, found_inf);
+      hyper, pointers, steps, tiles, master, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_mult,
+      found_inf);
 }
 
 }  // namespace
 }  // namespace mlr
 
 // One AdamW step over `num_tiles` tiles on `stream`. Pointers are device pointers the caller has
-// validated (mlr_kernels/backends/cuda.py); the tables are the segment table's `hyper` and
-// `pointers`; `master`, `max_exp_avg_sq`, `grad_mult` and `found_inf` may be null. Returns a
+// validated (mlr_kernels/backends/cuda.py); the tables are the segment table's `hyper`,
+// `pointers` and `steps`; `master`, `max_exp_avg_sq`, `grad_mult` and `found_inf` may be null. Returns a
 // cudaError_t: the launch's, or cudaErrorInvalidValue for a bad dtype code or more tiles than a
 // grid holds.
 extern "C" int mlr_adamw_cuda_step(const double* hyper, const int64_t* pointers,
-                                   const int64_t* tiles, int64_t num_tiles, int dtype,
+                                   const double* steps, const int64_t* tiles, int64_t num_tiles, int dtype,
                                    float* master, float* exp_avg, float* exp_avg_sq,
                                    float* max_exp_avg_sq, const float* grad_mult,
                                    const float* found_inf, void* stream) {
@@ -313,15 +313,15 @@ extern "C" int mlr_adamw_cuda_step(const double* hyper, const int64_t* pointers,
   using mlr::ParamDtype;
   switch (static_cast<ParamDtype>(dtype)) {
     case ParamDtype::kFloat32:
-      mlr::launch<float>(hyper, pointers, tiles, num_tiles, master, exp_avg, exp_avg_sq,
+      mlr::launch<float>(hyper, pointers, steps, tiles, num_tiles, master, exp_avg, exp_avg_sq,
                          max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
       break;
     case ParamDtype::kBFloat16:
-      mlr::launch<__nv_bfloat16>(hyper, pointers, tiles, num_tiles, master, exp_avg, exp_avg_sq,
-                                 max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
+      mlr::launch<__nv_bfloat16>(hyper, pointers, steps, tiles, num_tiles, master, exp_avg,
+                                 exp_avg_sq, max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
       break;
     case ParamDtype::kFloat16:
-      mlr::launch<__half>(hyper, pointers, tiles, num_tiles, master, exp_avg, exp_avg_sq,
+      mlr::launch<__half>(hyper, pointers, steps, tiles, num_tiles, master, exp_avg, exp_avg_sq,
                           max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
       break;
     default:

@@ -1,6 +1,7 @@
 // What every AdamW kernel (adamw_cpu.cpp, adamw_cuda.cu) reads besides the flat state buffers: the
-// columns of the float64 `hyper` table and of the int64 `pointers` table, and the param dtype
-// codes. All three must match mlr_kernels/segments.py (columns and DTYPE_CODES).
+// columns of the float64 `hyper` table and of the int64 `pointers` table (both written by the
+// host), the float64 `steps` vector (counted on the device), and the param dtype codes. All must
+// match mlr_kernels/segments.py (columns and DTYPE_CODES).
 #pragma once
 
 namespace mlr {
@@ -11,7 +12,6 @@ enum HyperColumn : int {
   kBeta1,
   kBeta2,
   kEps,
-  kStep,
   kActive,
   kMaximize,
   kAmsgrad,

@@ -62,6 +62,7 @@ from functools import partial
 from itertools import compress, repeat
 from typing import Any
 
+import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
@@ -74,8 +75,6 @@ from mlr_kernels.segments import (
     EPS,
     LR,
     MAXIMIZE,
-    NUM_HYPER_COLUMNS,
-    STEP,
     WEIGHT_DECAY,
     SegmentTable,
 )
@@ -160,6 +159,7 @@ class FlatBucket:
         # What the last sync saw, per segment.
         self._data_ptrs: list[int] = [-1] * count
         self._grad_ptrs: list[int] = []
+        self._grad_ids: list[int] = []
         self._states: list[dict[str, Any] | None] = [None] * count
         # Segments stepped through a copy in their state's layout, and the launch order for ties.
         self._staged: dict[int, torch.Tensor] = {}
@@ -168,8 +168,13 @@ class FlatBucket:
         self._hyper_signature: Any = None
         self._lr_signature: Any = None
         self._rows_written = 0
-        self._group_index_device = torch.tensor(self.group_index, dtype=torch.long, device=self.device)
-        self._lr_mults = torch.ones(0, dtype=torch.float64, device=self.device)
+        # Host copies of each segment's group index and lr multiplier; their device copies exist
+        # while tensor learning rates are in use; the tensor learning rates of the step.
+        self._group_index = np.array(self.group_index, dtype=np.int64)
+        self._lr_mults = np.ones(0, dtype=np.float64)
+        self._group_index_device: torch.Tensor | None = None
+        self._lr_mults_device: torch.Tensor | None = None
+        self._device_lrs: list[Any] | None = None
         # Per buffer, weak references to the views of it handed out to optimizer.state; and how
         # many tensors used each buffer's (and the hyper table's) memory at the last check.
         self._views: dict[str, set[weakref.ref]] = {attr: set() for _, attr in self._keys}
@@ -209,7 +214,7 @@ class FlatBucket:
     def optimizer_state(self, i: int) -> dict[str, Any]:
         """Parameter ``i``'s state as ``torch.optim.AdamW`` names it, as views of the flat buffers
         (DTensors for a DTensor parameter, as torch's AdamW keeps them under FSDP2)."""
-        state: dict[str, Any] = {"step": self.table.hyper[i, STEP]}
+        state: dict[str, Any] = {"step": self.table.steps[i]}
         for key, attr in self._keys:
             state[key] = self._handed_out_view(attr, i)
         return state
@@ -279,9 +284,9 @@ class FlatBucket:
     def _read_step(self, i: int, value: Any) -> None:
         """Set segment ``i``'s step count (on the device: a tensor is not read on the host)."""
         if isinstance(value, torch.Tensor):
-            self.table.hyper[i, STEP].copy_(local_tensor(value).detach().reshape(()))
+            self.table.steps[i].copy_(local_tensor(value).detach().reshape(()))
         else:
-            self.table.hyper[i, STEP] = float(value) if isinstance(value, (int, float)) else 0.0
+            self.table.steps[i] = float(value) if isinstance(value, (int, float)) else 0.0
 
     def _allocate_released(self) -> None:
         released = [attr for _, attr in self._keys if getattr(self, attr) is None]
@@ -292,9 +297,9 @@ class FlatBucket:
 
     # -------------------------------------------------------------------- following the state
     def _watch_storages(self) -> None:
-        """Weak references to the storages of the buffers and of the hyper table, whose views
+        """Weak references to the storages of the buffers and of the step counts, whose views
         ``optimizer.state`` holds, to count their users at every sync."""
-        tensors = [getattr(self, attr) for _, attr in self._keys] + [self.table.hyper]
+        tensors = [getattr(self, attr) for _, attr in self._keys] + [self.table.steps]
         self._storages = [StorageWeakRef(t.untyped_storage()) for t in tensors]
         self._storage_cdata = [ref.cdata for ref in self._storages]
 
@@ -331,14 +336,14 @@ class FlatBucket:
                 if not self._is_segment_view(value, base + 4 * self.table.offsets[i], i):
                     self._read_state(i, key, attr, value)
                     entry[key] = self._handed_out_view(attr, i)
-        hyper = self.table.hyper
+        steps = self.table.steps
         for i, entry in enumerate(self._states):
             value = entry.get("step")
-            address = hyper.data_ptr() + hyper.element_size() * (i * NUM_HYPER_COLUMNS + STEP)
+            address = steps.data_ptr() + steps.element_size() * i
             if not (isinstance(value, torch.Tensor) and value.data_ptr() == address
-                    and value.dtype == hyper.dtype and value.device == hyper.device):
+                    and value.dtype == steps.dtype and value.device == steps.device):
                 self._read_step(i, value)
-                entry["step"] = hyper[i, STEP]
+                entry["step"] = steps[i]
         if released:
             self._watch_storages()
 
@@ -362,17 +367,16 @@ class FlatBucket:
         self._follow_state(state, False, extra_state)
         start = len(self.params)
         self._add_segments(params, positions)
-        length, rows = self.table.length, self.table.hyper.untyped_storage().data_ptr()
+        length, rows = self.table.length, self.table.steps.untyped_storage().data_ptr()
         self.table.append([shape.numel() for shape in self.shapes[start:]])
         if self.table.length != length:
             self._resize_buffers()
-        if self.table.length != length or self.table.hyper.untyped_storage().data_ptr() != rows:
+        if self.table.length != length or self.table.steps.untyped_storage().data_ptr() != rows:
             self._watch_storages()
             self._hand_out_views_again(range(start))
         added = len(self.params) - start
         self._data_ptrs += [-1] * added
         self._states += [None] * added
-        self._group_index_device = torch.tensor(self.group_index, dtype=torch.long, device=self.device)
         self._appended = True
         self._spare_room = self.table.length > self.table.used_length
         self.adopt_entries(state, extra_state, range(start, len(self.params)))
@@ -395,7 +399,7 @@ class FlatBucket:
             setattr(self, attr, new)
 
     def _hand_out_views_again(self, indices: Sequence[int]) -> None:
-        """Put views of the current buffers and hyper table in these segments' entries."""
+        """Put views of the current buffers and step counts in these segments' entries."""
         for i in indices:
             self._states[i].update(self.optimizer_state(i))
 
@@ -434,13 +438,15 @@ class FlatBucket:
                          else list(map(_stride, present)) == list(compress(self.strides, live)))
         except RuntimeError:  # a sparse tensor has no strides
             in_layout = False
+        seen = grads  # what user code holds; the kernel reads copies of those not in layout
         if not in_layout:
             grads = list(map(self._grad_in_layout, range(len(grads)), grads))
         grad_ptrs = (list(map(_data_ptr, grads)) if everywhere
                      else [0 if g is None else g.data_ptr() for g in grads])
-        if grad_ptrs != self._grad_ptrs:  # new gradients: the kernel will trust their size and dtype
-            self._check_grads(present if in_layout else list(compress(grads, live)), live)
-            self._grad_ptrs = grad_ptrs
+        if grad_ptrs != self._grad_ptrs:  # moved gradients: the kernel will trust their size and dtype
+            grad_ids = list(map(id, seen))
+            self._check_moved_grads(seen, grad_ids, grad_ptrs)
+            self._grad_ptrs, self._grad_ids = grad_ptrs, grad_ids
         if self._staged:
             local = list(local)
             for i in self._staged:
@@ -480,16 +486,31 @@ class FlatBucket:
                                f"{tuple(self.shapes[i])}")
         return grad.contiguous()
 
-    def _check_grads(self, present: list[torch.Tensor], live: list[bool]) -> None:
-        """Raise ``RuntimeError`` unless every gradient has its parameter's dtype, device and
-        number of elements (torch checks ``p.grad = g``, but not ``p.grad.data = g``)."""
-        kinds = set(map(_dtype_and_device, present))
-        if kinds and kinds != {(self.dtype, self.device)}:
-            bad = next(k for k in kinds if k != (self.dtype, self.device))
-            raise RuntimeError(f"a gradient is {bad[0]} on {bad[1]} but its parameter is {self.dtype} "
-                               f"on {self.device}")
-        if list(map(_numel, present)) != list(compress(self.table.numels, live)):
-            raise RuntimeError("a gradient does not have its parameter's number of elements")
+    def _check_moved_grads(self, grads: list[torch.Tensor | None], grad_ids: list[int],
+                           grad_ptrs: list[int]) -> None:
+        """Raise ``RuntimeError`` unless every gradient that may have changed its data since the
+        last step has its parameter's dtype, device and number of elements. A gradient object
+        new since then needs no check: torch checked it when it was assigned (``p.grad = g``) or
+        autograd made it. One seen before that moved may have had its ``.data`` replaced, which
+        torch does not check. So in steady state (new gradients after ``zero_grad()``, or the same
+        ones) nothing is checked here."""
+        if len(grad_ids) != len(self._grad_ids):  # a new bucket: every gradient
+            suspects = range(len(grads))
+        else:
+            same_object = list(map(operator.eq, grad_ids, self._grad_ids))
+            if not any(same_object):  # every gradient new (torch's default zero_grad)
+                return
+            moved = map(operator.ne, grad_ptrs, self._grad_ptrs)
+            suspects = compress(range(len(grads)), map(operator.and_, same_object, moved))
+        for i in suspects:
+            g = grads[i]
+            if g is None:
+                continue
+            if g.dtype != self.dtype or g.device != self.device:
+                raise RuntimeError(f"a gradient is {g.dtype} on {g.device} but its parameter is "
+                                   f"{self.dtype} on {self.device}")
+            if g.numel() != self.table.numels[i]:
+                raise RuntimeError("a gradient does not have its parameter's number of elements")
 
     def _local_params(self) -> list[torch.Tensor]:
         """The tensors the segments are: the parameters, or their local shards (DTensors)."""
@@ -519,14 +540,14 @@ class FlatBucket:
     # ------------------------------------------------------------------------------ step
     def write_hyperparameters(self, groups: Sequence[Mapping[str, Any]], signature: Any, lrs: list[Any],
                               lr_mults: Callable[[FlatBucket, int], Sequence[float]]) -> None:
-        """Write the columns of ``table.hyper`` that changed since the last step.
+        """Write the columns of the host copy of ``table.hyper`` that changed since the last step.
 
         ``signature`` changes whenever a group value other than ``lr`` (or a per-parameter
         multiplier, ``lr_mults(self, start)`` for the segments from ``start`` on) does; then
         every row is rewritten, else only those of segments appended since. ``lrs`` are the
-        groups' learning rates (floats or one-element tensors). Tensor learning rates are
-        combined on the device, so a CUDA-graph capture of the step stays valid."""
-        hyper = self.table.hyper
+        groups' learning rates: floats are combined with the multipliers on the host; tensors
+        (any of them) on the device in :meth:`step`, so that a CUDA-graph capture follows a tensor
+        learning rate filled in place between replays."""
         if self._hyper_signature != signature:
             self._hyper_signature, self._rows_written = signature, 0
         if self._rows_written < len(self.params):
@@ -534,12 +555,12 @@ class FlatBucket:
         # The set of types is the fast test for plain numbers (a scheduler's numpy float takes
         # the exact isinstance test).
         if not set(map(type, lrs)) <= PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
-            group_lr = torch.stack([torch.as_tensor(lr, device=self.device) for lr in lrs])
-            hyper[:, LR] = group_lr.to(torch.float64)[self._group_index_device] * self._lr_mults
+            self._device_lrs, self._lr_signature = lrs, None
         elif self._lr_signature != lrs:
-            group_lr = torch.tensor(lrs, dtype=torch.float64, device=self.device)
-            hyper[:, LR] = group_lr[self._group_index_device] * self._lr_mults
-            self._lr_signature = lrs
+            group_lr = np.array(lrs, dtype=np.float64)
+            self.table.hyper_rows[:, LR] = group_lr[self._group_index] * self._lr_mults
+            self.table.mark_written()
+            self._device_lrs, self._lr_signature = None, lrs
 
     def _write_rows(self, groups: Sequence[Mapping[str, Any]],
                     lr_mults: Callable[[FlatBucket, int], Sequence[float]]) -> None:
@@ -550,31 +571,49 @@ class FlatBucket:
             beta1, beta2 = (float(b) for b in g["betas"])
             rows.append((float(g["weight_decay"]) * float(g.get("wd_mult", 1.0)), beta1, beta2,
                          float(g["eps"]), float(g["maximize"]), float(g["amsgrad"])))
-        table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 6)
-        self.table.hyper[start:, [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]] = table.to(self.device)
-        mults = torch.tensor(list(lr_mults(self, start)), dtype=torch.float64, device=self.device)
-        self._lr_mults = torch.cat([self._lr_mults[:start], mults])
+        columns = [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]
+        self.table.hyper_rows[start:, columns] = np.array(rows, dtype=np.float64).reshape(-1, len(columns))
+        mults = np.array(list(lr_mults(self, start)), dtype=np.float64)
+        self._lr_mults = np.concatenate([self._lr_mults[:start], mults])
+        self._lr_mults_device = None
+        self._group_index = np.array(self.group_index, dtype=np.int64)
         self._rows_written = len(self.params)
         self._lr_signature = None
+        self.table.mark_written()
+
+    def _write_device_lrs(self) -> None:
+        """The LR column from tensor learning rates, on the device: after the upload, which
+        copies the host's (stale) column. Float ones among them are filled in by value."""
+        if self._lr_mults_device is None:  # after a change of group values: not in steady state
+            self._lr_mults_device = torch.from_numpy(self._lr_mults).to(self.device)
+            self._group_index_device = torch.from_numpy(self._group_index).to(self.device)
+        float64 = dict(dtype=torch.float64, device=self.device)
+        group_lr = torch.stack([lr.reshape(()).to(**float64) if isinstance(lr, torch.Tensor)
+                                else torch.full((), float(lr), **float64) for lr in self._device_lrs])
+        self.table.hyper[:, LR] = group_lr[self._group_index_device] * self._lr_mults_device
 
     def step(self, grad_mult: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
-        """Count the step and launch the kernel over every active segment (after :meth:`sync`)."""
-        hyper = self.table.hyper
-        active = hyper[:, ACTIVE]
-        hyper[:, STEP] += active if found_inf is None else active * (1 - found_inf)
+        """Upload the table, count the step on the device and launch the kernel over every active
+        segment (after :meth:`sync` and :meth:`write_hyperparameters`). Nothing here waits for the
+        device: see :mod:`mlr_kernels.segments` and :mod:`mlr_kernels.staging`."""
+        table = self.table
+        table.upload()
+        if self._device_lrs is not None:
+            self._write_device_lrs()
+        active = table.hyper[:, ACTIVE]
+        table.steps.add_(active if found_inf is None else active * (1 - found_inf))
         state = (self.master, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq)
         tile_size = self.backend.TILE_SIZE
         if self._passes is None:
-            self.backend.adamw_step(self.table, *state, self.table.tiles(tile_size), grad_mult, found_inf)
+            self.backend.adamw_step(table, *state, table.tiles(tile_size), grad_mult, found_inf)
         else:
             for segments in self._passes:  # a tie's master re-reads what the last pass wrote
-                self.backend.adamw_step(self.table, *state, self.table.tiles(tile_size, segments),
-                                        grad_mult, found_inf)
+                self.backend.adamw_step(table, *state, table.tiles(tile_size, segments), grad_mult, found_inf)
         local = self._local_params()
         for i, staged in self._staged.items():
             local[i].detach().copy_(staged)
             self._staged[i] = local[i]
-        self.table.release()
+        table.release()
 
 
 def _view_freed(bucket: weakref.ref, attr: str, ref: weakref.ref) -> None:

@@ -11,6 +11,7 @@ decay the same way.
 from __future__ import annotations
 
 import operator
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from itertools import chain, compress, repeat
 from typing import Any
@@ -22,7 +23,6 @@ from mlr_kernels.backends import load_backend, resolve_backend
 from mlr_kernels.dtensor import local_tensor, sharding_key
 from mlr_kernels.flat import (
     FLAT_STATE,
-    PLAIN_NUMBERS,
     SUPPORTED_DTYPES,
     FlatBucket,
     Repack,
@@ -38,13 +38,11 @@ _TORCH_ADAMW_FLAGS = dict(foreach=None, capturable=False, differentiable=False, 
 _MLR_KEYS = ("lr_mult", "wd_mult")
 # Group values that go into the hyper table (lr is read apart: it changes every step). Read in C
 # loops (operator.itemgetter, methodcaller): with thousands of groups this is much of the host time.
-_static_values = operator.itemgetter("weight_decay", "eps", "maximize", "amsgrad")
-_betas_of = operator.itemgetter("betas")
-_lr_mult_of = operator.methodcaller("get", "lr_mult", 1.0)
-_wd_mult_of = operator.methodcaller("get", "wd_mult", 1.0)
+_group_values = operator.itemgetter("weight_decay", "eps", "maximize", "amsgrad", "betas")
+_AMSGRAD = 3  # its place in _group_values
 _lr_value = operator.itemgetter("lr")
 _params_of = operator.itemgetter("params")
-_amsgrad_of = operator.itemgetter("amsgrad")
+_changes_of = operator.attrgetter("changes")
 _grad_of = operator.attrgetter("grad")
 
 
@@ -117,11 +115,15 @@ class MLRAdamW(Optimizer):
         self._unpacked: list[torch.Tensor] = []
         self._unpacked_at: list[tuple[int, int]] = []
         self._loading: dict[str, Any] | None = None  # inside load_state_dict: the dict being loaded
-        self._layout: tuple[list[int], list[torch.Tensor], list[bool]] = ([], [], [])
+        self._layout: tuple[list[int], list[torch.Tensor]] = ([], [])
+        self._layout_lists: tuple[list[list[torch.Tensor]], list[int] | None] = ([], None)
+        self._forget_group_values()
         self._state_values: list[Any] = []
+        self._state_changes_seen: int | None = None
         self._param_lr_mult: dict[torch.Tensor, float] = {}
         self._mult_version = 0
         super().__init__(params, defaults)
+        self.state = _TrackedState(dict, self.state)
         self._build()
 
     # ----------------------------------------------------------------------------- structure
@@ -146,6 +148,7 @@ class MLRAdamW(Optimizer):
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
+        group["params"] = _TrackedList(group["params"])  # torch made this list: nobody else holds it
         if self._buckets is not None:
             self._build()
 
@@ -170,7 +173,10 @@ class MLRAdamW(Optimizer):
         self._buckets = [self._new_bucket(members) for members in by_key.values()]
         self._unpacked, self._unpacked_at = unpacked, unpacked_at
         self._layout = self._group_layout()
+        self._layout_lists = self._params_lists()
+        self._amsgrad_packed = [bool(g["amsgrad"]) for g in self.param_groups]
         self._state_values = list(self.state.values())
+        self._state_changes_seen = getattr(self.state, "changes", None)
 
     def _new_bucket(self, members: list[tuple[torch.Tensor, tuple[int, int]]]) -> FlatBucket:
         """A bucket of ``(parameter, position)`` pairs of one key, their state adopted."""
@@ -210,20 +216,36 @@ class MLRAdamW(Optimizer):
                 bucket.extend([p for p, _ in members], [at for _, at in members], self.state,
                               self._extra_state_of(bucket))
 
-    def _group_layout(self) -> tuple[list[int], list[torch.Tensor], list[bool]]:
-        """What the buckets were packed from: each group's size, every parameter in group order,
-        and each group's amsgrad flag (read in C loops: it is compared at every step)."""
+    def _group_layout(self) -> tuple[list[int], list[torch.Tensor]]:
+        """What the buckets were packed from: each group's size and every parameter in group
+        order (read in C loops: it is compared at every step)."""
         groups = self.param_groups
-        return (list(map(len, map(_params_of, groups))), list(chain.from_iterable(map(_params_of, groups))),
-                list(map(_amsgrad_of, groups)))
+        return list(map(len, map(_params_of, groups))), list(chain.from_iterable(map(_params_of, groups)))
+
+    def _params_lists(self) -> tuple[list[list[torch.Tensor]], list[int] | None]:
+        """The groups' ``params`` lists and, when every one is a :class:`_TrackedList`, their
+        change counts (None when user code assigned a list of its own)."""
+        lists = list(map(_params_of, self.param_groups))
+        try:
+            return lists, list(map(_changes_of, lists))
+        except AttributeError:
+            return lists, None
 
     def _layout_changed(self) -> bool:
         """True when the param groups changed shape or order (params added, removed, moved or
-        swapped; groups inserted, removed or reordered) or amsgrad was switched."""
-        sizes, params, amsgrad = self._group_layout()
-        seen_sizes, seen_params, seen_amsgrad = self._layout
-        return (sizes != seen_sizes or amsgrad != seen_amsgrad
-                or not all(map(operator.is_, params, seen_params)))
+        swapped; groups inserted, removed or reordered). One comparison per group when the
+        ``params`` lists are the ones this optimizer made and count their changes; else one per
+        parameter."""
+        lists, changes = self._params_lists()
+        seen_lists, seen_changes = self._layout_lists
+        if changes is not None and changes == seen_changes and all(map(operator.is_, lists, seen_lists)):
+            return False
+        sizes, params = self._group_layout()
+        seen_sizes, seen_params = self._layout
+        if sizes != seen_sizes or not all(map(operator.is_, params, seen_params)):
+            return True
+        self._layout_lists = lists, changes
+        return False
 
     def _has_new_gradients(self) -> bool:
         """True when a parameter without state got a gradient."""
@@ -267,7 +289,9 @@ class MLRAdamW(Optimizer):
             self._check_loaded_shapes(state)
             self._restore_uncast(loading["state_dict"], state)
         super().__setstate__(state)
+        self.state = _TrackedState(dict, self.state)
         self._mult_version = getattr(self, "_mult_version", 0) + 1
+        self._forget_group_values()
         self._loading = None
         self._build()
 
@@ -316,33 +340,75 @@ class MLRAdamW(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        groups = self.param_groups
-        signature = _group_signature(groups) + (self._mult_version,)
-        lrs = list(map(_lr_value, groups))
-        for bucket in self._sync():
-            bucket.write_hyperparameters(groups, signature, lrs, self._lr_mults_of)
+        for bucket in self._prepare():
             dev = bucket.device
             skip = None if found_inf is None else found_inf.to(dev, torch.float32).reshape(1)
             inverse_scale = None if grad_scale is None else grad_scale.to(dev, torch.float32).reshape(1)
             bucket.step(None if inverse_scale is None else inverse_scale.reciprocal(), skip)
         return loss
 
+    def _prepare(self) -> list[FlatBucket]:
+        """What a step does on the host before its launches: the contract check (:meth:`_sync`)
+        and the host copy of the hyper table; returns the buckets to launch. In steady state
+        it reads each parameter's gradient and addresses and each group's values in C loops, and
+        nothing of the device (bench/compare_optimizers.py times it per parameter)."""
+        groups = self.param_groups
+        signature = (self._groups_version_now(groups), self._mult_version)
+        lrs = list(map(_lr_value, groups))
+        buckets = self._sync()
+        for bucket in buckets:
+            bucket.write_hyperparameters(groups, signature, lrs, self._lr_mults_of)
+        return buckets
+
+    def _forget_group_values(self) -> None:
+        """Start :meth:`_groups_version_now` afresh: the next step reads every group value."""
+        self._groups_seen: Any = None
+        self._groups_snapshot: Any = None
+        self._groups_mutable = True
+        self._groups_version = getattr(self, "_groups_version", 0) + 1
+        self._amsgrad_packed: list[bool] = []
+
+    def _groups_version_now(self, groups: list[dict[str, Any]]) -> int:
+        """A number that changes exactly when a group value the hyper table holds (other than
+        ``lr``) does. Usually one comparison of the values read in C loops with those of the last
+        step; when a value is mutable in place (a ``betas`` list, a tensor), a snapshot of them.
+        A switched ``amsgrad`` makes the next step re-pack (the buckets need another buffer)."""
+        current = (list(map(_group_values, groups)),  # dict.get through map: 3x a methodcaller
+                   list(map(dict.get, groups, repeat("lr_mult"), repeat(1.0))),
+                   list(map(dict.get, groups, repeat("wd_mult"), repeat(1.0))))
+        if not self._groups_mutable and current == self._groups_seen:
+            return self._groups_version
+        snapshot, self._groups_mutable = _snapshot(current)
+        if snapshot != self._groups_snapshot:
+            self._groups_version += 1
+            self._groups_snapshot = snapshot
+            if [bool(values[_AMSGRAD]) for values in snapshot[0]] != self._amsgrad_packed:
+                self._buckets = None
+        self._groups_seen = current
+        return self._groups_version
+
     def _sync(self) -> list[FlatBucket]:
         """Point every bucket's segment table at what user code holds now (the contract check of
         :mod:`mlr_kernels.flat`); re-pack first if a parameter moved to another device or dtype."""
-        # optimizer.state replaced, cleared or an entry swapped: compared by identity in C, since
+        state = self.state
+        tracked = type(state) is _TrackedState and state.changes == self._state_changes_seen
+        # Else an entry may have been replaced, removed or added, or the mapping replaced by one
+        # that does not count its changes: its entries are compared by identity in C, since
         # looking parameters up (Tensor.__hash__ is Python) would cost more than the rest.
-        values = list(self.state.values())
-        entries_changed = (len(values) != len(self._state_values)
-                           or not all(map(operator.is_, values, self._state_values)))
+        entries_changed = not tracked and (
+            len(state) != len(self._state_values)
+            or not all(map(operator.is_, state.values(), self._state_values)))
         try:
             for bucket in self.buckets:
-                bucket.sync(self.state, entries_changed, self._extra_state_of(bucket))
+                bucket.sync(state, entries_changed, self._extra_state_of(bucket))
         except Repack:  # model.to(...) after construction
             self._build()
             for bucket in self._buckets:
                 bucket.sync(self.state, True, self._extra_state_of(bucket))
-        self._state_values = list(self.state.values())
+        state = self.state
+        if not (tracked and state.changes == self._state_changes_seen):
+            self._state_values = list(state.values())
+            self._state_changes_seen = getattr(state, "changes", None)
         return self._buckets
 
     def _extra_state_of(self, bucket: FlatBucket) -> Callable[[int], dict[str, Any]]:
@@ -440,27 +506,146 @@ class MLRAdamW(Optimizer):
                 self._param_lr_mult[p] = float(entry["lr_mult"])
 
 
+class _TrackedList(list):
+    """A param group's ``params`` list that counts the changes made to it, so that a step tells
+    that no group gained, lost or reordered parameters by comparing one number per group. A list
+    user code assigns to ``group["params"]`` instead is compared element by element."""
+
+    changes = 0  # a class default: unpickling appends the items before it restores attributes
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._changed()
+        super().__setitem__(index, value)
+
+    def __delitem__(self, index: Any) -> None:
+        self._changed()
+        super().__delitem__(index)
+
+    def __iadd__(self, other: Any) -> _TrackedList:
+        self._changed()
+        return super().__iadd__(other)
+
+    def __imul__(self, n: int) -> _TrackedList:
+        self._changed()
+        return super().__imul__(n)
+
+    def append(self, value: Any) -> None:
+        self._changed()
+        super().append(value)
+
+    def extend(self, values: Any) -> None:
+        self._changed()
+        super().extend(values)
+
+    def insert(self, index: int, value: Any) -> None:
+        self._changed()
+        super().insert(index, value)
+
+    def pop(self, *args: Any) -> Any:
+        self._changed()
+        return super().pop(*args)
+
+    def remove(self, value: Any) -> None:
+        self._changed()
+        super().remove(value)
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        self._changed()
+        super().sort(*args, **kwargs)
+
+    def reverse(self) -> None:
+        self._changed()
+        super().reverse()
+
+
+class _TrackedState(defaultdict):
+    """``optimizer.state`` as torch keeps it (a ``defaultdict`` of dicts) that counts the changes
+    to its entries (set, deleted, cleared, updated), so that a step tells that none was replaced
+    by comparing one number, not every entry. A mapping user code assigns to ``optimizer.state``
+    instead is compared entry by entry at every step. Changes inside an entry (a state tensor
+    replaced) are followed by :mod:`mlr_kernels.flat`."""
+
+    changes = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.changes += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.changes += 1
+        super().__delitem__(key)
+
+    def clear(self) -> None:
+        self.changes += 1
+        super().clear()
+
+    def pop(self, *args: Any) -> Any:
+        self.changes += 1
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[Any, Any]:
+        self.changes += 1
+        return super().popitem()
+
+    def setdefault(self, *args: Any) -> Any:
+        self.changes += 1
+        return super().setdefault(*args)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.changes += 1
+        super().update(*args, **kwargs)
+
+    def __ior__(self, other: Any) -> _TrackedState:
+        self.update(other)
+        return self
+
+
 def _bucket_key(p: torch.Tensor) -> tuple[Any, ...]:
     """Parameters of one key share a bucket: (device, dtype, sharding) of the local tensor."""
     local = local_tensor(p)
     return local.device, local.dtype, sharding_key(p)
 
 
-def _group_signature(groups: list[dict[str, Any]]) -> tuple[Any, ...]:
-    """Every group value the hyper table holds but ``lr``, as plain numbers: it changes exactly
-    when one of them does (a ``betas`` list or a tensor edited in place included)."""
-    values = (tuple(map(_static_values, groups)), tuple(map(tuple, map(_betas_of, groups))),
-              tuple(map(_lr_mult_of, groups)), tuple(map(_wd_mult_of, groups)))
-    flat = chain(chain.from_iterable(values[0]), chain.from_iterable(values[1]), values[2], values[3])
-    if set(map(type, flat)) <= PLAIN_NUMBERS:  # the usual case, decided in C loops
-        return values
-    return tuple(tuple(_plain(v) if not isinstance(v, tuple) else tuple(map(_plain, v)) for v in part)
-                 for part in values)
+def _snapshot(current: tuple[list, list, list]) -> tuple[tuple, bool]:
+    """The group values of ``current`` as values a later read cannot change (lists as tuples,
+    tensors as :class:`_TensorValue`), and whether any was mutable in place."""
+    mutable = False
+
+    def frozen(value: Any) -> Any:
+        nonlocal mutable
+        if isinstance(value, (list, tuple)):
+            mutable |= not isinstance(value, tuple)
+            return tuple(map(frozen, value))
+        if isinstance(value, torch.Tensor):
+            mutable = True
+            return _TensorValue(value)
+        return value
+
+    return tuple(tuple(map(frozen, part)) for part in current), mutable
 
 
-def _plain(value: Any) -> Any:
-    """A tensor hyperparameter's current value (a host sync on a GPU; only tensor ones pay it)."""
-    return value.item() if isinstance(value, torch.Tensor) else value
+class _TensorValue:
+    """A tensor hyperparameter in a snapshot: equal to another while it is the same tensor at
+    the same version (an in-place write bumps it). Reading its value would make the host wait for
+    the device; the hyper table reads it only when the snapshot changed."""
+
+    __slots__ = ("tensor", "version")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor, self.version = tensor, tensor._version
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _TensorValue) and other.tensor is self.tensor
+                and other.version == self.version)
+
+    __hash__ = None
 
 
 def _scale_of(scaler: torch.amp.GradScaler, like: torch.Tensor) -> torch.Tensor:

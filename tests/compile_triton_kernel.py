@@ -30,7 +30,8 @@ def compile_kernel(param: str, arch: int, aligned: bool = True):
     gradients at 16-byte aligned addresses (``aligned``) or anywhere."""
     master = "constexpr" if param == "fp32" else "*fp32"
     signature = {
-        "hyper_ptr": "*fp64", "pointers_ptr": "*i64", "tiles_ptr": "*i64", "master_ptr": master,
+        "hyper_ptr": "*fp64", "pointers_ptr": "*i64", "steps_ptr": "*fp64", "tiles_ptr": "*i64",
+        "master_ptr": master,
         "exp_avg_ptr": "*fp32", "exp_avg_sq_ptr": "*fp32", "max_exp_avg_sq_ptr": "*fp32",
         "grad_mult_ptr": "*fp32", "found_inf_ptr": "*fp32", "PARAM_DTYPE": "constexpr",
         "ALIGNED": "constexpr", "BLOCK": "constexpr",

@@ -58,7 +58,7 @@ def adamw_error_bound(case, steps: int) -> dict[str, torch.Tensor]:
     ``"exp_avg"``, ``"exp_avg_sq"``, ``"max_exp_avg_sq"``; zero outside the active tiles."""
     case = case.to("cpu")
     u = UNIT_ROUNDOFF
-    hyper = case.hyper.tolist()
+    hyper, first_steps = case.hyper.tolist(), case.steps.tolist()
     bound = {name: torch.zeros(case.exp_avg.numel(), dtype=torch.float64)
              for name in ("p", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
     skip = case.found_inf is not None and float(case.found_inf.reshape(-1)[0]) != 0.0
@@ -85,7 +85,7 @@ def adamw_error_bound(case, steps: int) -> dict[str, torch.Tensor]:
         lr, wd, beta1, beta2, eps = (h[k] for k in (segments.LR, segments.WEIGHT_DECAY,
                                                     segments.BETA1, segments.BETA2, segments.EPS))
         for k in range(steps):
-            t = h[segments.STEP] + k
+            t = first_steps[seg] + k
             decay = 1.0 - lr * wd
             p = p * decay
             dp = decay * dp + 2 * u * p.abs()

@@ -9,7 +9,7 @@ Shared by the ``tests/test_kernel_*.py`` files::
 ``make_case`` builds random values (never zeros): the parameters and gradients as tensors inside
 an arena each (odd segments one element off 16-byte alignment, gaps between them), the flat state
 buffers, every element outside a segment set to a signalling-NaN sentinel, a random per-segment
-``hyper`` table and the tile list; ``step_kwargs`` points a
+``hyper`` table, random step counts and the tile list; ``step_kwargs`` points a
 :class:`~mlr_kernels.segments.SegmentTable` at it.
 ``check_against_reference`` runs the backend and :mod:`mlr_kernels.backends.reference` (on CPU
 copies: the oracle) for a few steps; ``assert_step_result`` then asserts that the results agree
@@ -35,7 +35,7 @@ _BITS_DTYPE = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.fl
 
 # The buffers a step writes (grad is read-only).
 WRITTEN = ("param", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-_TENSORS = ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "hyper", "tiles",
+_TENSORS = ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "hyper", "steps", "tiles",
             "grad_mult", "found_inf")
 
 
@@ -57,6 +57,7 @@ class AdamWCase:
     exp_avg_sq: torch.Tensor
     max_exp_avg_sq: torch.Tensor | None
     hyper: torch.Tensor
+    steps: torch.Tensor
     tiles: torch.Tensor
     grad_mult: torch.Tensor | None = None
     found_inf: torch.Tensor | None = None
@@ -66,11 +67,12 @@ class AdamWCase:
 
     def step_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``backend.adamw_step``: a segment table pointed at the arenas
-        (its ``hyper`` is this case's) and the state buffers."""
+        (its ``hyper`` and ``steps`` are this case's) and the state buffers."""
         table = segments.SegmentTable(self.numels, self.param.dtype, self.param.device)
-        table.hyper = self.hyper
+        table.hyper, table.steps = self.hyper, self.steps
         params, grads = self.segment_views(self.param), self.segment_views(self.grad)
         table.point_at(params, grads, [p.data_ptr() for p in params], [g.data_ptr() for g in grads])
+        table.upload()
         return dict(table=table, master=self.master, exp_avg=self.exp_avg, exp_avg_sq=self.exp_avg_sq,
                     max_exp_avg_sq=self.max_exp_avg_sq, tiles=self.tiles, grad_mult=self.grad_mult,
                     found_inf=self.found_inf)
@@ -83,7 +85,7 @@ class AdamWCase:
 
     def advance_step(self) -> None:
         """Count one more step for every segment, as an optimizer does between calls."""
-        self.hyper[:, segments.STEP] += 1
+        self.steps += 1
 
     def updated_mask(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Bool masks of the elements a step may write (tiles of active segments): of the state
@@ -174,6 +176,7 @@ def make_case(
         max_exp_avg_sq=buffer(torch.float32, exp_avg_sq * (0.5 + torch.rand(total, generator=gen)))
         if amsgrad else None,
         hyper=_random_hyper(len(numels), gen, amsgrad, maximize, inactive),
+        steps=torch.randint(1, 1000, (len(numels),), generator=gen).double(),
         tiles=segments.make_tiles(offsets, numels, tile_size),
         grad_mult=None if grad_mult is None else torch.tensor([grad_mult], dtype=torch.float32),
         found_inf=None if found_inf is None else torch.tensor([found_inf], dtype=torch.float32),
@@ -193,7 +196,6 @@ def _random_hyper(num_segments: int, gen: torch.Generator, amsgrad: bool, maximi
     hyper[:, segments.BETA1] = uniform(0.8, 0.95)
     hyper[:, segments.BETA2] = uniform(0.95, 0.999)
     hyper[:, segments.EPS] = 10.0 ** uniform(-8, -6)
-    hyper[:, segments.STEP] = torch.randint(1, 1000, (num_segments,), generator=gen).double()
     hyper[:, segments.ACTIVE] = 1.0
     hyper[list(inactive), segments.ACTIVE] = 0.0
     hyper[:, segments.MAXIMIZE] = float(maximize) * (index % 2 == 1).double()
@@ -287,8 +289,8 @@ def assert_step_result(before: AdamWCase, got: AdamWCase, expected: AdamWCase, s
             f"{name} changed outside the active tiles")
         _assert_within(name, new[updated], ref[updated], tolerance[name][updated])
     assert torch.equal(_bits(got.grad), _bits(before.grad)), "grad was written"
-    assert torch.equal(got.hyper, expected.hyper) and torch.equal(got.tiles, before.tiles), (
-        "the hyper table or the tile list was written")
+    assert (torch.equal(got.hyper, expected.hyper) and torch.equal(got.steps, expected.steps)
+            and torch.equal(got.tiles, before.tiles)), "the hyper table, steps or the tile list was written"
     if got.master is not None:
         for seg, (state_start, arena_start, n) in enumerate(
                 zip(before.offsets, before.param_offsets, before.numels)):

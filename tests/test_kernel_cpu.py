@@ -269,8 +269,9 @@ def test_rejects_active_segment_without_a_gradient_before_writing():
     ("exp_avg", lambda c: c.exp_avg.to("meta"), "exp_avg is on meta"),
     ("exp_avg_sq", lambda c: c.exp_avg_sq[::2], "exp_avg_sq"),
     ("exp_avg", lambda c: c.exp_avg.double(), "exp_avg must be torch.float32"),
-    ("hyper", lambda c: c.hyper[:, :8], r"hyper must be a torch.float64 \[6, 9\] table"),
-    ("hyper", lambda c: c.hyper[:5], r"hyper must be a torch.float64 \[6, 9\] table"),
+    ("hyper", lambda c: c.hyper[:, :7], r"hyper must be a torch.float64 \[6, 8\] table"),
+    ("hyper", lambda c: c.hyper[:5], r"hyper must be a torch.float64 \[6, 8\] table"),
+    ("steps", lambda c: c.steps.float(), r"steps must be a torch.float64 \[6\] vector"),
     ("tiles", lambda c: c.tiles.int(), "tiles must be a torch.int64"),
 ])
 def test_rejects_bad_arguments(field, bad, message):

@@ -678,6 +678,32 @@ def test_param_group_surgery_is_followed(backend, surgery):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_containers_user_code_assigned_are_followed_when_edited_in_place(backend):
+    """The optimizer's own ``params`` lists and ``state`` mapping count their changes; a list or a
+    mapping user code assigned does not, and an edit made in place to it later is still seen."""
+    results = []
+    for kind in ("ours", "torch"):
+        a, b, c = (torch.nn.Parameter(torch.ones(2)) for _ in range(3))
+        groups = [{"params": [a, b], "lr": 0.1}, {"params": [c], "lr": 0.3}]
+        opt = (MLRAdamW(groups, weight_decay=0.0, backend=backend) if kind == "ours"
+               else torch.optim.AdamW(groups, weight_decay=0.0))
+        for step in range(5):
+            for p in (a, b, c):
+                p.grad = torch.full((2,), 1.0 + step)
+            if step == 1:
+                opt.param_groups[0]["params"] = [a]  # b leaves: a list of user code's own
+                opt.state = defaultdict(dict, opt.state)  # and a mapping
+            elif step == 2:
+                opt.param_groups[0]["params"].append(b)  # edited in place
+            elif step == 3:
+                del opt.state[b]  # b starts afresh
+            opt.step()
+        results.append([t.detach().clone() for t in (a, b, c)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_amsgrad_switched_on_before_the_first_step(backend):
     p, q = ones_param(), ones_param()
     ours = MLRAdamW([p], lr=0.1, backend=backend)

@@ -11,7 +11,8 @@ Every backend module exposes the same names:
 The contract of ``adamw_step`` (everything on ``table.device``):
 
 * ``table`` is a :class:`~mlr_kernels.segments.SegmentTable`: per segment, a row of ``hyper``
-  (float64 hyperparameters, step count, ACTIVE flag) and of ``pointers`` (where its parameter and
+  (float64 hyperparameters, ACTIVE flag), its entry of ``steps`` (float64 step count, this step
+  included) and a row of ``pointers`` (where its parameter and
   gradient are, in ``table.dtype``: float32, bfloat16 or float16, dense, the gradient's elements
   in the parameter's memory order, and where its state starts). The caller guarantees that every
   pointer row describes live memory of that size.

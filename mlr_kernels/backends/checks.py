@@ -64,6 +64,12 @@ def check_step_args(
         _check_vector("max_exp_avg_sq", max_exp_avg_sq, device, length)
     _check_table("hyper", table.hyper, torch.float64, len(table), NUM_HYPER_COLUMNS, device)
     _check_table("pointers", table.pointers, torch.int64, len(table), NUM_POINTER_COLUMNS, device)
+    steps = table.steps
+    if steps.device != device or steps.dtype != torch.float64 or steps.shape != (len(table),):
+        raise ValueError(f"steps must be a torch.float64 [{len(table)}] vector on {device}, got "
+                         f"{steps.dtype} {tuple(steps.shape)} on {steps.device}")
+    if not steps.is_contiguous():
+        raise ValueError("steps must be contiguous")
     _check_table("tiles", tiles, torch.int64, None, 3, device)
     for name, scalar in (("grad_mult", grad_mult), ("found_inf", found_inf)):
         if scalar is not None:

@@ -112,6 +112,7 @@ def adamw_step(
     _cpu.adamw_step(
         hyper=_address(table.hyper),
         pointers=_address(table.pointers),
+        steps=_address(table.steps),
         num_segments=len(table),
         dtype=DTYPE_CODES[table.dtype],
         master=_address(master),

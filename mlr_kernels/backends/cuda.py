@@ -44,7 +44,7 @@ def _load_library() -> ctypes.CDLL | None:
         return None
     pointer = ctypes.c_void_p
     library.mlr_adamw_cuda_step.argtypes = [
-        pointer, pointer, pointer, ctypes.c_int64, ctypes.c_int,  # hyper .. num_tiles, dtype
+        pointer, pointer, pointer, pointer, ctypes.c_int64, ctypes.c_int,  # hyper .. num_tiles, dtype
         pointer, pointer, pointer, pointer,  # master, exp_avg, exp_avg_sq, max_exp_avg_sq
         pointer, pointer, pointer,  # grad_mult, found_inf, stream
     ]
@@ -105,7 +105,8 @@ def adamw_step(
     library = _load_library()
     with torch.cuda.device(table.device):
         error = library.mlr_adamw_cuda_step(
-            _address(table.hyper), _address(table.pointers), _address(tiles), num_tiles,
+            _address(table.hyper), _address(table.pointers), _address(table.steps), _address(tiles),
+            num_tiles,
             DTYPE_CODES[table.dtype], _address(master), _address(exp_avg), _address(exp_avg_sq),
             _address(max_exp_avg_sq), _address(grad_mult), _address(found_inf),
             torch.cuda.current_stream(table.device).cuda_stream,

@@ -20,7 +20,6 @@ from mlr_kernels.segments import (
     EPS,
     LR,
     MAXIMIZE,
-    STEP,
     WEIGHT_DECAY,
     SegmentTable,
 )
@@ -49,6 +48,7 @@ def adamw_step(
     if found_inf is not None and float(found_inf.reshape(-1)[0]) != 0.0:
         return
     rows = table.hyper.detach().cpu().tolist()
+    steps = table.steps.detach().cpu().tolist()
     mult = None if grad_mult is None else grad_mult.reshape(1).to(torch.float32)
     for seg, start, end in tiles.tolist():
         h = rows[seg]
@@ -58,7 +58,7 @@ def adamw_step(
         param = _in_memory_order(table.params[seg])[local]
         g = _in_memory_order(table.grads[seg])[local].float()
         lr, wd, beta1, beta2, eps = h[LR], h[WEIGHT_DECAY], h[BETA1], h[BETA2], h[EPS]
-        step = h[STEP]
+        step = steps[seg]
         if mult is not None:
             g = g * mult
         if h[MAXIMIZE]:

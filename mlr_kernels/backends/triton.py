@@ -2,8 +2,9 @@
 
 One program per tile row ``(segment, start, end)``. The program reads its segment's rows of the
 ``hyper`` table (float64) and of the ``pointers`` table (where the parameter and its gradient are:
-int64 addresses cast to pointers), and derives the step size and bias correction there, so the
-step count lives on the device: no host sync, and a captured CUDA graph replays correctly. It then
+int64 addresses cast to pointers) and its entry of ``steps``, and derives the step size and bias
+correction there, so the step count lives on the device: no host sync, and a captured CUDA graph
+replays correctly. It then
 walks the tile in ``BLOCK``-element chunks: whole chunks without a mask (tiles start on
 ``ALIGN_ELEMENTS`` boundaries, and with ``ALIGNED`` every address is 16-byte aligned, so those
 loads vectorize), then one masked tail chunk. See :mod:`mlr_kernels.backends` for the
@@ -84,7 +85,6 @@ if triton is not None:
     _BETA1 = tl.constexpr(segments.BETA1)
     _BETA2 = tl.constexpr(segments.BETA2)
     _EPS = tl.constexpr(segments.EPS)
-    _STEP = tl.constexpr(segments.STEP)
     _ACTIVE = tl.constexpr(segments.ACTIVE)
     _MAXIMIZE = tl.constexpr(segments.MAXIMIZE)
     _AMSGRAD = tl.constexpr(segments.AMSGRAD)
@@ -165,7 +165,7 @@ if triton is not None:
 
     @triton.jit
     def _adamw_tile_kernel(
-        hyper_ptr, pointers_ptr, tiles_ptr,
+        hyper_ptr, pointers_ptr, steps_ptr, tiles_ptr,
         master_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
         grad_mult_ptr, found_inf_ptr,
         PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
@@ -189,7 +189,7 @@ if triton is not None:
             lr = tl.load(row + _LR)
             beta1 = tl.load(row + _BETA1)
             beta2 = tl.load(row + _BETA2)
-            step = tl.load(row + _STEP)
+            step = tl.load(steps_ptr + segment)
             # beta ** step in float64 as exp2(step * log2(beta)): libdevice's pow has no
             # interpreter twin. The relative error stays near step * 1e-16, far below float32's.
             bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))
@@ -262,8 +262,8 @@ def adamw_step(
     on_device = torch.cuda.device(table.device) if table.device.type == "cuda" else contextlib.nullcontext()
     with on_device:
         _adamw_tile_kernel[(num_tiles,)](
-            table.hyper, table.pointers, tiles, master, exp_avg, exp_avg_sq, max_exp_avg_sq,
-            grad_mult, found_inf, PARAM_DTYPE=_TRITON_DTYPES[table.dtype],
+            table.hyper, table.pointers, table.steps, tiles, master, exp_avg, exp_avg_sq,
+            max_exp_avg_sq, grad_mult, found_inf, PARAM_DTYPE=_TRITON_DTYPES[table.dtype],
             ALIGNED=table.vector_aligned, BLOCK=BLOCK, num_warps=NUM_WARPS,
             # Only the explicit tl.fma calls may fuse: they are where torch rounds once.
             enable_fp_fusion=False,
