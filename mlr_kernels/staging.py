@@ -5,8 +5,9 @@ stream, so a step that wrote its learning rates that way would hold the host unt
 is done. :class:`Staging` copies through page-locked (pinned) buffers instead, which the copy
 engine reads asynchronously. A buffer is written by the host only once the copy that last read it
 has finished, which a CUDA event recorded after that copy says (queried, not waited on): while
-every buffer is still being read, another one is made, up to ``MAX_BUFFERS``; then the host waits
-for the oldest, i.e. it is that many steps ahead of the device and a wait costs it nothing.
+every buffer is still being read, another one is made, up to ``MAX_BUFFERS`` (a buffer is 96 bytes
+per segment); only then does the host wait for the oldest: it is that many uploads ahead of the
+device, further than CUDA's launch queue usually lets it run, and the wait costs it nothing.
 
 On a CPU "device" (tests stand CPU tensors in for the device to audit what a step issues) the
 buffers are plain tensors and copies are immediate.
@@ -18,7 +19,7 @@ from collections import deque
 
 import torch
 
-MAX_BUFFERS = 4
+MAX_BUFFERS = 64
 
 
 class Staging:
@@ -58,7 +59,7 @@ class Staging:
             return self._free.pop()
         if self.buffers_made >= MAX_BUFFERS:
             buffer, event = self._in_flight.popleft()
-            event.synchronize()  # the host is MAX_BUFFERS copies ahead of the device
+            event.synchronize()  # the host is MAX_BUFFERS uploads ahead of the device
             return buffer
         self.buffers_made += 1
         return torch.empty(self._shape, dtype=self._dtype, pin_memory=self._cuda)

@@ -126,3 +126,56 @@ def test_state_offloaded_to_the_cpu_frees_its_gpu_memory_and_comes_back(backend,
     for entry, other in zip(opts[0].state.values(), moved.state.values()):
         for key, value in entry.items():
             assert torch.equal(value, other[key]), key
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_scheduled_steps_with_reallocated_gradients_never_make_the_host_wait(backend):
+    """torch raises at any host/device sync it knows of (``.item()``, a copy from pageable memory,
+    a synchronize) under ``set_sync_debug_mode("error")``: 20 steps with a scheduler moving every
+    group's lr, one group per module, gradients re-allocated by ``zero_grad()`` and a backward.
+    The same steps as torch's fused AdamW, which never syncs either."""
+    m_ours, m_ref = make_model(44).cuda(), make_model(44).cuda()
+    mults = [0.5 + k for k in range(len(m_ours))]
+    ours = MLRAdamW([{"params": list(m.parameters()), "lr_mult": r} for m, r in zip(m_ours.values(), mults)],
+                    lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW([{"params": list(m.parameters()), "lr": 1e-2 * r}
+                             for m, r in zip(m_ref.values(), mults)], lr=1e-2, fused=True)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s)) for opt in (ours, ref)]
+    batches = torch.randn(22, 4, 7, generator=torch.Generator().manual_seed(44)).cuda()
+
+    def step(x):
+        for model, opt, schedule in zip((m_ours, m_ref), (ours, ref), schedules):
+            opt.zero_grad()
+            forward(model, x).pow(2).mean().backward()
+            opt.step()
+            schedule.step()
+
+    for x in batches[:2]:  # the first steps pack the state and compile the kernel
+        step(x)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x in batches[2:]:
+            step(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_same_params(m_ours, m_ref)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_capture_after_the_table_changed_is_refused(backend):
+    """Captured after gradients were re-allocated since the last step: a replay could not
+    follow the new addresses, so the capture raises instead of replaying stale ones."""
+    model = make_model(45).cuda()
+    opt = MLRAdamW(model.parameters(), lr=1e-2, backend=backend)
+    x = torch.randn(4, 7, device="cuda")
+    forward(model, x).pow(2).mean().backward()
+    opt.step()
+    kept = [p.grad for p in model.parameters()]  # held, so the new ones get other addresses
+    opt.zero_grad()
+    forward(model, x).pow(2).mean().backward()
+    assert all(p.grad.data_ptr() != g.data_ptr() for p, g in zip(model.parameters(), kept))
+    torch.cuda.synchronize()
+    with pytest.raises(RuntimeError, match="captured in a CUDA graph"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            opt.step()
