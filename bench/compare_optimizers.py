@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import statistics
 import sys
 import time
@@ -129,6 +130,22 @@ def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> tuple[float, flo
     return (statistics.median(unchanged) * 1e6 / len(params), statistics.median(replaced) * 1e6 / len(params))
 
 
+def read_floor_us_per_param(opt: MLRAdamW, rounds: int = 30) -> float:
+    """Median thread time, in µs per parameter, of the four reads per parameter that any check
+    keeping MLRAdamW's contract makes (each gradient, its address and its layout, the parameter's
+    address), in C loops: the floor of ``host_check_us_per_param``."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    times = []
+    for _ in range(rounds):
+        start = time.thread_time()
+        grads = list(map(operator.attrgetter("grad"), params))
+        list(map(torch.Tensor.data_ptr, grads))
+        all(map(torch.Tensor.is_contiguous, grads))
+        list(map(torch.Tensor.data_ptr, params))
+        times.append(time.thread_time() - start)
+    return statistics.median(times) * 1e6 / len(params)
+
+
 def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[str], rounds: int,
             warmup: int) -> list[dict]:
     """Time every variant and both ceilings, interleaved; one row per variant."""
@@ -166,6 +183,7 @@ def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[
         if v.optimizer is not None:
             row["check_us_per_param_same_grads"], row["check_us_per_param_new_grads"] = (
                 host_check_us_per_param(v.optimizer))
+            row["read_floor_us_per_param"] = read_floor_us_per_param(v.optimizer)
         rows.append(row)
     return rows
 
@@ -181,6 +199,7 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         launches = str(r.get("launches_per_step", "-"))
         check = (f"  {r['check_us_per_param_same_grads']:.2f} / {r['check_us_per_param_new_grads']:.2f}"
+                 f" (floor {r['read_floor_us_per_param']:.2f})"
                  if "check_us_per_param_same_grads" in r else "")
         bound = " host-bound" if r["host_bound"] else ""
         print(f"  {r['variant']:20s} {r['groups']:6d} {r['bytes_per_param']:7d} {r['device_ms']:9.3f} "
