@@ -106,44 +106,38 @@ def build_variants(workload: Workload, device: str, dtype: torch.dtype, backends
     return variants
 
 
-def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> tuple[float, float]:
+def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> tuple[float, float, float]:
     """Median host time of what a step does before its launches (``MLRAdamW._prepare``: the
     contract check and the host copy of the hyper table, a new lr in every group as a scheduler
     writes it), in µs per parameter: with the gradients unchanged since the last step, and with
     every ``.grad`` a new tensor at a new address, as after torch's default ``zero_grad()`` and a
-    backward. Timed as this thread's CPU time (``time.thread_time``), which the other processes of
-    a shared machine do not inflate; it equals the wall time of the call when nothing waits."""
+    backward; and, third, the floor of any check that keeps MLRAdamW's contract: the four reads
+    per parameter it cannot skip (each gradient, its address and its layout, the parameter's
+    address), in C loops. Each is timed right after a step, as in training, when the step has
+    pushed the parameters' Python and C++ objects out of the caches. Timed as this thread's CPU
+    time (``time.thread_time``), which the other processes of a shared machine do not inflate."""
     params = [p for g in opt.param_groups for p in g["params"]]
     spare = [[p.grad, p.grad.clone()] for p in params]
-    unchanged, replaced = [], []
+
+    def floor() -> None:
+        grads = list(map(operator.attrgetter("grad"), params))
+        list(map(torch.Tensor.data_ptr, grads))
+        all(map(torch.Tensor.is_contiguous, grads))
+        list(map(torch.Tensor.data_ptr, params))
+
+    unchanged, replaced, floors = [], [], []
     for k in range(rounds):
-        for times in (unchanged, replaced):
+        for times in (unchanged, replaced, floors):
             if times is replaced:
                 for p, grads in zip(params, spare):
                     p.grad = grads[k % 2]
             for group in opt.param_groups:  # a scheduler's step
                 group["lr"] = 1e-3 / (1 + k)
             start = time.thread_time()
-            opt._prepare()
+            floor() if times is floors else opt._prepare()
             times.append(time.thread_time() - start)
             opt.step()  # the uploads and launches, untimed: the next round starts from a step
-    return (statistics.median(unchanged) * 1e6 / len(params), statistics.median(replaced) * 1e6 / len(params))
-
-
-def read_floor_us_per_param(opt: MLRAdamW, rounds: int = 30) -> float:
-    """Median thread time, in µs per parameter, of the four reads per parameter that any check
-    keeping MLRAdamW's contract makes (each gradient, its address and its layout, the parameter's
-    address), in C loops: the floor of ``host_check_us_per_param``."""
-    params = [p for g in opt.param_groups for p in g["params"]]
-    times = []
-    for _ in range(rounds):
-        start = time.thread_time()
-        grads = list(map(operator.attrgetter("grad"), params))
-        list(map(torch.Tensor.data_ptr, grads))
-        all(map(torch.Tensor.is_contiguous, grads))
-        list(map(torch.Tensor.data_ptr, params))
-        times.append(time.thread_time() - start)
-    return statistics.median(times) * 1e6 / len(params)
+    return tuple(statistics.median(t) * 1e6 / len(params) for t in (unchanged, replaced, floors))
 
 
 def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[str], rounds: int,
@@ -181,9 +175,8 @@ def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[
         if timer.cuda and v.grouping == GROUPINGS[0]:  # the profiler costs seconds: once per optimizer
             row["launches_per_step"] = launches_per_step(v.step)
         if v.optimizer is not None:
-            row["check_us_per_param_same_grads"], row["check_us_per_param_new_grads"] = (
-                host_check_us_per_param(v.optimizer))
-            row["read_floor_us_per_param"] = read_floor_us_per_param(v.optimizer)
+            (row["check_us_per_param_same_grads"], row["check_us_per_param_new_grads"],
+             row["read_floor_us_per_param"]) = host_check_us_per_param(v.optimizer)
         rows.append(row)
     return rows
 
