@@ -16,6 +16,7 @@
 
 #include "cpu_vectorize.h"
 #include "low_precision.h"
+#include "random_bits.h"
 
 namespace mlr {
 namespace {
@@ -79,7 +80,8 @@ MLR_INLINE float adamw_element(const AdamWScalars& s, float grad, float param, f
   return p + s.neg_step_size * exp_avg / denom;
 }
 
-// How each param dtype is stored, and converted to and from the float32 math.
+// How each param dtype is stored, and converted to and from the float32 math (round to nearest
+// even).
 struct Float32Storage {
   using type = float;
   static MLR_INLINE float load(float x) { return x; }
@@ -96,81 +98,164 @@ struct Float16Storage {
   static MLR_INLINE uint16_t store(float x) { return float_to_fp16(x); }
 };
 
-// `n` consecutive elements of one segment, every pointer already at the tile's first element.
-// Low-precision params keep their float32 value in `master`, re-read from the param where user code
-// overwrote it. Within a tile nothing overlaps:
-// __restrict on parameters (GCC keeps it through inlining, unlike on local variables) spares the
-// vectorized loop a runtime overlap check and a scalar fallback, and the scalars come by value so
-// that no store to a buffer can change them.
-template <class Storage, bool kAmsgrad, class T = typename Storage::type>
-MLR_INLINE void adamw_range(const AdamWScalars s, int64_t n, T* __restrict param,
-                            const T* __restrict grad, float* __restrict master,
-                            float* __restrict exp_avg, float* __restrict exp_avg_sq,
-                            float* __restrict max_exp_avg_sq) {
-  constexpr bool kHasMaster = !std::is_same_v<T, float>;
+// How the moments are stored: float32, or bfloat16 written back with stochastic rounding (16 of
+// the element's random bits each).
+struct Float32State {
+  using type = float;
+  static constexpr bool kRounded = false;
+  static MLR_INLINE float load(float x) { return x; }
+  static MLR_INLINE float store(float x, uint32_t) { return x; }
+};
+struct BFloat16State {
+  using type = uint16_t;
+  static constexpr bool kRounded = true;
+  static MLR_INLINE float load(uint16_t x) { return bf16_to_float(x); }
+  static MLR_INLINE uint16_t store(float x, uint32_t random16) {
+    return float_to_bf16_stochastic(x, random16);
+  }
+};
+
+// Where a step starts from and where it lands: a float32 parameter itself; a bfloat16/float16
+// parameter through its float32 master; or, without a master, the parameter plus a compensation
+// in its own dtype that keeps what its rounding dropped (Kahan summation: the pair holds about
+// twice the dtype's bits).
+enum class WeightMode { kPlain, kMaster, kCompensated };
+
+// The pointers of one tile's elements, every one at the tile's first element.
+template <class P, class S>
+struct TilePointers {
+  using T = typename P::type;
+  using U = typename S::type;
+  T* param;
+  const T* grad;
+  float* master;
+  T* compensation;
+  U* exp_avg;
+  U* exp_avg_sq;
+  U* max_exp_avg_sq;
+};
+
+// `n` consecutive elements of one segment. Low-precision params keep their float32 value in
+// `master`, re-read from the param where user code overwrote it. `key` and `first_index` draw the
+// random bits of element i (random_bits.h). Within a tile nothing overlaps: __restrict on
+// parameters (GCC keeps it through inlining, unlike on local variables) spares the vectorized loop a
+// runtime overlap check and a scalar fallback, and the scalars come by value so that no store to a
+// buffer can change them.
+template <class P, class S, WeightMode kMode, bool kAmsgrad, class T = typename P::type,
+          class U = typename S::type>
+MLR_INLINE void adamw_range(const AdamWScalars s, int64_t n, uint32_t key, uint32_t first_index,
+                            T* __restrict param, const T* __restrict grad, float* __restrict master,
+                            T* __restrict compensation, U* __restrict exp_avg,
+                            U* __restrict exp_avg_sq, U* __restrict max_exp_avg_sq) {
   for (int64_t i = 0; i < n; ++i) {
     float p;
-    if constexpr (kHasMaster) {
+    if constexpr (kMode == WeightMode::kMaster) {
       // A weight that is not its master rounded was written by user code since the last step
       // (copy_, .data, a collective, another optimizer): the step starts from what it holds.
       // Compared as floats, like the GPU kernels: a NaN master re-reads a NaN param, harmlessly.
-      const float seen = Storage::load(param[i]);
+      const float seen = P::load(param[i]);
       p = master[i];
-      if (Storage::load(Storage::store(p)) != seen) p = seen;
+      if (P::load(P::store(p)) != seen) p = seen;
+    } else if constexpr (kMode == WeightMode::kCompensated) {
+      p = P::load(param[i]) + P::load(compensation[i]);
     } else {
       p = param[i];
     }
-    float m = exp_avg[i];
-    float v = exp_avg_sq[i];
-    float vmax = kAmsgrad ? max_exp_avg_sq[i] : 0.0f;
-    p = adamw_element<kAmsgrad>(s, Storage::load(grad[i]), p, m, v, vmax);
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    if constexpr (kAmsgrad) max_exp_avg_sq[i] = vmax;
-    if constexpr (kHasMaster) master[i] = p;
-    param[i] = Storage::store(p);
+    float m = S::load(exp_avg[i]);
+    float v = S::load(exp_avg_sq[i]);
+    float vmax = kAmsgrad ? S::load(max_exp_avg_sq[i]) : 0.0f;
+    p = adamw_element<kAmsgrad>(s, P::load(grad[i]), p, m, v, vmax);
+    const uint32_t bits = S::kRounded ? random_bits(key, first_index + static_cast<uint32_t>(i)) : 0u;
+    exp_avg[i] = S::store(m, bits);
+    exp_avg_sq[i] = S::store(v, bits >> 16);
+    if constexpr (kAmsgrad) {
+      // The running max of the stored exp_avg_sq: no second rounding.
+      max_exp_avg_sq[i] = S::kRounded ? S::store(nan_propagating_max(S::load(max_exp_avg_sq[i]),
+                                                                     S::load(exp_avg_sq[i])), 0u)
+                                      : S::store(vmax, 0u);
+    }
+    if constexpr (kMode == WeightMode::kMaster) {
+      master[i] = p;
+      param[i] = P::store(p);
+    } else if constexpr (kMode == WeightMode::kCompensated) {
+      const T high = P::store(p);
+      param[i] = high;
+      compensation[i] = P::store(p - P::load(high));  // exact in float32: the bits `high` dropped
+    } else {
+      param[i] = p;
+    }
   }
 }
 
-// One tile: where its parameter, gradient and state elements are.
+// One tile: where its parameter, gradient and state elements are, and its random bits.
 struct TileSpan {
   void* param;
   const void* grad;
   float* master;
-  float* exp_avg;
-  float* exp_avg_sq;
-  float* max_exp_avg_sq;
+  void* compensation;
+  void* exp_avg;
+  void* exp_avg_sq;
+  void* max_exp_avg_sq;
   int64_t n;
+  uint32_t key;          // random_key(stream, step, first element's index in the segment)
+  uint32_t first_index;  // that index, low 32 bits
 };
 
-template <class Storage>
+template <class P, class S, WeightMode kMode>
 MLR_INLINE void adamw_range(const TileSpan& t, const AdamWScalars& s) {
-  using T = typename Storage::type;
+  using T = typename P::type;
+  using U = typename S::type;
   auto* param = static_cast<T*>(t.param);
   const auto* grad = static_cast<const T*>(t.grad);
+  auto* compensation = static_cast<T*>(t.compensation);
+  auto* exp_avg = static_cast<U*>(t.exp_avg);
+  auto* exp_avg_sq = static_cast<U*>(t.exp_avg_sq);
+  auto* max_exp_avg_sq = static_cast<U*>(t.max_exp_avg_sq);
   if (s.amsgrad) {
-    adamw_range<Storage, true>(s, t.n, param, grad, t.master, t.exp_avg, t.exp_avg_sq,
-                               t.max_exp_avg_sq);
+    adamw_range<P, S, kMode, true>(s, t.n, t.key, t.first_index, param, grad, t.master, compensation,
+                                   exp_avg, exp_avg_sq, max_exp_avg_sq);
   } else {
-    adamw_range<Storage, false>(s, t.n, param, grad, t.master, t.exp_avg, t.exp_avg_sq,
-                                t.max_exp_avg_sq);
+    adamw_range<P, S, kMode, false>(s, t.n, t.key, t.first_index, param, grad, t.master,
+                                    compensation, exp_avg, exp_avg_sq, max_exp_avg_sq);
+  }
+}
+
+template <class P, class S>
+MLR_INLINE void adamw_range(const TileSpan& t, const AdamWScalars& s) {
+  if constexpr (std::is_same_v<P, Float32Storage>) {
+    adamw_range<P, S, WeightMode::kPlain>(t, s);
+  } else if (t.master != nullptr) {
+    adamw_range<P, S, WeightMode::kMaster>(t, s);
+  } else {
+    adamw_range<P, S, WeightMode::kCompensated>(t, s);
+  }
+}
+
+template <class P>
+MLR_INLINE void adamw_range(StateDtype state_dtype, const TileSpan& t, const AdamWScalars& s) {
+  if (state_dtype == StateDtype::kBFloat16) {
+    adamw_range<P, BFloat16State>(t, s);
+  } else {
+    adamw_range<P, Float32State>(t, s);
   }
 }
 
 // The body compiled once per instruction-set level: every dtype's loop is inlined into each.
-MLR_INLINE void adamw_tile_body(ParamDtype dtype, const TileSpan& t, const AdamWScalars& s) {
+MLR_INLINE void adamw_tile_body(ParamDtype dtype, StateDtype state_dtype, const TileSpan& t,
+                                const AdamWScalars& s) {
   switch (dtype) {
     case ParamDtype::kFloat32:
-      return adamw_range<Float32Storage>(t, s);
+      return adamw_range<Float32Storage>(state_dtype, t, s);
     case ParamDtype::kBFloat16:
-      return adamw_range<BFloat16Storage>(t, s);
+      return adamw_range<BFloat16Storage>(state_dtype, t, s);
     case ParamDtype::kFloat16:
-      return adamw_range<Float16Storage>(t, s);
+      return adamw_range<Float16Storage>(state_dtype, t, s);
   }
 }
 
 MLR_SIMD_VARIANTS(void, adamw_tile, adamw_tile_body,
-                  (ParamDtype dtype, const TileSpan& t, const AdamWScalars& s), (dtype, t, s))
+                  (ParamDtype dtype, StateDtype state_dtype, const TileSpan& t, const AdamWScalars& s),
+                  (dtype, state_dtype, t, s))
 
 // Tile row `tile` of `table` resolved to addresses: state element i is parameter element
 // i - offset of the segment.
@@ -179,15 +264,23 @@ TileSpan span_of(const SegmentTableView& table, const AdamWState& state, const i
   const int64_t start = tile[1];
   const int64_t local = start - where[kOffset];
   const int64_t element_size = table.dtype == ParamDtype::kFloat32 ? 4 : 2;
+  const int64_t state_size = state.state_dtype == StateDtype::kFloat32 ? 4 : 2;
   auto* param = reinterpret_cast<char*>(static_cast<std::uintptr_t>(where[kParamPtr]));
   const auto* grad = reinterpret_cast<const char*>(static_cast<std::uintptr_t>(where[kGradPtr]));
+  auto state_at = [&](void* buffer, int64_t size) -> void* {
+    return buffer != nullptr ? static_cast<char*>(buffer) + start * size : nullptr;
+  };
+  const auto step = static_cast<uint64_t>(table.steps[tile[0]]);
   return TileSpan{param + local * element_size,
                   grad + local * element_size,
                   state.master != nullptr ? state.master + start : nullptr,
-                  state.exp_avg + start,
-                  state.exp_avg_sq + start,
-                  state.max_exp_avg_sq != nullptr ? state.max_exp_avg_sq + start : nullptr,
-                  tile[2] - start};
+                  state_at(state.compensation, element_size),
+                  state_at(state.exp_avg, state_size),
+                  state_at(state.exp_avg_sq, state_size),
+                  state_at(state.max_exp_avg_sq, state_size),
+                  tile[2] - start,
+                  random_key(static_cast<uint64_t>(where[kStream]), step, static_cast<uint64_t>(local)),
+                  static_cast<uint32_t>(local)};
 }
 
 std::string describe_tile(int64_t t, const int64_t* tile) {
@@ -206,6 +299,17 @@ void validate(const SegmentTableView& table, const AdamWState& state, const int6
   }
   if (num_threads < 1) {
     throw std::invalid_argument("num_threads must be at least 1");
+  }
+  const int state_dtype = static_cast<int>(state.state_dtype);
+  if (state_dtype < 0 || state_dtype > 1) {
+    throw std::invalid_argument("unknown state dtype code " + std::to_string(state_dtype));
+  }
+  const bool low_precision = table.dtype != ParamDtype::kFloat32;
+  if (low_precision ? (state.master == nullptr) == (state.compensation == nullptr)
+                    : (state.master != nullptr || state.compensation != nullptr)) {
+    throw std::invalid_argument(
+        "a bfloat16/float16 parameter needs exactly one of a master or a compensation buffer, a "
+        "float32 one neither");
   }
   for (int64_t t = 0; t < num_tiles; ++t) {
     const int64_t* tile = tiles + 3 * t;
@@ -327,7 +431,7 @@ void adamw_step(const SegmentTableView& table, const AdamWState& state, const in
       const double* row = table.hyper + kNumHyperColumns * tile[0];
       if (row[kActive] == 0.0) continue;
       if (before >= share_begin) {
-        adamw_tile(table.dtype, span_of(table, state, tile),
+        adamw_tile(table.dtype, state.state_dtype, span_of(table, state, tile),
                    scalars_for(row, table.steps[tile[0]], grad_mult_value));
       }
       before += tile[2] - tile[1];

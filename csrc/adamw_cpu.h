@@ -24,13 +24,18 @@ struct SegmentTableView {
   ParamDtype dtype;
 };
 
-// The flat float32 state buffers, all `numel` long. `master` is null exactly when `dtype` is
-// float32; `max_exp_avg_sq` may be null when no segment uses amsgrad.
+// The flat state buffers, all `numel` long. The moments (`exp_avg`, `exp_avg_sq`,
+// `max_exp_avg_sq`) hold `state_dtype`: float32, or bfloat16 written back with stochastic rounding.
+// A bfloat16/float16 parameter has either a float32 `master` or a `compensation` in its own dtype
+// (Kahan summation, no master); a float32 one has neither. `max_exp_avg_sq` may be null when no
+// segment uses amsgrad.
 struct AdamWState {
   float* master;
-  float* exp_avg;
-  float* exp_avg_sq;
-  float* max_exp_avg_sq;
+  void* compensation;
+  void* exp_avg;
+  void* exp_avg_sq;
+  void* max_exp_avg_sq;
+  StateDtype state_dtype;
   int64_t numel;
 };
 
@@ -38,7 +43,8 @@ struct AdamWState {
 // segment is active. `grad_mult` (null = 1) scales every gradient; a nonzero `*found_inf` (null = 0)
 // skips the step. Throws std::invalid_argument, before writing anything, if a tile lies outside the
 // state buffers or outside its segment, names a missing segment, or belongs to an active segment
-// without a gradient, or an amsgrad segment has no `max_exp_avg_sq`, or `level` is not supported
+// without a gradient, or an amsgrad segment has no `max_exp_avg_sq`, or the master/compensation
+// buffers do not fit the param dtype, or a dtype code or `level` is not supported
 // (simd_level_supported). Every supported level writes the same bits.
 void adamw_step(const SegmentTableView& table, const AdamWState& state, const int64_t* tiles,
                 int64_t num_tiles, const float* grad_mult, const float* found_inf, int num_threads,

@@ -20,6 +20,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "random_bits.h"
 #include "segment_table.h"
 
 namespace mlr {
@@ -168,70 +169,160 @@ __device__ __forceinline__ float start_from(float master, float seen) {
   return to_float(from_float<T>(master)) != seen ? seen : master;
 }
 
+// Where a step starts from and where it lands: a float32 parameter itself; a bfloat16/float16
+// parameter through its float32 master; or, without a master, the parameter plus a compensation in
+// its own dtype that keeps what its rounding dropped (Kahan summation).
+enum class WeightMode { kPlain, kMaster, kCompensated };
+
+// A moment written back: float32 as it is; bfloat16 rounded stochastically with 16 of `bits`
+// (random_bits.h). `stored` is the value that lands, as a float.
+template <typename U>
+__device__ __forceinline__ float stored_state(float x, uint32_t bits) {
+  if constexpr (std::is_same_v<U, float>) {
+    return x;
+  } else {
+    return __uint_as_float(uint32_t{float_to_bf16_stochastic(x, bits)} << 16);
+  }
+}
+
+template <typename U>
+__device__ __forceinline__ void store_state8(U* dst, const float (&src)[kVec], const uint32_t (&bits)[kVec],
+                                             int shift) {
+  if constexpr (std::is_same_v<U, float>) {
+    store8(dst, src);
+  } else {
+    uint4 raw;
+    auto* halves = reinterpret_cast<uint16_t*>(&raw);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) halves[k] = float_to_bf16_stochastic(src[k], bits[k] >> shift);
+    *reinterpret_cast<uint4*>(dst) = raw;
+  }
+}
+
+template <typename U>
+__device__ __forceinline__ U store_state1(float x, uint32_t bits) {
+  if constexpr (std::is_same_v<U, float>) {
+    return x;
+  } else {
+    return __ushort_as_bfloat16(float_to_bf16_stochastic(x, bits));
+  }
+}
+
 // `n` elements of one tile, every pointer already at the tile's first element. T is the
-// param/grad dtype. For float32 the param is the weight being updated; otherwise the float32
-// master is, and the param receives it rounded to nearest even in the same pass. State pointers
-// are 32-byte aligned (tiles start on 16-element boundaries of 16-byte aligned buffers); `param`
-// and `grad` take the 16-byte vector path only when `vector` says they are aligned too.
-template <typename T>
+// param/grad dtype, U the moments' (float or bfloat16). State pointers are 32-byte aligned (tiles
+// start on 16-element boundaries of 16-byte aligned buffers); `param` and `grad` take the 16-byte
+// vector path only when `vector` says they are aligned too. Element i's random bits are
+// random_bits(key, first_index + i).
+template <typename T, typename U, WeightMode kMode>
 __device__ __forceinline__ void adamw_tile(const SegmentScalars& s, int64_t n, bool vector,
+                                           uint32_t key, uint32_t first_index,
                                            T* __restrict__ param, const T* __restrict__ grad,
-                                           float* __restrict__ master, float* __restrict__ exp_avg,
-                                           float* __restrict__ exp_avg_sq,
-                                           float* __restrict__ max_exp_avg_sq) {
-  constexpr bool kHasMaster = !std::is_same_v<T, float>;
+                                           float* __restrict__ master, T* __restrict__ compensation,
+                                           U* __restrict__ exp_avg, U* __restrict__ exp_avg_sq,
+                                           U* __restrict__ max_exp_avg_sq) {
+  constexpr bool kRounded = !std::is_same_v<U, float>;
   const int64_t vector_end = vector ? n / kVec * kVec : 0;
   for (int64_t i = kVec * threadIdx.x; i < vector_end; i += kVec * kThreads) {
-    float g[kVec], p[kVec], m[kVec], v[kVec], vmax[kVec] = {};
+    float g[kVec], p[kVec], m[kVec], v[kVec], vmax[kVec] = {}, old_vmax[kVec] = {};
+    uint32_t bits[kVec] = {};
     load8(grad + i, g);
-    if constexpr (kHasMaster) {
+    if constexpr (kMode == WeightMode::kMaster) {
       float seen[kVec];
       load8(master + i, p);
       load8(param + i, seen);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) p[k] = start_from<T>(p[k], seen[k]);
+    } else if constexpr (kMode == WeightMode::kCompensated) {
+      float low[kVec];
+      load8(param + i, p);
+      load8(compensation + i, low);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) p[k] = __fadd_rn(p[k], low[k]);
     } else {
       load8(param + i, p);
     }
     load8(exp_avg + i, m);
     load8(exp_avg_sq + i, v);
-    if (s.amsgrad) load8(max_exp_avg_sq + i, vmax);
+    if (s.amsgrad) {
+      load8(max_exp_avg_sq + i, vmax);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) old_vmax[k] = vmax[k];
+    }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) p[k] = adamw_update(s, g[k], p[k], m[k], v[k], vmax[k]);
-    store8(exp_avg + i, m);
-    store8(exp_avg_sq + i, v);
-    if (s.amsgrad) store8(max_exp_avg_sq + i, vmax);
-    if constexpr (kHasMaster) store8(master + i, p);
-    store8(param + i, p);
+    if constexpr (kRounded) {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) bits[k] = random_bits(key, first_index + static_cast<uint32_t>(i + k));
+    }
+    store_state8(exp_avg + i, m, bits, 0);
+    store_state8(exp_avg_sq + i, v, bits, 16);
+    if (s.amsgrad) {
+      if constexpr (kRounded) {  // the running max of the stored exp_avg_sq: nothing rounds
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) {
+          vmax[k] = max_propagate_nan(old_vmax[k], stored_state<U>(v[k], bits[k] >> 16));
+        }
+      }
+      store_state8(max_exp_avg_sq + i, vmax, bits, 0);  // exact: no bits are dropped
+    }
+    if constexpr (kMode == WeightMode::kMaster) {
+      store8(master + i, p);
+      store8(param + i, p);
+    } else if constexpr (kMode == WeightMode::kCompensated) {
+      float low[kVec];
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        low[k] = __fsub_rn(p[k], to_float(from_float<T>(p[k])));  // exact: what the rounding drops
+      }
+      store8(param + i, p);
+      store8(compensation + i, low);
+    } else {
+      store8(param + i, p);
+    }
   }
 
   for (int64_t i = vector_end + threadIdx.x; i < n; i += kThreads) {
-    float vmax = s.amsgrad ? max_exp_avg_sq[i] : 0.0f;
-    float m = exp_avg[i];
-    float v = exp_avg_sq[i];
+    float vmax = s.amsgrad ? to_float(max_exp_avg_sq[i]) : 0.0f;
+    float m = to_float(exp_avg[i]);
+    float v = to_float(exp_avg_sq[i]);
     float p;
-    if constexpr (kHasMaster) {
+    if constexpr (kMode == WeightMode::kMaster) {
       p = start_from<T>(master[i], to_float(param[i]));
+    } else if constexpr (kMode == WeightMode::kCompensated) {
+      p = __fadd_rn(to_float(param[i]), to_float(compensation[i]));
     } else {
-      p = param[i];
+      p = to_float(param[i]);
     }
     p = adamw_update(s, to_float(grad[i]), p, m, v, vmax);
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    if (s.amsgrad) max_exp_avg_sq[i] = vmax;
-    if constexpr (kHasMaster) master[i] = p;
-    param[i] = from_float<T>(p);
+    const uint32_t bits = kRounded ? random_bits(key, first_index + static_cast<uint32_t>(i)) : 0u;
+    exp_avg[i] = store_state1<U>(m, bits);
+    exp_avg_sq[i] = store_state1<U>(v, bits >> 16);
+    if (s.amsgrad) {
+      max_exp_avg_sq[i] = kRounded ? store_state1<U>(max_propagate_nan(to_float(max_exp_avg_sq[i]),
+                                                                       stored_state<U>(v, bits >> 16)), 0u)
+                                   : store_state1<U>(vmax, 0u);
+    }
+    if constexpr (kMode == WeightMode::kMaster) {
+      master[i] = p;
+      param[i] = from_float<T>(p);
+    } else if constexpr (kMode == WeightMode::kCompensated) {
+      const T high = from_float<T>(p);
+      param[i] = high;
+      compensation[i] = from_float<T>(__fsub_rn(p, to_float(high)));
+    } else {
+      param[i] = from_float<T>(p);
+    }
   }
 }
 
 // One block per tile: find the tile's parameter and gradient through its segment's pointer row
 // (state element i is parameter element i - offset) and its state in the flat buffers.
-template <typename T>
+template <typename T, typename U, WeightMode kMode>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) adamw_tile_kernel(
     const double* __restrict__ hyper, const int64_t* __restrict__ pointers,
-    const double* __restrict__ steps, const int64_t* __restrict__ tiles, float* master, float* exp_avg, float* exp_avg_sq,
-    float* max_exp_avg_sq, const float* __restrict__ grad_mult,
-    const float* __restrict__ found_inf) {
+    const double* __restrict__ steps, const int64_t* __restrict__ tiles, float* master,
+    T* compensation, U* exp_avg, U* exp_avg_sq, U* max_exp_avg_sq,
+    const float* __restrict__ grad_mult, const float* __restrict__ found_inf) {
   if (found_inf != nullptr && *found_inf != 0.0f) return;
   const int64_t* tile = tiles + 3 * static_cast<int64_t>(blockIdx.x);
   const double* row = hyper + kNumHyperColumns * tile[0];
@@ -243,10 +334,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) adamw_tile_kernel(
   const T* grad = reinterpret_cast<const T*>(static_cast<uintptr_t>(where[kGradPtr])) + local;
   const bool vector =
       ((reinterpret_cast<uintptr_t>(param) | reinterpret_cast<uintptr_t>(grad)) % 16) == 0;
-  const SegmentScalars s = segment_scalars(row, steps[tile[0]], grad_mult, max_exp_avg_sq != nullptr);
-  adamw_tile<T>(s, tile[2] - start, vector, param, grad,
-                master != nullptr ? master + start : nullptr, exp_avg + start, exp_avg_sq + start,
-                max_exp_avg_sq != nullptr ? max_exp_avg_sq + start : nullptr);
+  const double step = steps[tile[0]];
+  const SegmentScalars s = segment_scalars(row, step, grad_mult, max_exp_avg_sq != nullptr);
+  const uint32_t key = random_key(static_cast<uint64_t>(where[kStream]), static_cast<uint64_t>(step),
+                                  static_cast<uint64_t>(local));
+  adamw_tile<T, U, kMode>(s, tile[2] - start, vector, key, static_cast<uint32_t>(local), param, grad,
+                          master != nullptr ? master + start : nullptr,
+                          compensation != nullptr ? compensation + start : nullptr, exp_avg + start,
+                          exp_avg_sq + start,
+                          max_exp_avg_sq != nullptr ? max_exp_avg_sq + start : nullptr);
 }
 
 // a += d; b += d; c += d over n float32s: fp32 AdamW's traffic (4 streams read, 3 written, 28 bytes
@@ -285,13 +381,54 @@ __global__ void __launch_bounds__(kThreads) stream_4r3w_kernel(float* __restrict
   }
 }
 
-template <typename T>
-void launch(const double* hyper, const int64_t* pointers, const double* steps, const int64_t* tiles,
-            int64_t num_tiles, float* master, float* exp_avg, float* exp_avg_sq, float* max_exp_avg_sq,
-            const float* grad_mult, const float* found_inf, cudaStream_t stream) {
-  adamw_tile_kernel<T><<<static_cast<unsigned>(num_tiles), kThreads, 0, stream>>>(
-      hyper, pointers, steps, tiles, master, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_mult,
-      found_inf);
+// The launch's arguments, typed by the host wrapper below.
+struct StepArgs {
+  const double* hyper;
+  const int64_t* pointers;
+  const double* steps;
+  const int64_t* tiles;
+  int64_t num_tiles;
+  float* master;
+  void* compensation;
+  void* exp_avg;
+  void* exp_avg_sq;
+  void* max_exp_avg_sq;
+  const float* grad_mult;
+  const float* found_inf;
+  cudaStream_t stream;
+};
+
+template <typename T, typename U, WeightMode kMode>
+void launch(const StepArgs& a) {
+  adamw_tile_kernel<T, U, kMode><<<static_cast<unsigned>(a.num_tiles), kThreads, 0, a.stream>>>(
+      a.hyper, a.pointers, a.steps, a.tiles, a.master, static_cast<T*>(a.compensation),
+      static_cast<U*>(a.exp_avg), static_cast<U*>(a.exp_avg_sq), static_cast<U*>(a.max_exp_avg_sq),
+      a.grad_mult, a.found_inf);
+}
+
+template <typename T, typename U>
+void launch_low_precision(const StepArgs& a) {
+  if (a.master != nullptr) {
+    launch<T, U, WeightMode::kMaster>(a);
+  } else {
+    launch<T, U, WeightMode::kCompensated>(a);
+  }
+}
+
+template <typename U>
+bool launch_for_state(ParamDtype dtype, const StepArgs& a) {
+  switch (dtype) {
+    case ParamDtype::kFloat32:
+      launch<float, U, WeightMode::kPlain>(a);
+      return true;
+    case ParamDtype::kBFloat16:
+      launch_low_precision<__nv_bfloat16, U>(a);
+      return true;
+    case ParamDtype::kFloat16:
+      launch_low_precision<__half, U>(a);
+      return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -299,35 +436,31 @@ void launch(const double* hyper, const int64_t* pointers, const double* steps, c
 
 // One AdamW step over `num_tiles` tiles on `stream`. Pointers are device pointers the caller has
 // validated (mlr_kernels/backends/cuda.py); the tables are the segment table's `hyper`,
-// `pointers` and `steps`; `master`, `max_exp_avg_sq`, `grad_mult` and `found_inf` may be null. Returns a
-// cudaError_t: the launch's, or cudaErrorInvalidValue for a bad dtype code or more tiles than a
-// grid holds.
+// `pointers` and `steps`; the moments hold `state_dtype` (0 float32, 1 bfloat16); a bfloat16/
+// float16 parameter has exactly one of `master` and `compensation`; `max_exp_avg_sq`, `grad_mult`
+// and `found_inf` may be null. Returns a cudaError_t: the launch's, or cudaErrorInvalidValue for a
+// bad dtype code or more tiles than a grid holds.
 extern "C" int mlr_adamw_cuda_step(const double* hyper, const int64_t* pointers,
-                                   const double* steps, const int64_t* tiles, int64_t num_tiles, int dtype,
-                                   float* master, float* exp_avg, float* exp_avg_sq,
-                                   float* max_exp_avg_sq, const float* grad_mult,
-                                   const float* found_inf, void* stream) {
+                                   const double* steps, const int64_t* tiles, int64_t num_tiles,
+                                   int dtype, int state_dtype, float* master, void* compensation,
+                                   void* exp_avg, void* exp_avg_sq, void* max_exp_avg_sq,
+                                   const float* grad_mult, const float* found_inf, void* stream) {
   if (num_tiles < 0 || num_tiles > INT32_MAX) return cudaErrorInvalidValue;
   if (num_tiles == 0) return cudaSuccess;
-  const auto cuda_stream = static_cast<cudaStream_t>(stream);
-  using mlr::ParamDtype;
-  switch (static_cast<ParamDtype>(dtype)) {
-    case ParamDtype::kFloat32:
-      mlr::launch<float>(hyper, pointers, steps, tiles, num_tiles, master, exp_avg, exp_avg_sq,
-                         max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
+  const mlr::StepArgs args{hyper, pointers, steps, tiles, num_tiles, master, compensation, exp_avg,
+                           exp_avg_sq, max_exp_avg_sq, grad_mult, found_inf,
+                           static_cast<cudaStream_t>(stream)};
+  const auto param_dtype = static_cast<mlr::ParamDtype>(dtype);
+  bool launched = false;
+  switch (static_cast<mlr::StateDtype>(state_dtype)) {
+    case mlr::StateDtype::kFloat32:
+      launched = mlr::launch_for_state<float>(param_dtype, args);
       break;
-    case ParamDtype::kBFloat16:
-      mlr::launch<__nv_bfloat16>(hyper, pointers, steps, tiles, num_tiles, master, exp_avg,
-                                 exp_avg_sq, max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
+    case mlr::StateDtype::kBFloat16:
+      launched = mlr::launch_for_state<__nv_bfloat16>(param_dtype, args);
       break;
-    case ParamDtype::kFloat16:
-      mlr::launch<__half>(hyper, pointers, steps, tiles, num_tiles, master, exp_avg, exp_avg_sq,
-                          max_exp_avg_sq, grad_mult, found_inf, cuda_stream);
-      break;
-    default:
-      return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
+  return launched ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 extern "C" const char* mlr_adamw_cuda_error_string(int error) {

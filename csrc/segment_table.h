@@ -19,15 +19,20 @@ enum HyperColumn : int {
 };
 
 // Where segment s is: its parameter and gradient (addresses of their first element, contiguous,
-// kNumel elements; the gradient is 0 when the segment has none) and its run of the state buffers.
+// kNumel elements; the gradient is 0 when the segment has none), its run of the state buffers,
+// and the stream of random bits its stochastic rounding draws from (random_bits.h).
 enum PointerColumn : int {
   kParamPtr = 0,
   kGradPtr,
   kOffset,
   kNumel,
+  kStream,
   kNumPointerColumns,
 };
 
 enum class ParamDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// The dtype of the moment buffers (exp_avg, exp_avg_sq, max_exp_avg_sq).
+enum class StateDtype : int { kFloat32 = 0, kBFloat16 = 1 };
 
 }  // namespace mlr

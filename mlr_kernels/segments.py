@@ -24,6 +24,8 @@ and whatever tensor user code has put in ``.data`` or ``.grad`` is the one the k
                             it has none
     pointers[s, OFFSET]     where its state starts in the flat buffers
     pointers[s, NUMEL]      its number of elements
+    pointers[s, STREAM]     the stream of random bits its stochastic rounding draws from
+                            (:func:`mlr_kernels.rounding.stream_of`; read only with bf16 state)
 
 ``steps`` (float64, ``[S]``, on the device) is each segment's step count, this step included.
 
@@ -54,8 +56,8 @@ from mlr_kernels.staging import Staging
 
 LR, WEIGHT_DECAY, BETA1, BETA2, EPS, ACTIVE, MAXIMIZE, AMSGRAD = range(8)
 NUM_HYPER_COLUMNS = 8
-PARAM_PTR, GRAD_PTR, OFFSET, NUMEL = range(4)
-NUM_POINTER_COLUMNS = 4
+PARAM_PTR, GRAD_PTR, OFFSET, NUMEL, STREAM = range(5)
+NUM_POINTER_COLUMNS = 5
 # Both tables of a segment are 8-byte words: one block holds them, copied to the device at once.
 ROW_WORDS = NUM_HYPER_COLUMNS + NUM_POINTER_COLUMNS
 
@@ -65,8 +67,10 @@ ALIGN_ELEMENTS = 16
 # The widest access the GPU kernels make.
 VECTOR_BYTES = 16
 
-# The param dtype codes the compiled kernels take (csrc/segment_table.h, ParamDtype).
+# The param and state dtype codes the compiled kernels take (csrc/segment_table.h, ParamDtype and
+# StateDtype).
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+STATE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 def aligned(n: int, align: int = ALIGN_ELEMENTS) -> int:
@@ -276,6 +280,11 @@ class SegmentTable:
         The rows stay, to be compared with the next :meth:`point_at`, never to be read."""
         count = len(self.numels)
         self.params, self.grads = [None] * count, [None] * count
+
+    def set_streams(self, start: int, streams: Sequence[int]) -> None:
+        """Write the STREAM column of the segments from ``start`` on."""
+        self.pointer_rows[start : start + len(streams), STREAM] = streams
+        self._written = True
 
     def set_active(self, active: list[bool]) -> None:
         """Write the ACTIVE column, only when it changed since the last call."""

@@ -26,11 +26,17 @@ rounded to float32 included):
     w  = lr / (1 - beta1^t) * m / d          |dw|  <= step (|dm| / d + |m| |dd| / d^2) + 8u |w|
     p  = p - w                               |dp|  <= |dp| + |dw| + u |p|
 
-Weights, moments and the two implementations' errors are independent of each other's rounding,
-so two implementations end at most twice the bound apart (:func:`tolerances`). A bfloat16 or
-float16 weight is its float32 master rounded to nearest, so two of them may also sit one unit of
-their own dtype apart. Second-order terms (products of two errors) are left out: they are below
-``u`` times the first-order ones for the inputs the tests draw.
+Moments kept in bfloat16 are written back with stochastic rounding, off by less than one unit of
+bfloat16 (``|dm| += ulp(m)`` at each step; the update of that step reads them before they are
+rounded). A weight kept without a master, as a bfloat16/float16 value plus a compensation in
+its dtype, starts each step from their float32 sum (``u |p|``) and loses what the compensation's
+rounding drops (under ``2**-t ulp(p)`` for a dtype of ``t`` fraction bits).
+
+The two implementations' errors are independent of each other's rounding, so they end at most
+twice the bound apart (tests/kernel_cases.py). A bfloat16 or float16 weight is its float32 value
+rounded to nearest, so two of them may also sit one unit of their own dtype apart. Second-order
+terms (products of two errors) are left out: they are below ``u`` times the first-order ones for
+the inputs the tests draw.
 """
 
 from __future__ import annotations
@@ -71,11 +77,13 @@ def adamw_error_bound(case, steps: int) -> dict[str, torch.Tensor]:
             continue
         state = slice(start, start + n)
         param = case.param[arena_start:arena_start + n].double()
-        if case.master is None:
-            p = param
-        else:  # the step starts from a weight user code wrote, as the kernels do
+        if case.master is not None:  # the step starts from a weight user code wrote, as the kernels do
             master = case.master[state]
             p = torch.where(master.to(case.param.dtype).double() != param, param, master.double())
+        elif case.compensation is not None:
+            p = param + case.compensation[state].double()
+        else:
+            p = param
         grad = case.grad[arena_start:arena_start + n].double()
         g = grad * (mult if mult is not None else 1.0) * (-1.0 if h[segments.MAXIMIZE] else 1.0)
         dg = u * g.abs() if mult is not None else torch.zeros_like(g)
@@ -86,6 +94,8 @@ def adamw_error_bound(case, steps: int) -> dict[str, torch.Tensor]:
                                                     segments.BETA1, segments.BETA2, segments.EPS))
         for k in range(steps):
             t = first_steps[seg] + k
+            if case.compensation is not None:  # the float32 sum of the weight and its compensation
+                dp = dp + u * p.abs()
             decay = 1.0 - lr * wd
             p = p * decay
             dp = decay * dp + 2 * u * p.abs()
@@ -108,6 +118,13 @@ def adamw_error_bound(case, steps: int) -> dict[str, torch.Tensor]:
             dw = step_size * (dm / d + m.abs() * dd / d**2) + 8 * u * w.abs()
             p = p - w
             dp = dp + dw + u * p.abs()
+            if case.compensation is not None:  # what rounding the compensation drops
+                dp = dp + 2.0**-_MANTISSA_BITS[case.param.dtype] * ulp(p, case.param.dtype)
+            if case.exp_avg.dtype == torch.bfloat16:  # stored stochastically rounded
+                dm = dm + ulp(m, torch.bfloat16)
+                dv = dv + ulp(v, torch.bfloat16)
+                if vmax is not None:
+                    dvmax = torch.maximum(dvmax, dv)
         bound["p"][state] = dp
         bound["exp_avg"][state] = dm
         bound["exp_avg_sq"][state] = dv

@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 from error_bound import adamw_error_bound, ulp
 
-from mlr_kernels import segments
+from mlr_kernels import rounding, segments
 from mlr_kernels.backends import reference
 
 # Signalling NaNs: any arithmetic on them (a write of a computed value) changes their bits.
@@ -34,9 +34,10 @@ _SENTINEL_BITS = {torch.float32: 0x7FA5A5A5, torch.bfloat16: 0x7FA5, torch.float
 _BITS_DTYPE = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
 # The buffers a step writes (grad is read-only).
-WRITTEN = ("param", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-_TENSORS = ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "hyper", "steps", "tiles",
-            "grad_mult", "found_inf")
+WRITTEN = ("param", "master", "compensation", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+_TENSORS = ("param", "grad", "master", "compensation", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "hyper",
+            "steps", "tiles", "grad_mult", "found_inf")
 
 
 @dataclasses.dataclass
@@ -59,6 +60,8 @@ class AdamWCase:
     hyper: torch.Tensor
     steps: torch.Tensor
     tiles: torch.Tensor
+    streams: list[int]
+    compensation: torch.Tensor | None = None
     grad_mult: torch.Tensor | None = None
     found_inf: torch.Tensor | None = None
 
@@ -72,10 +75,11 @@ class AdamWCase:
         table.hyper, table.steps = self.hyper, self.steps
         params, grads = self.segment_views(self.param), self.segment_views(self.grad)
         table.point_at(params, grads, [p.data_ptr() for p in params], [g.data_ptr() for g in grads])
+        table.set_streams(0, self.streams)
         table.upload()
         return dict(table=table, master=self.master, exp_avg=self.exp_avg, exp_avg_sq=self.exp_avg_sq,
                     max_exp_avg_sq=self.max_exp_avg_sq, tiles=self.tiles, grad_mult=self.grad_mult,
-                    found_inf=self.found_inf)
+                    found_inf=self.found_inf, compensation=self.compensation)
 
     def to(self, device: torch.device | str) -> AdamWCase:
         """A copy with every tensor cloned onto ``device``."""
@@ -116,8 +120,14 @@ def make_case(
     grad_mult: float | None = None,
     found_inf: float | None = None,
     seed: int = 0,
+    state_dtype: torch.dtype = torch.float32,
+    master: bool = True,
 ) -> AdamWCase:
     """Random buffers for segments of ``numels`` elements, with sentinel-filled padding.
+
+    ``state_dtype`` is the moments' (float32 or bfloat16); a bfloat16/float16 ``param_dtype`` has
+    a float32 master, or with ``master=False`` a compensation buffer in its own dtype (up to half a
+    unit of each weight). Each segment gets a random stream of random bits.
 
     ``amsgrad`` allocates ``max_exp_avg_sq`` and turns AMSGrad on for every even segment,
     ``maximize`` turns it on for every odd one, so each case mixes both settings; ``inactive``
@@ -169,18 +179,22 @@ def make_case(
         param_offsets=param_offsets,
         param=buffer(param_dtype, in_arena_order(master_values), in_arena),
         grad=buffer(param_dtype, torch.randn(arena, generator=gen) * 0.3, in_arena),
-        master=None if param_dtype == torch.float32 else buffer(torch.float32, master_values),
-        exp_avg=buffer(torch.float32, normal(0.1)),
-        exp_avg_sq=buffer(torch.float32, exp_avg_sq),
+        master=None if param_dtype == torch.float32 or not master else buffer(torch.float32, master_values),
+        exp_avg=buffer(state_dtype, normal(0.1)),
+        exp_avg_sq=buffer(state_dtype, exp_avg_sq),
         # Around exp_avg_sq, so the running max is sometimes kept and sometimes replaced.
-        max_exp_avg_sq=buffer(torch.float32, exp_avg_sq * (0.5 + torch.rand(total, generator=gen)))
+        max_exp_avg_sq=buffer(state_dtype, exp_avg_sq * (0.5 + torch.rand(total, generator=gen)))
         if amsgrad else None,
         hyper=_random_hyper(len(numels), gen, amsgrad, maximize, inactive),
         steps=torch.randint(1, 1000, (len(numels),), generator=gen).double(),
         tiles=segments.make_tiles(offsets, numels, tile_size),
         grad_mult=None if grad_mult is None else torch.tensor([grad_mult], dtype=torch.float32),
         found_inf=None if found_inf is None else torch.tensor([found_inf], dtype=torch.float32),
+        streams=torch.randint(-(2**63), 2**63 - 1, (len(numels),), generator=gen).tolist(),
     )
+    if param_dtype != torch.float32 and not master:
+        weights = master_values.to(param_dtype).float()
+        case.compensation = buffer(param_dtype, (master_values - weights).to(param_dtype).float())
     return case.to(device)
 
 
@@ -220,6 +234,30 @@ def check_against_reference(backend: ModuleType, case: AdamWCase, steps: int = 2
         backend.adamw_step(**got.step_kwargs())
         reference.adamw_step(**expected.step_kwargs())
     return assert_step_result(case, got, expected, steps)
+
+
+def check_rounding_draws_the_reference_bits(backend: ModuleType, case: AdamWCase) -> None:
+    """With beta1 = 0 the new exp_avg is the gradient itself (times ``grad_mult``, negated when
+    maximizing): in bfloat16 it must be, bit for bit, :mod:`mlr_kernels.rounding`'s stochastic
+    rounding of it with the random bits of the segment's stream, step and element indices. A
+    backend drawing other bits would agree on about half the elements."""
+    case = case.to(case.param.device)
+    case.hyper[:, segments.BETA1] = 0.0
+    backend.adamw_step(**case.step_kwargs())
+    got = case.to("cpu")
+    before = got.to("cpu")
+    mult = 1.0 if got.grad_mult is None else float(got.grad_mult)
+    active = got.hyper[:, segments.ACTIVE] != 0
+    for seg, (state_start, arena_start, n) in enumerate(zip(got.offsets, got.param_offsets, got.numels)):
+        if not active[seg]:
+            continue
+        g = before.grad[arena_start:arena_start + n].float() * mult
+        if got.hyper[seg, segments.MAXIMIZE]:
+            g = -g
+        key = rounding.random_key(got.streams[seg], int(got.steps[seg]), 0)
+        bits = rounding.random_bits(key, torch.arange(n, dtype=torch.int64))
+        want = rounding.to_bfloat16_stochastic(g, bits)
+        assert torch.equal(_bits(got.exp_avg[state_start:state_start + n]), _bits(want)), f"segment {seg}"
 
 
 def check_written_weights_reseed_the_master(backend: ModuleType, case: AdamWCase) -> AdamWCase:
@@ -276,10 +314,18 @@ def assert_step_result(before: AdamWCase, got: AdamWCase, expected: AdamWCase, s
     before, got = before.to("cpu"), got.to("cpu")
     state_mask, param_mask = before.updated_mask()
     bound = adamw_error_bound(before, steps)
-    tolerance = {"master": 2 * bound["p"], **{k: 2 * bound[k] for k in WRITTEN[2:]}}
+    tolerance = {"master": 2 * bound["p"], **{k: 2 * bound[k] for k in _MOMENTS}}
     tolerance["param"] = _in_arena_order(before, 2 * bound["p"])
-    if before.param.dtype != torch.float32:
-        tolerance["param"] = tolerance["param"] + ulp(expected.param, before.param.dtype)
+    low = before.param.dtype
+    if low != torch.float32:
+        tolerance["param"] = tolerance["param"] + ulp(expected.param, low)
+        # The compensation is what the weight's rounding dropped: one unit of the weight apart
+        # when the weights are.
+        tolerance["compensation"] = 2 * bound["p"] + _in_state_order(before, ulp(expected.param, low))
+    if before.exp_avg.dtype == torch.bfloat16:  # stochastic rounding of nearly equal values
+        for k in _MOMENTS:
+            if getattr(expected, k) is not None:
+                tolerance[k] = tolerance[k] + ulp(getattr(expected, k), torch.bfloat16)
     for name in WRITTEN:
         old, new, ref = getattr(before, name), getattr(got, name), getattr(expected, name)
         if old is None:
@@ -291,13 +337,17 @@ def assert_step_result(before: AdamWCase, got: AdamWCase, expected: AdamWCase, s
     assert torch.equal(_bits(got.grad), _bits(before.grad)), "grad was written"
     assert (torch.equal(got.hyper, expected.hyper) and torch.equal(got.steps, expected.steps)
             and torch.equal(got.tiles, before.tiles)), "the hyper table, steps or the tile list was written"
-    if got.master is not None:
-        for seg, (state_start, arena_start, n) in enumerate(
-                zip(before.offsets, before.param_offsets, before.numels)):
+    for seg, (state_start, arena_start, n) in enumerate(zip(before.offsets, before.param_offsets,
+                                                            before.numels)):
+        param = got.param[arena_start:arena_start + n]
+        if got.master is not None:
             master = got.master[state_start:state_start + n]
-            param = got.param[arena_start:arena_start + n]
             assert torch.equal(_bits(param), _bits(master.to(got.param.dtype))), (
                 f"segment {seg}: param is not its master copy rounded to nearest even")
+        if got.compensation is not None:
+            dropped = got.compensation[state_start:state_start + n].double().abs()
+            assert (dropped <= ulp(param, param.dtype) / 2).all(), (
+                f"segment {seg}: the compensation is more than half a unit of the weight")
     return got
 
 
@@ -314,6 +364,14 @@ def _assert_within(name: str, got: torch.Tensor, expected: torch.Tensor, bound: 
             f"{name}: {int(outside.sum())} of {got.numel()} elements beyond the error bound; worst: "
             f"{float(got[worst])!r} against {float(expected[worst])!r}, off by {float(error[worst]):.3g} "
             f"where the bound is {float(bound[worst]):.3g}")
+
+
+def _in_state_order(case: AdamWCase, arena_values: torch.Tensor) -> torch.Tensor:
+    """A per-element quantity at the parameter arena's positions, moved to state coordinates."""
+    out = torch.zeros(case.exp_avg.numel(), dtype=arena_values.dtype)
+    for state_start, arena_start, n in zip(case.offsets, case.param_offsets, case.numels):
+        out[state_start:state_start + n] = arena_values[arena_start:arena_start + n]
+    return out
 
 
 def _in_arena_order(case: AdamWCase, state_values: torch.Tensor) -> torch.Tensor:

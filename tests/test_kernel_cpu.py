@@ -12,7 +12,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_cases import check_against_reference, check_written_weights_reseed_the_master, make_case
+from kernel_cases import (
+    check_against_reference,
+    check_rounding_draws_the_reference_bits,
+    check_written_weights_reseed_the_master,
+    make_case,
+)
 
 from mlr_kernels import segments
 from mlr_kernels.backends import cpu
@@ -27,6 +32,10 @@ NUMELS = [1, 15, 16, 17, 100, 2500]
 TILE_SIZES = [16, 48, 1024, cpu.TILE_SIZE]
 PARAM_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+# (moments' dtype, master weights): bfloat16 moments, weights without a master, both.
+STATE_MODES = [pytest.param(torch.bfloat16, True, id="bf16-state"),
+               pytest.param(torch.float32, False, id="no-master"),
+               pytest.param(torch.bfloat16, False, id="bf16-state-no-master")]
 
 
 @pytest.fixture(autouse=True, params=cpu.simd_levels())
@@ -57,14 +66,31 @@ def test_plain_adamw_without_amsgrad_buffer(param_dtype):
     check_against_reference(cpu, case(param_dtype=param_dtype))
 
 
-@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_many_steps(param_dtype):
+@pytest.mark.parametrize(("state_dtype", "master"), STATE_MODES)
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_state_precision_modes_match_reference(param_dtype, state_dtype, master):
+    check_against_reference(cpu, case(param_dtype=param_dtype, state_dtype=state_dtype, master=master,
+                                      tile_size=48, amsgrad=True, maximize=True, inactive=(2,),
+                                      grad_mult=0.37), steps=3)
+
+
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_rounding_draws_the_reference_bits(param_dtype):
+    check_rounding_draws_the_reference_bits(cpu, case(param_dtype=param_dtype, state_dtype=torch.bfloat16,
+                                                      tile_size=48, maximize=True, inactive=(2,),
+                                                      grad_mult=0.37))
+
+
+@pytest.mark.parametrize(("param_dtype", "state_dtype", "master"), [
+    (torch.float32, torch.float32, True), (torch.bfloat16, torch.float32, True),
+    (torch.float32, torch.bfloat16, True), (torch.bfloat16, torch.bfloat16, False)])
+def test_many_steps(param_dtype, state_dtype, master):
     """Rounding differences stay within the error bound after 100 steps. The weights drift apart
     by units in the last place of each step's update (torch's CPU sqrt is off by one unit for
     0.7 % of inputs, the kernel's is correctly rounded), so the bound grows with the steps
     (tests/error_bound.py)."""
-    check_against_reference(cpu, case(param_dtype=param_dtype, amsgrad=True, maximize=True,
-                                      grad_mult=0.8), steps=100)
+    check_against_reference(cpu, case(param_dtype=param_dtype, state_dtype=state_dtype, master=master,
+                                      amsgrad=True, maximize=True, grad_mult=0.8), steps=100)
 
 
 @settings(max_examples=40, deadline=None)
@@ -79,12 +105,16 @@ def test_many_steps(param_dtype):
     low_beta1=st.booleans(),
     steps=st.integers(1, 3),
     seed=st.integers(0, 2**31 - 1),
+    state_dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    master=st.booleans(),
 )
 def test_random_layouts_match_reference(numels, tile_size, param_dtype, amsgrad, maximize,
-                                        grad_mult, inactive_bits, low_beta1, steps, seed):
+                                        grad_mult, inactive_bits, low_beta1, steps, seed, state_dtype,
+                                        master):
     inactive = tuple(s for s in range(len(numels)) if inactive_bits >> s & 1)
     random_case = make_case(numels, param_dtype=param_dtype, tile_size=tile_size, amsgrad=amsgrad,
-                            maximize=maximize, inactive=inactive, grad_mult=grad_mult, seed=seed)
+                            maximize=maximize, inactive=inactive, grad_mult=grad_mult, seed=seed,
+                            state_dtype=state_dtype, master=master)
     if low_beta1:  # 1 - beta1 >= 0.5: torch's lerp_ takes its other form
         random_case.hyper[:, segments.BETA1] = torch.linspace(0.0, 0.45, len(numels))
     check_against_reference(cpu, random_case, steps=steps)
@@ -281,10 +311,10 @@ def test_rejects_bad_arguments(field, bad, message):
         cpu.adamw_step(**bad_case.step_kwargs())
 
 
-def test_low_precision_param_needs_master():
+def test_low_precision_param_needs_a_master_or_a_compensation():
     bad_case = case(param_dtype=torch.bfloat16)
     bad_case.master = None
-    with pytest.raises(ValueError, match="master copy is required"):
+    with pytest.raises(ValueError, match="need a float32 master copy or a compensation buffer"):
         cpu.adamw_step(**bad_case.step_kwargs())
 
 

@@ -12,6 +12,7 @@ import torch
 from kernel_cases import (
     check_against_reference,
     check_cuda_graph_replay,
+    check_rounding_draws_the_reference_bits,
     check_written_weights_reseed_the_master,
     make_case,
 )
@@ -40,6 +41,27 @@ def case(**options):
 def test_matches_reference(param_dtype, tile_size):
     check_against_reference(cuda_backend, case(param_dtype=param_dtype, tile_size=tile_size,
                                                amsgrad=True, maximize=True, inactive=(2,)))
+
+
+@needs_gpu
+@pytest.mark.parametrize(("state_dtype", "master"), [
+    pytest.param(torch.bfloat16, True, id="bf16-state"), pytest.param(torch.float32, False, id="no-master"),
+    pytest.param(torch.bfloat16, False, id="bf16-state-no-master")])
+@pytest.mark.parametrize("tile_size", TILE_SIZES)
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_state_precision_modes_match_reference(param_dtype, tile_size, state_dtype, master):
+    for misalign in (True, False):  # the scalar path, and the 16-byte vector path
+        check_against_reference(cuda_backend, case(param_dtype=param_dtype, state_dtype=state_dtype,
+                                                   master=master, tile_size=tile_size, amsgrad=True,
+                                                   maximize=True, inactive=(2,), grad_mult=0.37,
+                                                   misalign=misalign), steps=2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("misalign", [True, False])
+def test_rounding_draws_the_reference_bits(misalign):
+    check_rounding_draws_the_reference_bits(cuda_backend, case(state_dtype=torch.bfloat16, maximize=True,
+                                                               grad_mult=0.37, misalign=misalign))
 
 
 @needs_gpu

@@ -17,11 +17,14 @@ import torch
 from kernel_cases import (
     check_against_reference,
     check_cuda_graph_replay,
+    check_rounding_draws_the_reference_bits,
     check_written_weights_reseed_the_master,
     make_case,
 )
 
 from mlr_kernels.backends import triton as triton_backend
+
+VARIANTS = ("fp32", "bf16", "fp16", "fp32-bf16state", "bf16-bf16state-nomaster")  # compile_triton_kernel.py
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(triton_backend.unavailable_reason(DEVICE) is not None,
@@ -44,6 +47,21 @@ def case(**options):
 def test_matches_reference(param_dtype, tile_size):
     check_against_reference(triton_backend, case(param_dtype=param_dtype, tile_size=tile_size,
                                                  amsgrad=True, maximize=True, inactive=(2,)))
+
+
+@pytest.mark.parametrize(("state_dtype", "master"), [
+    pytest.param(torch.bfloat16, True, id="bf16-state"), pytest.param(torch.float32, False, id="no-master"),
+    pytest.param(torch.bfloat16, False, id="bf16-state-no-master")])
+@pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
+def test_state_precision_modes_match_reference(param_dtype, state_dtype, master):
+    check_against_reference(triton_backend, case(param_dtype=param_dtype, state_dtype=state_dtype,
+                                                 master=master, tile_size=TILE_SIZES[1], amsgrad=True,
+                                                 maximize=True, inactive=(2,), grad_mult=0.37), steps=2)
+
+
+def test_rounding_draws_the_reference_bits():
+    check_rounding_draws_the_reference_bits(triton_backend, case(state_dtype=torch.bfloat16, maximize=True,
+                                                                 tile_size=TILE_SIZES[1], grad_mult=0.37))
 
 
 @pytest.mark.parametrize("param_dtype", PARAM_DTYPES, ids=str)
@@ -95,7 +113,7 @@ def test_empty_tile_list_is_a_no_op():
 
 
 @pytest.mark.parametrize(("field", "bad", "message"), [
-    ("master", lambda c: torch.zeros_like(c.exp_avg), "master must be None"),
+    ("master", lambda c: torch.zeros_like(c.exp_avg), "master and compensation must be None"),
     ("exp_avg", lambda c: c.exp_avg[:-16], "exp_avg has"),
     ("hyper", lambda c: c.hyper.float(), "hyper must be a torch.float64"),
     ("tiles", lambda c: c.tiles.int(), "tiles must be a torch.int64"),
@@ -108,10 +126,10 @@ def test_rejects_bad_arguments(field, bad, message):
         triton_backend.adamw_step(**bad_case.step_kwargs())
 
 
-def test_low_precision_param_needs_master():
+def test_low_precision_param_needs_a_master_or_a_compensation():
     bad_case = case(param_dtype=torch.bfloat16)
     bad_case.master = None
-    with pytest.raises(ValueError, match="master copy is required"):
+    with pytest.raises(ValueError, match="need a float32 master copy or a compensation buffer"):
         triton_backend.adamw_step(**bad_case.step_kwargs())
 
 
@@ -130,17 +148,23 @@ def sm90_ptx_counts():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     script = root / "tests" / "compile_triton_kernel.py"
-    result = subprocess.run([sys.executable, str(script), "fp32", "bf16", "fp16"],
+    result = subprocess.run([sys.executable, str(script), *VARIANTS],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("param", ["fp32", "bf16", "fp16"])
-def test_compiles_for_sm90_with_vector_accesses(sm90_ptx_counts, param):
-    """The GPU compiler accepts the kernel, the whole-chunk path uses 16-byte accesses, the sqrt
-    and division are the IEEE ones, and no tensor changes layout through shared memory."""
-    counts = sm90_ptx_counts[param]
-    assert counts["load_v4"] > 0 and counts["store_v4"] > 0, counts
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiles_for_sm90_with_vector_accesses(sm90_ptx_counts, variant):
+    """The GPU compiler accepts the kernel (bfloat16 moments and master-free weights included),
+    the whole-chunk path uses vector accesses (16 bytes where a stream is float32; 4 elements of a
+    thread are 8 bytes of a 16-bit stream, and a kernel with only 16-bit streams has no 16-byte
+    access), the sqrt and division are the IEEE ones, and no tensor changes layout through shared
+    memory."""
+    counts = sm90_ptx_counts[variant]
+    only_16_bit = variant == "bf16-bf16state-nomaster"
+    vector_loads = counts["load_v2"] if only_16_bit else counts["load_v4"]
+    vector_stores = counts["store_v2"] if only_16_bit else counts["store_v4"]
+    assert vector_loads > 0 and vector_stores > 0, counts
     assert counts["sqrt_rn"] > 0 and counts["div_rn"] > 0, counts
     assert counts["barriers"] == 0, counts

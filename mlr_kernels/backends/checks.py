@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import torch
 
-from mlr_kernels.segments import NUM_HYPER_COLUMNS, NUM_POINTER_COLUMNS, SegmentTable
+from mlr_kernels.segments import NUM_HYPER_COLUMNS, NUM_POINTER_COLUMNS, STATE_DTYPE_CODES, SegmentTable
 
 
-def _check_vector(name: str, tensor: torch.Tensor, device: torch.device, numel: int) -> None:
+def _check_vector(name: str, tensor: torch.Tensor, device: torch.device, numel: int,
+                  dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
     if tensor.device != device:
         raise ValueError(f"{name} is on {tensor.device} but the segment table is on {device}")
-    if tensor.dtype != torch.float32:
-        raise ValueError(f"{name} must be {torch.float32}, got {tensor.dtype}")
+    if tensor.dtype not in dtypes:
+        raise ValueError(f"{name} must be {' or '.join(map(str, dtypes))}, got {tensor.dtype}")
     if tensor.dim() != 1 or not tensor.is_contiguous():
         raise ValueError(f"{name} must be a contiguous 1-D tensor, got shape {tuple(tensor.shape)}")
     if tensor.numel() != numel:
@@ -44,6 +45,7 @@ def check_step_args(
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None,
     found_inf: torch.Tensor | None,
+    compensation: torch.Tensor | None = None,
 ) -> None:
     """Raise ``ValueError`` unless the arguments follow the ``adamw_step`` contract of
     :mod:`mlr_kernels.backends`. Tile bounds and the AMSGRAD column are not checked: that would
@@ -52,16 +54,21 @@ def check_step_args(
         raise ValueError(f"table must be a SegmentTable, got {type(table).__name__}")
     device, length = table.device, table.length
     if table.dtype == torch.float32:
-        if master is not None:
-            raise ValueError("master must be None when the parameters are float32 (they are the master copy)")
-    elif master is None:
-        raise ValueError(f"a float32 master copy is required when the parameters are {table.dtype}")
-    else:
+        if master is not None or compensation is not None:
+            raise ValueError("master and compensation must be None when the parameters are float32 "
+                             "(they are the master copy)")
+    elif (master is None) == (compensation is None):
+        raise ValueError(f"{table.dtype} parameters need a float32 master copy or a compensation "
+                         "buffer (master_weights=False), exactly one of them")
+    elif master is not None:
         _check_vector("master", master, device, length)
-    _check_vector("exp_avg", exp_avg, device, length)
-    _check_vector("exp_avg_sq", exp_avg_sq, device, length)
-    if max_exp_avg_sq is not None:
-        _check_vector("max_exp_avg_sq", max_exp_avg_sq, device, length)
+    else:
+        _check_vector("compensation", compensation, device, length, (table.dtype,))
+    state_dtypes = tuple(STATE_DTYPE_CODES)
+    _check_vector("exp_avg", exp_avg, device, length, state_dtypes)
+    for name, buffer in (("exp_avg_sq", exp_avg_sq), ("max_exp_avg_sq", max_exp_avg_sq)):
+        if buffer is not None:
+            _check_vector(name, buffer, device, length, (exp_avg.dtype,))
     _check_table("hyper", table.hyper, torch.float64, len(table), NUM_HYPER_COLUMNS, device)
     _check_table("pointers", table.pointers, torch.int64, len(table), NUM_POINTER_COLUMNS, device)
     steps = table.steps

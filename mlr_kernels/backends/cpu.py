@@ -19,7 +19,7 @@ import os
 import torch
 
 from mlr_kernels.backends.checks import check_step_args, check_stream_args
-from mlr_kernels.segments import DTYPE_CODES, SegmentTable
+from mlr_kernels.segments import DTYPE_CODES, STATE_DTYPE_CODES, SegmentTable
 
 try:
     from mlr_kernels import _cpu
@@ -103,12 +103,14 @@ def adamw_step(
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    compensation: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step over every active tile, in place. See ``mlr_kernels.backends``."""
     _require_extension()
     if table.device.type != "cpu":
         raise ValueError(f"the cpu backend needs CPU tensors, got a segment table on {table.device}")
-    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf)
+    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf,
+                    compensation)
     _cpu.adamw_step(
         hyper=_address(table.hyper),
         pointers=_address(table.pointers),
@@ -116,9 +118,11 @@ def adamw_step(
         num_segments=len(table),
         dtype=DTYPE_CODES[table.dtype],
         master=_address(master),
+        compensation=_address(compensation),
         exp_avg=_address(exp_avg),
         exp_avg_sq=_address(exp_avg_sq),
         max_exp_avg_sq=_address(max_exp_avg_sq),
+        state_dtype=STATE_DTYPE_CODES[exp_avg.dtype],
         numel=table.length,
         tiles=_address(tiles),
         num_tiles=tiles.shape[0],

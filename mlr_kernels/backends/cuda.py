@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mlr_kernels.backends.checks import check_step_args, check_stream_args
-from mlr_kernels.segments import DTYPE_CODES, VECTOR_BYTES, SegmentTable
+from mlr_kernels.segments import DTYPE_CODES, STATE_DTYPE_CODES, VECTOR_BYTES, SegmentTable
 
 NAME = "cuda"
 TILE_SIZE = 1 << 14
@@ -44,8 +44,9 @@ def _load_library() -> ctypes.CDLL | None:
         return None
     pointer = ctypes.c_void_p
     library.mlr_adamw_cuda_step.argtypes = [
-        pointer, pointer, pointer, pointer, ctypes.c_int64, ctypes.c_int,  # hyper .. num_tiles, dtype
-        pointer, pointer, pointer, pointer,  # master, exp_avg, exp_avg_sq, max_exp_avg_sq
+        pointer, pointer, pointer, pointer, ctypes.c_int64,  # hyper, pointers, steps, tiles, num_tiles
+        ctypes.c_int, ctypes.c_int,  # dtype, state dtype
+        pointer, pointer, pointer, pointer, pointer,  # master, compensation, exp_avg, exp_avg_sq, max
         pointer, pointer, pointer,  # grad_mult, found_inf, stream
     ]
     library.mlr_adamw_cuda_step.restype = ctypes.c_int
@@ -82,6 +83,7 @@ def adamw_step(
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    compensation: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step over every active tile, in one launch. See ``mlr_kernels.backends``.
 
@@ -89,8 +91,9 @@ def adamw_step(
     reason = unavailable_reason(table.device)
     if reason is not None:
         raise RuntimeError(f"the CUDA backend cannot run on {table.device}: {reason}")
-    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf)
-    state = {"master": master, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf,
+                    compensation)
+    state = {"master": master, "compensation": compensation, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
              "max_exp_avg_sq": max_exp_avg_sq}
     misaligned = [name for name, t in state.items() if t is not None and t.data_ptr() % VECTOR_BYTES]
     if misaligned:
@@ -106,9 +109,9 @@ def adamw_step(
     with torch.cuda.device(table.device):
         error = library.mlr_adamw_cuda_step(
             _address(table.hyper), _address(table.pointers), _address(table.steps), _address(tiles),
-            num_tiles,
-            DTYPE_CODES[table.dtype], _address(master), _address(exp_avg), _address(exp_avg_sq),
-            _address(max_exp_avg_sq), _address(grad_mult), _address(found_inf),
+            num_tiles, DTYPE_CODES[table.dtype], STATE_DTYPE_CODES[exp_avg.dtype], _address(master),
+            _address(compensation), _address(exp_avg), _address(exp_avg_sq), _address(max_exp_avg_sq),
+            _address(grad_mult), _address(found_inf),
             torch.cuda.current_stream(table.device).cuda_stream,
         )
     if error:

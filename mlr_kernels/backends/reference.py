@@ -2,7 +2,9 @@
 
 It walks the same tiles as the kernels, on the tensors the table points at, and does the math of
 ``torch.optim.AdamW`` (single-tensor path) in float32, with the bias corrections computed in
-float64 from the table. It is slow and meant to be obviously right.
+float64 from the table; bfloat16 moments are rounded back with :mod:`mlr_kernels.rounding`, a
+parameter without a master is stepped from itself plus its compensation. It is slow and meant to
+be obviously right.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 
 import torch
 
+from mlr_kernels import rounding
 from mlr_kernels.backends.checks import check_step_args
 from mlr_kernels.segments import (
     ACTIVE,
@@ -20,6 +23,7 @@ from mlr_kernels.segments import (
     EPS,
     LR,
     MAXIMIZE,
+    STREAM,
     WEIGHT_DECAY,
     SegmentTable,
 )
@@ -42,13 +46,16 @@ def adamw_step(
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    compensation: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step over every active tile. See ``mlr_kernels.backends`` for the contract."""
-    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf)
+    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf,
+                    compensation)
     if found_inf is not None and float(found_inf.reshape(-1)[0]) != 0.0:
         return
     rows = table.hyper.detach().cpu().tolist()
     steps = table.steps.detach().cpu().tolist()
+    streams = table.pointers[:, STREAM].detach().cpu().tolist()
     mult = None if grad_mult is None else grad_mult.reshape(1).to(torch.float32)
     for seg, start, end in tiles.tolist():
         h = rows[seg]
@@ -63,26 +70,55 @@ def adamw_step(
             g = g * mult
         if h[MAXIMIZE]:
             g = -g
-        p = master[start:end] if master is not None else param
         if master is not None:  # where user code overwrote the weight, the step starts from it
+            p = master[start:end].clone()
             stale = param.float() != p.to(param.dtype).float()
             p[stale] = param[stale].float()
-        m, v = exp_avg[start:end], exp_avg_sq[start:end]
+        elif compensation is not None:
+            p = param.float() + compensation[start:end].float()
+        else:
+            p = param.clone()
+        m, v = exp_avg[start:end].float(), exp_avg_sq[start:end].float()
 
         p.mul_(1.0 - lr * wd)
         m.lerp_(g, 1.0 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         step_size = lr / (1.0 - beta1**step)
         bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+        second_moment = v
         if h[AMSGRAD]:
-            vmax = max_exp_avg_sq[start:end]
-            torch.maximum(vmax, v, out=vmax)
-            denom = (vmax.sqrt() / bias_correction2_sqrt).add_(eps)
-        else:
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            second_moment = torch.maximum(max_exp_avg_sq[start:end].float(), v)
+        denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
         p.addcdiv_(m, denom, value=-step_size)
+
+        _store_moments(exp_avg[start:end], exp_avg_sq[start:end],
+                       max_exp_avg_sq[start:end] if h[AMSGRAD] else None, m, v, second_moment,
+                       streams[seg], int(step), local)
+        param.copy_(p)  # rounded to nearest even for a bfloat16/float16 parameter
         if master is not None:
-            param.copy_(p)
+            master[start:end] = p
+        elif compensation is not None:
+            compensation[start:end] = p - param.float()  # what the rounding dropped, exact in float32
+
+
+def _store_moments(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, max_exp_avg_sq: torch.Tensor | None,
+                   m: torch.Tensor, v: torch.Tensor, vmax: torch.Tensor, stream: int, step: int,
+                   local: slice) -> None:
+    """Write the float32 moments back: as they are, or rounded stochastically to bfloat16 with the
+    kernels' random bits (:mod:`mlr_kernels.rounding`); ``max_exp_avg_sq`` then stays the running
+    max of the stored ``exp_avg_sq``."""
+    if exp_avg.dtype == torch.float32:
+        exp_avg.copy_(m)
+        exp_avg_sq.copy_(v)
+        if max_exp_avg_sq is not None:
+            max_exp_avg_sq.copy_(vmax)
+        return
+    indices = torch.arange(local.start, local.stop, dtype=torch.int64, device=m.device)
+    bits = rounding.random_bits(rounding.random_key(stream, step, local.start), indices)
+    exp_avg.copy_(rounding.to_bfloat16_stochastic(m, bits))
+    exp_avg_sq.copy_(rounding.to_bfloat16_stochastic(v, bits >> 16))
+    if max_exp_avg_sq is not None:
+        max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.float(), exp_avg_sq.float()))
 
 
 def _in_memory_order(t: torch.Tensor) -> torch.Tensor:

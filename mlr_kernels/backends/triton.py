@@ -92,6 +92,7 @@ if triton is not None:
     _PARAM_PTR = tl.constexpr(segments.PARAM_PTR)
     _GRAD_PTR = tl.constexpr(segments.GRAD_PTR)
     _OFFSET = tl.constexpr(segments.OFFSET)
+    _STREAM = tl.constexpr(segments.STREAM)
     _NUM_POINTER_COLUMNS = tl.constexpr(segments.NUM_POINTER_COLUMNS)
     _ALIGN_ELEMENTS = tl.constexpr(segments.ALIGN_ELEMENTS)
 
@@ -114,15 +115,50 @@ if triton is not None:
         return x.to(dtype)
 
     @triton.jit
+    def _splitmix64(z):
+        z = (z ^ (z >> 30)) * tl.full((), 0xBF58476D1CE4E5B9, tl.uint64)
+        z = (z ^ (z >> 27)) * tl.full((), 0x94D049BB133111EB, tl.uint64)
+        return z ^ (z >> 31)
+
+    @triton.jit
+    def _random_key(stream, step, index):
+        """csrc/random_bits.h's random_key: the 32-bit key of a tile (uint64 arithmetic)."""
+        z = (stream.to(tl.uint64, bitcast=True) * tl.full((), 0x9E3779B97F4A7C15, tl.uint64)
+             + step.to(tl.uint64) * tl.full((), 0xBF58476D1CE4E5B9, tl.uint64) + (index.to(tl.uint64) >> 32))
+        return _splitmix64(z) & 0xFFFFFFFF
+
+    @triton.jit
+    def _random_bits(key, index):
+        """csrc/random_bits.h's random_bits (lowbias32), in uint64 lanes masked to 32 bits so that
+        no multiply depends on how a literal is typed."""
+        x = key ^ (index.to(tl.uint64) & 0xFFFFFFFF)
+        x = x ^ (x >> 16)
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x = x ^ (x >> 15)
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    @triton.jit
+    def _round_stochastic(x, random16):
+        """float32 -> bfloat16, up or down at random, unbiased (mlr_kernels.rounding)."""
+        bits = x.to(tl.uint32, bitcast=True).to(tl.uint64)
+        rounded = ((bits + (random16 & 0xFFFF)) >> 16) & 0xFFFF
+        rounded = tl.where(x != x, 0x7FC0, rounded)
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+    @triton.jit
     def _adamw_chunk(
         offsets, mask, aligned: tl.constexpr,
-        param_ptr, grad_ptr, master_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
-        amsgrad, grad_scale, decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
-        bias_correction2_sqrt,
+        param_ptr, grad_ptr, master_ptr, compensation_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+        max_exp_avg_sq_ptr, amsgrad, grad_scale, decay, one_minus_beta1, beta2, one_minus_beta2,
+        eps, step_size, bias_correction2_sqrt, key, first_index,
     ):
         """Update the elements at ``offsets`` from every pointer, each already at the tile's first
         element (``mask`` is None for a whole chunk). With ``aligned`` the parameter and gradient
-        of a whole chunk start on a 16-byte boundary."""
+        of a whole chunk start on a 16-byte boundary. Moments in bfloat16 are rounded back
+        stochastically with the random bits of ``key`` and the elements' indices in the segment
+        (``first_index + offsets``); without a master, a compensation buffer in the parameter's
+        dtype keeps what the parameter's rounding dropped."""
         param_ptrs = param_ptr + offsets
         grad_ptrs = grad_ptr + offsets
         if aligned:
@@ -136,37 +172,59 @@ if triton is not None:
             seen = tl.load(param_ptrs, mask=mask)
             seen = seen.to(tl.float32)
             p = tl.where(_round_to(p, param_ptr.dtype.element_ty).to(tl.float32) != seen, seen, p)
+        elif compensation_ptr is not None:
+            p = (tl.load(param_ptrs, mask=mask).to(tl.float32)
+                 + tl.load(compensation_ptr + offsets, mask=mask).to(tl.float32))
         else:
             p = tl.load(param_ptrs, mask=mask)
-        m = tl.load(exp_avg_ptr + offsets, mask=mask)
-        v = tl.load(exp_avg_sq_ptr + offsets, mask=mask)
+        state_rounded: tl.constexpr = exp_avg_ptr.dtype.element_ty == tl.bfloat16
+        m = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+        v = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
 
         # Fused multiply-adds exactly where torch's lerp_ and addcmul_ kernels fuse.
         p = p * decay
         m = tl.fma(one_minus_beta1, g - m, m)
         v = tl.fma(one_minus_beta2 * g, g, beta2 * v)
         second_moment = v
+        vmax = v
         if max_exp_avg_sq_ptr is not None:
             if amsgrad:
-                second_moment = tl.maximum(tl.load(max_exp_avg_sq_ptr + offsets, mask=mask), v,
-                                           propagate_nan=tl.PropagateNan.ALL)
-                tl.store(max_exp_avg_sq_ptr + offsets, second_moment, mask=mask)
+                vmax = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+                second_moment = tl.maximum(vmax, v, propagate_nan=tl.PropagateNan.ALL)
         # IEEE sqrt and division, as torch computes them: Triton's defaults are approximate.
         denom = tl.div_rn(tl.sqrt_rn(second_moment), bias_correction2_sqrt) + eps
         p = p - tl.div_rn(step_size * m, denom)
 
-        tl.store(exp_avg_ptr + offsets, m, mask=mask)
-        tl.store(exp_avg_sq_ptr + offsets, v, mask=mask)
+        if state_rounded:
+            bits = _random_bits(key, first_index + offsets)
+            v_stored = _round_stochastic(v, bits >> 16)
+            tl.store(exp_avg_ptr + offsets, _round_stochastic(m, bits), mask=mask)
+            tl.store(exp_avg_sq_ptr + offsets, v_stored, mask=mask)
+            # The running max of the stored exp_avg_sq: both are bfloat16 values, nothing rounds.
+            second_moment = tl.maximum(vmax, v_stored.to(tl.float32), propagate_nan=tl.PropagateNan.ALL)
+        else:
+            tl.store(exp_avg_ptr + offsets, m, mask=mask)
+            tl.store(exp_avg_sq_ptr + offsets, v, mask=mask)
+        if max_exp_avg_sq_ptr is not None:
+            if amsgrad:
+                tl.store(max_exp_avg_sq_ptr + offsets, second_moment.to(max_exp_avg_sq_ptr.dtype.element_ty),
+                         mask=mask)
         if master_ptr is not None:
             tl.store(master_ptr + offsets, p, mask=mask)
             tl.store(param_ptrs, _round_to(p, param_ptr.dtype.element_ty), mask=mask)
+        elif compensation_ptr is not None:
+            high = _round_to(p, param_ptr.dtype.element_ty)
+            tl.store(param_ptrs, high, mask=mask)
+            # What the rounding dropped, exact in float32, kept in the parameter's dtype.
+            dropped = _round_to(p - high.to(tl.float32), param_ptr.dtype.element_ty)
+            tl.store(compensation_ptr + offsets, dropped, mask=mask)
         else:
             tl.store(param_ptrs, p, mask=mask)
 
     @triton.jit
     def _adamw_tile_kernel(
         hyper_ptr, pointers_ptr, steps_ptr, tiles_ptr,
-        master_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
+        master_ptr, compensation_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
         grad_mult_ptr, found_inf_ptr,
         PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
     ):
@@ -217,25 +275,29 @@ if triton is not None:
             master_tile = master_ptr
             if master_ptr is not None:
                 master_tile = master_ptr + start
+            compensation_tile = compensation_ptr
+            if compensation_ptr is not None:
+                compensation_tile = compensation_ptr + start
             max_exp_avg_sq_tile = max_exp_avg_sq_ptr
             if max_exp_avg_sq_ptr is not None:
                 max_exp_avg_sq_tile = max_exp_avg_sq_ptr + start
+            key = _random_key(tl.load(where + _STREAM), step, local)
 
             n = end - start
             num_whole = n // BLOCK
             for chunk in range(num_whole):
                 offsets = chunk * BLOCK + tl.arange(0, BLOCK)
-                _adamw_chunk(offsets, None, ALIGNED, param_ptr, grad_ptr, master_tile,
+                _adamw_chunk(offsets, None, ALIGNED, param_ptr, grad_ptr, master_tile, compensation_tile,
                              exp_avg_ptr + start, exp_avg_sq_ptr + start, max_exp_avg_sq_tile,
                              amsgrad, grad_scale, decay, one_minus_beta1, beta2_f32,
-                             one_minus_beta2, eps, step_size, bias_correction2_sqrt)
+                             one_minus_beta2, eps, step_size, bias_correction2_sqrt, key, local)
             tail = num_whole * BLOCK
             if tail < n:
                 offsets = tail + tl.arange(0, BLOCK)
                 _adamw_chunk(offsets, offsets < n, ALIGNED, param_ptr, grad_ptr, master_tile,
-                             exp_avg_ptr + start, exp_avg_sq_ptr + start, max_exp_avg_sq_tile,
-                             amsgrad, grad_scale, decay, one_minus_beta1, beta2_f32,
-                             one_minus_beta2, eps, step_size, bias_correction2_sqrt)
+                             compensation_tile, exp_avg_ptr + start, exp_avg_sq_ptr + start,
+                             max_exp_avg_sq_tile, amsgrad, grad_scale, decay, one_minus_beta1, beta2_f32,
+                             one_minus_beta2, eps, step_size, bias_correction2_sqrt, key, local)
 
 
 def adamw_step(
@@ -247,6 +309,7 @@ def adamw_step(
     tiles: torch.Tensor,
     grad_mult: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    compensation: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step over every active tile, in one launch. See ``mlr_kernels.backends``.
 
@@ -254,7 +317,8 @@ def adamw_step(
     reason = unavailable_reason(table.device)
     if reason is not None:
         raise RuntimeError(f"the Triton backend cannot run on {table.device}: {reason}")
-    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf)
+    check_step_args(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles, grad_mult, found_inf,
+                    compensation)
     num_tiles = tiles.shape[0]
     if num_tiles == 0:
         return
@@ -262,7 +326,7 @@ def adamw_step(
     on_device = torch.cuda.device(table.device) if table.device.type == "cuda" else contextlib.nullcontext()
     with on_device:
         _adamw_tile_kernel[(num_tiles,)](
-            table.hyper, table.pointers, table.steps, tiles, master, exp_avg, exp_avg_sq,
+            table.hyper, table.pointers, table.steps, tiles, master, compensation, exp_avg, exp_avg_sq,
             max_exp_avg_sq, grad_mult, found_inf, PARAM_DTYPE=_TRITON_DTYPES[table.dtype],
             ALIGNED=table.vector_aligned, BLOCK=BLOCK, num_warps=NUM_WARPS,
             # Only the explicit tl.fma calls may fuse: they are where torch rounds once.
