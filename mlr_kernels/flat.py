@@ -67,6 +67,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from mlr_kernels.dtensor import dtensor_like, local_tensor, sharding_key
+from mlr_kernels.rounding import stream_of
 from mlr_kernels.segments import (
     ACTIVE,
     AMSGRAD,
@@ -82,7 +83,9 @@ from mlr_kernels.segments import (
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Each optimizer.state key kept in a flat buffer, and the FlatBucket attribute of that buffer.
 FLAT_STATE = (("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq"),
-              ("max_exp_avg_sq", "max_exp_avg_sq"), ("master_param", "master"))
+              ("max_exp_avg_sq", "max_exp_avg_sq"), ("master_param", "master"),
+              ("kahan_comp", "compensation"))
+STATE_DTYPES = (torch.float32, torch.bfloat16)
 _FLAT_KEYS = frozenset(key for key, _ in FLAT_STATE)
 
 # Types of hyperparameter values read as plain numbers; anything else (a tensor) is read by value.
@@ -120,18 +123,29 @@ class FlatBucket:
         positions: ``(group index, index in the group)`` of each parameter in
             ``optimizer.param_groups``; tied parameters are stepped in this order, as torch does.
         describe: names the parameter at a position, for error messages.
+        state_dtype: the moments' dtype, float32 or bfloat16 (written back with stochastic
+            rounding, :mod:`mlr_kernels.rounding`).
+        master_weights: give bfloat16/float16 parameters float32 master weights; else a Kahan
+            compensation buffer in their own dtype.
+        seed: of the random bits of stochastic rounding (each parameter's stream is a hash of it
+            and the parameter's position).
 
     Attributes:
         table: the :class:`~mlr_kernels.segments.SegmentTable` the kernels read.
-        master: float32 master weights (bfloat16/float16 parameters only, else None).
-        exp_avg, exp_avg_sq, max_exp_avg_sq: float32 moments (``max_exp_avg_sq`` only with amsgrad).
+        master: float32 master weights (bfloat16/float16 parameters with ``master_weights``, else
+            None).
+        compensation: what the rounding of each bfloat16/float16 weight dropped, in its dtype
+            (without ``master_weights``, else None); ``optimizer.state[p]["kahan_comp"]``.
+        exp_avg, exp_avg_sq, max_exp_avg_sq: the moments in ``state_dtype`` (``max_exp_avg_sq``
+            only with amsgrad).
             A buffer is None between the moment no view of it is left in ``optimizer.state`` (all
             were replaced: the state was offloaded) and the next :meth:`sync`.
         backend: the kernel module that steps this bucket (set by the optimizer).
     """
 
     def __init__(self, params: Sequence[torch.Tensor], amsgrad: bool, positions: Sequence[tuple[int, int]],
-                 describe: Callable[[tuple[int, int]], str] = str) -> None:
+                 describe: Callable[[tuple[int, int]], str] = str, state_dtype: torch.dtype = torch.float32,
+                 master_weights: bool = True, seed: int = 0) -> None:
         first = local_tensor(params[0])
         self.device, self.dtype = first.device, first.dtype
         self.sharding = sharding_key(params[0])
@@ -147,11 +161,17 @@ class FlatBucket:
         self._contiguous: list[bool] = []
         self._add_segments(params, positions)
         self.table = SegmentTable([shape.numel() for shape in self.shapes], self.dtype, self.device)
+        self.seed = seed
+        self.table.set_streams(0, [stream_of(seed, k, j) for k, j in self.positions])
+        low = self.dtype != torch.float32
+        self._dtypes = {"exp_avg": state_dtype, "exp_avg_sq": state_dtype, "max_exp_avg_sq": state_dtype,
+                        "master": torch.float32, "compensation": self.dtype}
         # Zero padding between segments: kernels never touch it.
-        self.master = None if self.dtype == torch.float32 else self._zeros()
-        self.exp_avg = self._zeros()
-        self.exp_avg_sq = self._zeros()
-        self.max_exp_avg_sq = self._zeros() if amsgrad else None
+        self.master = self._zeros("master") if low and master_weights else None
+        self.compensation = self._zeros("compensation") if low and not master_weights else None
+        self.exp_avg = self._zeros("exp_avg")
+        self.exp_avg_sq = self._zeros("exp_avg_sq")
+        self.max_exp_avg_sq = self._zeros("max_exp_avg_sq") if amsgrad else None
         self._keys = [(key, attr) for key, attr in FLAT_STATE if getattr(self, attr) is not None]
         self.backend: Any = None
 
@@ -198,8 +218,8 @@ class FlatBucket:
             self._contiguous.append(local.is_contiguous() or not dense)
         self._all_contiguous = all(self._contiguous)
 
-    def _zeros(self) -> torch.Tensor:
-        return torch.zeros(self.table.length, dtype=torch.float32, device=self.device)
+    def _zeros(self, attr: str) -> torch.Tensor:
+        return torch.zeros(self.table.length, dtype=self._dtypes[attr], device=self.device)
 
     # ------------------------------------------------------------------------------ state
     def state_view(self, attr: str, i: int) -> torch.Tensor | None:
@@ -247,7 +267,7 @@ class FlatBucket:
         found = found or {}
         self._allocate_released()
         for key, attr in self._keys:
-            self._read_state(i, key, attr, found.get(key))
+            self._read_state(i, key, attr, found)
         self._read_step(i, found.get("step"))
         entry = {**{k: v for k, v in found.items() if k not in _FLAT_KEYS and k != "step"},
                  **self.optimizer_state(i), **extra}
@@ -267,17 +287,26 @@ class FlatBucket:
             p = self.params[i]
             state[p] = self.adopt_state(i, state.get(p), extra_state(i))
 
-    def _read_state(self, i: int, key: str, attr: str, value: Any) -> None:
-        """Copy state tensor ``value`` into segment ``i`` of buffer ``attr``; without one, start
-        the moments at zero and the master at the parameter."""
+    def _read_state(self, i: int, key: str, attr: str, found: Mapping[str, Any]) -> None:
+        """Copy state tensor ``found[key]`` into segment ``i`` of buffer ``attr`` (cast to its
+        dtype: bfloat16 moments round to nearest). Without one, start the moments at zero, the
+        master at the parameter plus its compensation, the compensation at what the parameter's
+        rounding dropped from its master (a checkpoint of the other kind of weights), else zero."""
         view = self.state_view(attr, i)
+        value = found.get(key)
         if isinstance(value, torch.Tensor):
             source = local_tensor(value)
             if source.shape != view.shape:
                 raise state_shape_error(self.describe(self.positions[i]), key, source.shape, view.shape)
             view.copy_(source)
-        elif key == "master_param":
-            view.copy_(local_tensor(self.params[i]).detach())
+            return
+        param = local_tensor(self.params[i]).detach()
+        other = found.get("kahan_comp" if key == "master_param" else "master_param")
+        other = local_tensor(other) if isinstance(other, torch.Tensor) and other.shape == view.shape else None
+        if key == "master_param":
+            view.copy_(param.float() if other is None else param.float() + other.float())
+        elif key == "kahan_comp" and other is not None:
+            view.copy_(other.float() - param.float())
         else:
             view.zero_()
 
@@ -291,7 +320,7 @@ class FlatBucket:
     def _allocate_released(self) -> None:
         released = [attr for _, attr in self._keys if getattr(self, attr) is None]
         for attr in released:
-            setattr(self, attr, self._zeros())
+            setattr(self, attr, self._zeros(attr))
         if released:
             self._watch_storages()
 
@@ -329,12 +358,12 @@ class FlatBucket:
         released = [attr for _, attr in self._keys if getattr(self, attr) is None]
         for key, attr in self._keys:
             if attr in released:
-                setattr(self, attr, self._zeros())
-            base = getattr(self, attr).data_ptr()
+                setattr(self, attr, self._zeros(attr))
+            buffer = getattr(self, attr)
             for i, entry in enumerate(self._states):
-                value = entry.get(key)
-                if not self._is_segment_view(value, base + 4 * self.table.offsets[i], i):
-                    self._read_state(i, key, attr, value)
+                address = buffer.data_ptr() + buffer.element_size() * self.table.offsets[i]
+                if not self._is_segment_view(entry.get(key), buffer, address, i):
+                    self._read_state(i, key, attr, entry)
                     entry[key] = self._handed_out_view(attr, i)
         steps = self.table.steps
         for i, entry in enumerate(self._states):
@@ -347,13 +376,13 @@ class FlatBucket:
         if released:
             self._watch_storages()
 
-    def _is_segment_view(self, value: Any, address: int, i: int) -> bool:
-        """``value`` reads segment ``i`` of the buffer that starts ``address`` (float32 views)."""
+    def _is_segment_view(self, value: Any, buffer: torch.Tensor, address: int, i: int) -> bool:
+        """``value`` is a view of ``buffer``'s segment ``i``, which starts at ``address``."""
         if not isinstance(value, torch.Tensor):
             return False
         t = local_tensor(value)
         return ((t.data_ptr() == address or not self.table.numels[i]) and t.device == self.device
-                and t.dtype == torch.float32 and t.shape == self.shapes[i] and t.stride() == self.strides[i])
+                and t.dtype == buffer.dtype and t.shape == self.shapes[i] and t.stride() == self.strides[i])
 
     # ------------------------------------------------------------------------------ growth
     def extend(self, params: Sequence[torch.Tensor], positions: Sequence[tuple[int, int]],
@@ -369,6 +398,7 @@ class FlatBucket:
         self._add_segments(params, positions)
         length, rows = self.table.length, self.table.steps.untyped_storage().data_ptr()
         self.table.append([shape.numel() for shape in self.shapes[start:]])
+        self.table.set_streams(start, [stream_of(self.seed, k, j) for k, j in self.positions[start:]])
         if self.table.length != length:
             self._resize_buffers()
         if self.table.length != length or self.table.steps.untyped_storage().data_ptr() != rows:
@@ -393,7 +423,7 @@ class FlatBucket:
     def _resize_buffers(self) -> None:
         """Re-allocate every buffer to ``table.length`` elements, keeping what they hold."""
         for _, attr in self._keys:
-            old, new = getattr(self, attr), self._zeros()
+            old, new = getattr(self, attr), self._zeros(attr)
             kept = min(old.numel(), new.numel())
             new[:kept].copy_(old[:kept])
             setattr(self, attr, new)
@@ -604,11 +634,9 @@ class FlatBucket:
         table.steps.add_(active if found_inf is None else active * (1 - found_inf))
         state = (self.master, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq)
         tile_size = self.backend.TILE_SIZE
-        if self._passes is None:
-            self.backend.adamw_step(table, *state, table.tiles(tile_size), grad_mult, found_inf)
-        else:
-            for segments in self._passes:  # a tie's master re-reads what the last pass wrote
-                self.backend.adamw_step(table, *state, table.tiles(tile_size, segments), grad_mult, found_inf)
+        for segments in self._passes or [None]:  # a tie's master re-reads what the last pass wrote
+            self.backend.adamw_step(table, *state, table.tiles(tile_size, segments), grad_mult, found_inf,
+                                    compensation=self.compensation)
         local = self._local_params()
         for i, staged in self._staged.items():
             local[i].detach().copy_(staged)

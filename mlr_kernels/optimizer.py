@@ -23,6 +23,7 @@ from mlr_kernels.backends import load_backend, resolve_backend
 from mlr_kernels.dtensor import local_tensor, sharding_key
 from mlr_kernels.flat import (
     FLAT_STATE,
+    STATE_DTYPES,
     SUPPORTED_DTYPES,
     FlatBucket,
     Repack,
@@ -57,11 +58,22 @@ class MLRAdamW(Optimizer):
         lr_mult, wd_mult: multipliers for groups that do not set their own (None: 1.0).
         backend: ``"auto"`` (CUDA, else Triton, on a GPU; the C++ kernel on the CPU), ``"cpu"``,
             ``"triton"``, ``"cuda"`` or ``"reference"`` (plain torch, the test oracle).
+        state_dtype: ``torch.float32`` (default) or ``torch.bfloat16``: the dtype ``exp_avg``,
+            ``exp_avg_sq`` and ``max_exp_avg_sq`` are kept in (2 bytes a parameter each instead of
+            4). The math stays float32 inside the kernel; bfloat16 moments are written back with
+            stochastic rounding, unbiased (:mod:`mlr_kernels.rounding`).
+        master_weights: True (default): bfloat16/float16 parameters are stepped through float32
+            master weights (``state[p]["master_param"]``, 4 bytes a parameter). False: without
+            them, through a Kahan compensation buffer in the parameter's dtype
+            (``state[p]["kahan_comp"]``, 2 bytes a parameter). Float32 parameters have neither.
+        seed: of the random bits of stochastic rounding: with the same seed, and the step counts
+            a checkpoint restores, a run and its resume draw the same bits.
         foreach, capturable, fused: accepted for drop-in compatibility; the step is always fused.
 
     Raises:
         ValueError, TypeError: as ``torch.optim.AdamW`` for bad hyperparameters or parameters, and
-            for float64, complex or sparse parameters, which the kernels do not step.
+            for float64, complex or sparse parameters, which the kernels do not step, or a
+            ``state_dtype`` other than float32 and bfloat16.
 
     Parameters and gradients stay the tensors user code and autograd hold; the optimizer's state
     (moments, and float32 master weights for bfloat16/float16 parameters, under ``"master_param"``)
@@ -93,6 +105,9 @@ class MLRAdamW(Optimizer):
         lr_mult: float | None = None,
         wd_mult: float | None = None,
         backend: str = "auto",
+        state_dtype: torch.dtype = torch.float32,
+        master_weights: bool = True,
+        seed: int = 0,
         foreach: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
@@ -100,6 +115,9 @@ class MLRAdamW(Optimizer):
     ) -> None:
         if differentiable:
             raise ValueError("MLRAdamW does not support differentiable=True")
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be torch.float32 or torch.bfloat16, got {state_dtype}")
+        self.state_dtype, self.master_weights, self.seed = state_dtype, bool(master_weights), int(seed)
         if backend != "auto":
             load_backend(backend)  # ValueError for an unknown name, before anything is built
         _check_hyperparameters(lr, betas, eps, weight_decay, lr_mult, wd_mult)
@@ -184,7 +202,8 @@ class MLRAdamW(Optimizer):
         for p in params:
             _check_trainable(p)
         amsgrad = any(self.param_groups[k]["amsgrad"] for k, _ in positions)
-        bucket = FlatBucket(params, amsgrad, positions, self._describe)
+        bucket = FlatBucket(params, amsgrad, positions, self._describe, self.state_dtype,
+                            self.master_weights, self.seed)
         bucket.backend = resolve_backend(self.backend_name, bucket.device)
         bucket.adopt_entries(self.state, self._extra_state_of(bucket), range(len(params)))
         return bucket
@@ -279,7 +298,8 @@ class MLRAdamW(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update(backend_name=self.backend_name, _param_lr_mult=self._param_lr_mult)
+        state.update(backend_name=self.backend_name, _param_lr_mult=self._param_lr_mult,
+                     state_dtype=self.state_dtype, master_weights=self.master_weights, seed=self.seed)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -289,6 +309,9 @@ class MLRAdamW(Optimizer):
             self._check_loaded_shapes(state)
             self._restore_uncast(loading["state_dict"], state)
         super().__setstate__(state)
+        for name, default in (("state_dtype", torch.float32), ("master_weights", True), ("seed", 0)):
+            if not hasattr(self, name):  # pickled by a version without them
+                setattr(self, name, default)
         self.state = _TrackedState(dict, self.state)
         self._mult_version = getattr(self, "_mult_version", 0) + 1
         self._forget_group_values()
