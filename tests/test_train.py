@@ -227,8 +227,14 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_reaches_bit_identical_weights(tmp_path, monkeypatch):
-    reference = train(config(tmp_path, "whole"))
+@pytest.mark.parametrize("optimizer", [
+    pytest.param({}, id="fp32"),
+    pytest.param(dict(dtype="bfloat16", optimizer_state="bf16", master_weights=False),
+                 id="bf16-state-no-master")])
+def test_resume_reaches_bit_identical_weights(tmp_path, monkeypatch, optimizer):
+    """Also with bfloat16 moments and no masters: the checkpoint restores the step counts, and
+    with them the random bits of the stochastic rounding."""
+    reference = train(config(tmp_path, "whole", **optimizer))
     append = MetricsLog.append
 
     def crash_after_step_5(self, record):
@@ -238,9 +244,9 @@ def test_resume_reaches_bit_identical_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MetricsLog, "append", crash_after_step_5)
     with pytest.raises(Interrupted):
-        train(config(tmp_path, "parts", save_every=2))
+        train(config(tmp_path, "parts", save_every=2, **optimizer))
     monkeypatch.setattr(MetricsLog, "append", append)
-    resumed = train(config(tmp_path, "parts", save_every=2, resume=True))
+    resumed = train(config(tmp_path, "parts", save_every=2, resume=True, **optimizer))
     assert_bit_identical(weights(reference.model_dir.parent), weights(resumed.model_dir.parent))
     steps = [json.loads(line)["step"] for line in (tmp_path / "parts" / "metrics.jsonl").open()]
     assert steps == list(range(1, 9))

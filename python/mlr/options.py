@@ -125,6 +125,31 @@ def dtype_option(help: str = "dtype of the model's weights") -> Any:
     return option("float32", help, choices=DTYPE_CHOICES)
 
 
+# --optimizer-state: the dtype MLRAdamW keeps AdamW's moments in (its ``state_dtype``).
+OPTIMIZER_STATES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def optimizer_state_option() -> Any:
+    """``--optimizer-state``, as every command that fine-tunes takes it."""
+    return option("fp32", "dtype of AdamW's moments: bf16 halves their memory, written back with "
+                  "unbiased stochastic rounding (docs/optimizer_contract.md)",
+                  choices=tuple(OPTIMIZER_STATES))
+
+
+def master_weights_option() -> Any:
+    """``--no-master-weights``, as every command that fine-tunes takes it."""
+    return option(True, "step bfloat16/float16 weights without float32 master weights, through a "
+                  "Kahan compensation in their own dtype (2 bytes a parameter instead of 4)",
+                  negative_flag="--no-master-weights")
+
+
+def require_master_weights_fit(master_weights: bool, dtype: str) -> None:
+    """Raise ``MlrInputError`` for ``--no-master-weights`` with float32 weights."""
+    require(master_weights or dtype in ("bfloat16", "float16"),
+            "--no-master-weights needs --dtype bfloat16 or float16 (float32 weights are their own "
+            "master)")
+
+
 def device_option() -> Any:
     """``--device``, as every command that loads a model takes it."""
     return option("cpu", "torch device, e.g. cpu, cuda or cuda:1")

@@ -62,7 +62,17 @@ from mlr.evaluation.evaluate import (
 from mlr.evaluation.report import summarize_arm, write_report
 from mlr.io import read_json, reusable, write_text_atomic
 from mlr.models import load_model, model_dir
-from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
+from mlr.options import (
+    device_option,
+    dtype_option,
+    master_weights_option,
+    model_option,
+    optimizer_state_option,
+    option,
+    require,
+    require_at_least,
+    require_master_weights_fit,
+)
 from mlr.output_dir import check_output_dir
 from mlr.progress import disable_progress
 from mlr.run_presets import OPTION_FIELDS, SMOLLM2, default_note, run_defaults
@@ -131,6 +141,8 @@ class RunConfig:
     swat_warmup_steps: int | None = option(None, "fine-tuning steps of the SWAT arm's warm-up",
                                            metavar="N", none="a quarter of --steps, rounded up")
     dtype: str = dtype_option()
+    optimizer_state: str = optimizer_state_option()
+    master_weights: bool = master_weights_option()
     device: str = device_option()
     threads: int | None = option(None, "CPU threads for torch", metavar="N",
                                  none="1 for the embedded default, whose ops are too small to "
@@ -156,6 +168,7 @@ class RunConfig:
             if getattr(self, name) is not None:
                 require_at_least(self, 1, name)
         require_at_least(self, 0, "lora_rank")
+        require_master_weights_fit(self.master_weights, self.dtype)
         if self.save_every is not None:
             require_at_least(self, 0, "save_every")
         require(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
@@ -427,7 +440,8 @@ def _train_config(config: RunConfig, base: str, job: ArmJob, run_dir: Path) -> T
         schedule=job.schedule, swat_warmup_steps=config.swat_warmup_steps if swat else None,
         steps=config.steps, lr=config.lr, batch_size=config.batch_size, seed=job.seed,
         lora_rank=config.lora_rank, save_every=config.save_every, keep_checkpoints=1,
-        resume=True, dtype=config.dtype, device=config.device, progress=not config.quick)
+        resume=True, dtype=config.dtype, optimizer_state=config.optimizer_state,
+        master_weights=config.master_weights, device=config.device, progress=not config.quick)
 
 
 def _evaluate_aligned(config: RunConfig, base: str | None, run_dir: Path, eval_set: EvalSet,

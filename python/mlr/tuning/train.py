@@ -38,7 +38,18 @@ from mlr.data.ift import InstructionExample
 from mlr.errors import MlrInputError
 from mlr.io import reusable, write_json_atomic
 from mlr.models import load_model, model_dir
-from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
+from mlr.options import (
+    OPTIMIZER_STATES,
+    device_option,
+    dtype_option,
+    master_weights_option,
+    model_option,
+    optimizer_state_option,
+    option,
+    require,
+    require_at_least,
+    require_master_weights_fit,
+)
 from mlr.output_dir import check_output_dir
 from mlr.progress import progress_enabled
 from mlr.tuning.checkpoint import (
@@ -121,6 +132,8 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "newest checkpoints kept", metavar="N")
     resume: bool = option(False, "continue from the newest checkpoint in --out")
     dtype: str = dtype_option("weight dtype (bf16 autocast is on with a GPU)")
+    optimizer_state: str = optimizer_state_option()
+    master_weights: bool = master_weights_option()
     device: str = device_option()
     progress: bool = True  # a progress bar (the pipeline turns it off for parallel runs)
     distributed: str | None = option(
@@ -151,6 +164,7 @@ class TrainConfig:
                 f"--distributed must be one of {', '.join(STRATEGIES)}, got {self.distributed}")
         require(not (self.distributed == "fsdp2" and self.lora_rank),
                 "LoRA with --distributed fsdp2 is not supported yet; use ddp")
+        require_master_weights_fit(self.master_weights, self.dtype)
 
 
 # Settings that do not change the trajectory; a resumed run may differ from its first part in them.
@@ -209,7 +223,9 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
         raise MlrInputError("nothing to train: --ratio is 0 and Mods_Robust is empty")
 
     # 5. Optimizer and schedule.
-    optimizer = MLRAdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = MLRAdamW(groups, lr=config.lr, weight_decay=config.weight_decay,
+                         state_dtype=OPTIMIZER_STATES[config.optimizer_state],
+                         master_weights=config.master_weights, seed=config.seed)
     warmup = config.steps // 10 if config.warmup_steps is None else config.warmup_steps
     scheduler = warmup_cosine(optimizer, warmup, config.steps, config.min_lr_ratio)
 
