@@ -62,6 +62,21 @@ def test_trainer_with_mlr_optimizers_matches_torch_adamw(tmp_path):
                            before.model.layers[0].self_attn.q_proj.weight)
 
 
+def test_trainer_with_bfloat16_optimizer_state(tmp_path):
+    """bfloat16 moments through Trainer: the same run as torch AdamW, to bfloat16 rounding of the
+    moments (a step of at most lr moves by at most 2**-4 lr more), and the state in bfloat16."""
+    ours, ref = tiny_llama(layers=2), tiny_llama(layers=2)
+    multipliers = module_lr_multipliers(ours, ROBUST, ratio=0.1)
+    args = _args(tmp_path)
+    optimizer, scheduler = mlr_optimizers(ours, args, multipliers, backend="cpu", state_dtype=torch.bfloat16)
+    runs = ((ours, (optimizer, scheduler)), (ref, _torch_optimizers(ref, args, multipliers)))
+    for model, optimizers in runs:
+        Trainer(model=model, args=args, train_dataset=_token_dataset(),
+                data_collator=default_data_collator, optimizers=optimizers).train()
+    assert_same_params(ours, ref, rtol=0, atol=STEPS * 2.0**-4 * args.learning_rate)
+    assert {state["exp_avg"].dtype for state in optimizer.state.values()} == {torch.bfloat16}
+
+
 def test_multiplier_zero_freezes_the_parameter(tmp_path):
     model = tiny_llama(layers=2)
     multipliers = module_lr_multipliers(model, ROBUST, ratio=0.0)

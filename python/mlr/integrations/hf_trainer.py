@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import TrainingArguments, get_scheduler
@@ -30,6 +31,8 @@ def mlr_optimizers(
     multipliers: Mapping[str, float],
     num_training_steps: int | None = None,
     backend: str = "auto",
+    state_dtype: torch.dtype = torch.float32,
+    master_weights: bool = True,
 ) -> tuple[MLRAdamW, LRScheduler]:
     """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``, as Trainer would build AdamW.
 
@@ -40,7 +43,9 @@ def mlr_optimizers(
     norms) and the schedule (``lr_scheduler_type`` with ``warmup_steps``, e.g. ``"cosine"``) come
     from ``args``; ``num_training_steps`` defaults to ``args.max_steps``. The model is moved to
     ``args.device`` first, so MLRAdamW's state is allocated there once (moving the model later works
-    too, at the cost of re-packing the state at the next step).
+    too, at the cost of re-packing the state at the next step). ``state_dtype`` and
+    ``master_weights`` go to :class:`MLRAdamW` (bfloat16 moments, no float32 masters), its seed is
+    ``args.seed``.
     """
     steps = num_training_steps if num_training_steps is not None else args.max_steps
     if steps <= 0:
@@ -50,7 +55,8 @@ def mlr_optimizers(
         if multipliers.get(name) == 0.0:
             parameter.requires_grad_(False)
     optimizer = MLRAdamW(param_groups(model, multipliers, args.weight_decay), lr=args.learning_rate,
-                         betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, backend=backend)
+                         betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, backend=backend,
+                         state_dtype=state_dtype, master_weights=master_weights, seed=args.seed)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
                               num_warmup_steps=args.get_warmup_steps(steps), num_training_steps=steps,
                               scheduler_specific_kwargs=args.lr_scheduler_kwargs)
