@@ -5,13 +5,15 @@
 
 Every variant steps the same random parameters and gradients (never zeros) with its own state,
 once with one param group per module (ML-LR's multipliers on MLRAdamW) and once with a single
-group. Rounds are interleaved so that machine noise hits all variants alike; the table gives
-medians. Per variant:
+group; MLRAdamW in each state mode (float32 moments; bfloat16 moments; on bfloat16 weights also
+without float32 masters). Rounds are interleaved so that machine noise hits all variants alike;
+the table gives medians. Per variant:
 
-* bytes per parameter its algorithm must move: fp32 AdamW 28 (param, grad and both moments read;
-  param and both moments written); MLRAdamW on bf16 parameters 30 (fp32 master and moments);
-  torch's AdamW on bf16 parameters 14: it keeps bf16 moments and no master, a different and less
-  precise algorithm, so its GB/s is not comparable with MLRAdamW's on bf16;
+* bytes of optimizer state it owns per parameter, and bytes a step must move per parameter:
+  fp32 AdamW 8 and 28 (param, grad and both moments read; param and both moments written);
+  with bf16 moments 4 and 20; on bf16 parameters with fp32 masters 12 and 30, with bf16 moments
+  8 and 22, without masters (a bf16 compensation) 6 and 18; torch's AdamW on bf16 parameters
+  4 and 14: bf16 moments rounded to nearest and no master, a less precise algorithm;
 * device ms and host ms apart (bench/timing.py): on a GPU the events time the device's work with
   the stream kept busy, and host ms is what ``step()`` costs the host meanwhile; on the CPU both
   are the wall time of the call;
@@ -56,11 +58,24 @@ CEILING_BYTES_PER_ELEMENT = 28
 GROUPINGS = ("per-module groups", "1 group")
 
 
-def bytes_per_param(optimizer: str, dtype: torch.dtype) -> int:
-    """Bytes per parameter ``optimizer`` (``"mlr"`` or ``"torch"``) must move in one step."""
-    if dtype == torch.float32:
-        return 28
-    return 30 if optimizer == "mlr" else 14  # fp32 master and moments, or bf16 moments and no master
+# MLRAdamW's state modes per parameter dtype: name and MLRAdamW keyword arguments.
+MLR_MODES = {
+    torch.float32: {"": {}, " bf16 state": dict(state_dtype=torch.bfloat16)},
+    torch.bfloat16: {"": {}, " bf16 state": dict(state_dtype=torch.bfloat16),
+                     " bf16 state, no master": dict(state_dtype=torch.bfloat16, master_weights=False)},
+}
+
+
+def bytes_per_param(dtype: torch.dtype, state_dtype: torch.dtype, master: bool) -> tuple[int, int]:
+    """Bytes per parameter an AdamW step must move (weight read and written, gradient read, each
+    state buffer read and written), and bytes of optimizer state it owns: for weights of
+    ``dtype``, moments of ``state_dtype``, and for low-precision weights a float32 master or
+    (``master`` False) a compensation in their dtype. torch's AdamW on bfloat16 weights is
+    (bfloat16, bfloat16, False) without the compensation."""
+    weight, moment = dtype.itemsize, state_dtype.itemsize
+    extra = 0 if dtype == torch.float32 else (4 if master else weight)
+    state = 2 * moment + extra
+    return 3 * weight + 2 * state, state
 
 
 @dataclass
@@ -68,7 +83,8 @@ class Variant:
     name: str
     grouping: str
     step: Callable[[], None]
-    bytes_per_param: int
+    bytes_per_param: int  # moved by a step
+    state_bytes_per_param: int  # owned by the optimizer
     optimizer: MLRAdamW | None = None  # MLRAdamW variants: for the contract check's host time
 
     @property
@@ -96,13 +112,15 @@ def build_variants(workload: Workload, device: str, dtype: torch.dtype, backends
         def groups(with_mult: bool, grouping: str = grouping):
             return group_dicts(named, 1e-3, with_mult) if grouping == GROUPINGS[0] else [{"params": every}]
         for backend in backends:
-            opt = MLRAdamW(groups(True), lr=1e-3, backend=backend)
-            variants.append(Variant(f"MLRAdamW[{backend}]", grouping, opt.step,
-                                    bytes_per_param("mlr", dtype), opt))
+            for mode, options in MLR_MODES[dtype].items():
+                opt = MLRAdamW(groups(True), lr=1e-3, backend=backend, **options)
+                counts = bytes_per_param(dtype, opt.state_dtype, opt.master_weights)
+                variants.append(Variant(f"MLRAdamW[{backend}]{mode}", grouping, opt.step, *counts, opt))
         for kind, flags in (("fused", dict(fused=True)), ("foreach", dict(foreach=True))):
             opt = torch.optim.AdamW(groups(False), lr=1e-3, **flags)
-            variants.append(Variant(f"torch AdamW {kind}", grouping, opt.step,
-                                    bytes_per_param("torch", dtype)))
+            counts = bytes_per_param(dtype, dtype, True) if dtype == torch.float32 else (7 * dtype.itemsize,
+                                                                                         2 * dtype.itemsize)
+            variants.append(Variant(f"torch AdamW {kind}", grouping, opt.step, *counts))
     return variants
 
 
@@ -166,7 +184,8 @@ def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[
         gbs = workload.numel * v.bytes_per_param / 1e6 / t.device_ms
         row = dict(workload=workload.name, params=workload.numel, tensors=workload.num_tensors,
                    groups=len(workload.groups) if v.grouping == GROUPINGS[0] else 1, variant=v.name,
-                   grouping=v.grouping, bytes_per_param=v.bytes_per_param, device_ms=t.device_ms,
+                   grouping=v.grouping, bytes_per_param=v.bytes_per_param,
+                   state_bytes_per_param=v.state_bytes_per_param, device_ms=t.device_ms,
                    host_ms=t.host_ms, host_bound=t.host_bound, gbs=gbs,
                    share_of_stream_ceiling=gbs / ceiling_gbs["stream_4r3w"],
                    share_of_copy_ceiling=gbs / ceiling_gbs["copy"],
@@ -186,8 +205,8 @@ def print_table(rows: list[dict]) -> None:
     print(f"\n{first['workload']}: {first['params'] / 1e6:.1f}M params in {first['tensors']} tensors; "
           f"ceilings: stream_4r3w {first['stream_ceiling_gbs']:.1f} GB/s, "
           f"copy {first['copy_ceiling_gbs']:.1f} GB/s")
-    print(f"  {'variant':20s} {'groups':>6s} {'B/param':>7s} {'device ms':>9s} {'host ms':>8s} "
-          f"{'GB/s':>7s} {'% 4r3w':>7s} {'% copy':>7s} {'vs fused':>8s} {'launches':>8s}  "
+    print(f"  {'variant':38s} {'groups':>6s} {'state B':>7s} {'moved B':>7s} {'device ms':>9s} "
+          f"{'host ms':>8s} {'GB/s':>7s} {'% 4r3w':>7s} {'% copy':>7s} {'vs fused':>8s} {'launches':>8s}  "
           "check µs/param (same / new grads)")
     for r in rows:
         launches = str(r.get("launches_per_step", "-"))
@@ -195,7 +214,8 @@ def print_table(rows: list[dict]) -> None:
                  f" (floor {r['read_floor_us_per_param']:.2f})"
                  if "check_us_per_param_same_grads" in r else "")
         bound = " host-bound" if r["host_bound"] else ""
-        print(f"  {r['variant']:20s} {r['groups']:6d} {r['bytes_per_param']:7d} {r['device_ms']:9.3f} "
+        print(f"  {r['variant']:38s} {r['groups']:6d} {r['state_bytes_per_param']:7d} "
+              f"{r['bytes_per_param']:7d} {r['device_ms']:9.3f} "
               f"{r['host_ms']:8.3f} {r['gbs']:7.1f} {100 * r['share_of_stream_ceiling']:6.1f}% "
               f"{100 * r['share_of_copy_ceiling']:6.1f}% {r['speedup_vs_torch_fused']:7.2f}x "
               f"{launches:>8s}{check}{bound}")
