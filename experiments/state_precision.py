@@ -113,7 +113,7 @@ def run_arm(dtype: torch.dtype, factory: OptimizerFactory, seed: int, args: argp
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     seconds = time.perf_counter() - started
     model.eval()
     total, tokens = 0.0, 0
