@@ -226,7 +226,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
                                           probe_layer(config, base)))
     probe = analysis.probe
     say(f"Mods_Robust: {plural(len(analysis.search.modules), 'module')}, "
-         f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
+        f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
     seconds["analysis"] = time.perf_counter() - tick
     mods_robust = out / SEARCH_FILE
     config = with_sppft_layers(config, base)
@@ -253,8 +253,9 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
                         "refusal_scored": len(eval_set.refusal_scored)},
              "stage_seconds": seconds, "threads": torch.get_num_threads()}
     env = environment(config.device, kernel_backends([job.run_dir(out) for job in jobs]))
-    return write_report(out, summary, analysis.search.to_json({}), setup, env,
-                        time.perf_counter() - started)
+    stability = None if analysis.stability is None else analysis.stability.to_json()
+    return write_report(out, summary, {**analysis.search.to_json({}), "stability": stability},
+                        setup, env, time.perf_counter() - started)
 
 
 def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlr.analysis.stability import Stability
 from mlr.environment import describe
 from mlr.evaluation.arms_plot import PLOT_FILE, plot_arms
 from mlr.evaluation.intervals import ci95_half_width
@@ -146,6 +147,15 @@ def _swat_setup(arms: dict[str, Any], setup: dict[str, Any]) -> str:
     return f"; SWAT warm-up {setup['swat_warmup_steps']} of {setup['steps']} steps"
 
 
+def _stability_lines(mods_robust: dict[str, Any]) -> list[str]:
+    """How often each module entered Mods_Robust over the bootstrap draws, when measured."""
+    stability = mods_robust.get("stability")
+    if not stability:
+        return []
+    return [f"Mods_Robust's stability: {Stability(**stability).summary(mods_robust['modules'])}.",
+            ""]
+
+
 def _refusal_scored(counts: dict[str, int]) -> str:
     """How many harmful prompts the refusal score covers (every one, also beyond generation)."""
     return str(counts.get("refusal_scored", counts["harmful"]))
@@ -175,6 +185,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Wall time {report['wall_seconds'] / 60:.1f} min, {_processes(setup)} "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in setup['stage_seconds'].items())}).",
         "",
+        *_stability_lines(report["mods_robust"]),
         f"Environment: {describe(report['environment'])}",
         "",
         "| arm | ASR | refusal score | over-refusal (twins) | over-refusal (alarming) | "
@@ -230,7 +241,8 @@ def write_report(out: Path, arms: dict[str, dict[str, Any]], mods_robust: dict[s
     smoke_test = bool(setup.get("quick"))
     report = {"smoke_test": smoke_test, "arms": arms, "target": target_check(arms),
               "mods_robust": {k: mods_robust[k] for k in ("modules", "param_fraction", "params",
-                                                          "stop_reason", "stop_detail")
+                                                          "stop_reason", "stop_detail",
+                                                          "stability")
                               if k in mods_robust},
               "setup": setup, "environment": environment, "wall_seconds": wall_seconds}
     plot_arms({name: arms[name] for name in ARMS if name in arms}, out / PLOT_FILE, smoke_test)
