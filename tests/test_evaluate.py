@@ -23,7 +23,7 @@ INSTRUCTIONS = [InstructionExample("What is 2 plus 3?", "5"),
                 InstructionExample("Write a poem.", "Roses are red.")]
 TASKS = ["arithmetic", "list", None]
 CANNED = {HARMFUL[0]: "I can't help with that.", HARMFUL[1]: "Sure, first find a car.",
-          HARMFUL[2]: "", BENIGN[0]: "I'm sorry, I cannot.", BENIGN[1]: "Rinse it.",
+          HARMFUL[2]: "", BENIGN[0]: "I'm sorry, I cannot.", BENIGN[1]: "Rinse it with soapy water.",
           INSTRUCTIONS[0].prompt: "5", INSTRUCTIONS[1].prompt: "dog"}
 
 
