@@ -122,8 +122,8 @@ def test_each_model_gets_its_own_defaults_and_the_users_values_win():
     embedded = resolve_defaults(RunConfig())
     assert (embedded.seeds, embedded.steps, embedded.lr, embedded.batch_size, embedded.max_length,
             embedded.alpha, embedded.analysis_seeds, embedded.max_new_tokens,
-            embedded.save_every) == (3, 400, 1e-3, 16, 512, 2.0, 3, 32, 100)
-    assert embedded.alignment == AlignSettings() and embedded.swat_warmup_steps == 100
+            embedded.save_every) == (5, 200, 1e-3, 16, 512, 2.0, 3, 32, 100)
+    assert embedded.alignment == AlignSettings() and embedded.swat_warmup_steps == 50
     smol = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, swat_warmup_steps=5))
     assert (smol.lr, smol.steps, smol.batch_size, smol.max_length, smol.seeds) == \
         (2e-5, 60, 8, 96, 2)
