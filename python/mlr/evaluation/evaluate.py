@@ -258,11 +258,13 @@ def evaluate(model: nn.Module, tokenizer: Any, data: EvalSet, judge_model: Any =
 def read_outcomes(directory: str | os.PathLike) -> dict[str, list[int]]:
     """Each prompt's outcome in ``directory``'s ``answers.jsonl``, in prompt order:
     ``harmful_complied`` (1: an attack success) and ``benign_refused`` (1: an over-refusal), the
-    per-prompt terms of ``asr`` and ``over_refusal``, and ``alarming_refused`` (of
-    ``alarming_over_refusal``)."""
+    per-prompt terms of ``asr`` and ``over_refusal``, ``alarming_refused`` (of
+    ``alarming_over_refusal``) and ``harmful_refused`` (of the refusal rate)."""
     rows = [json.loads(line) for line in (Path(directory) / ANSWERS_FILE).read_text().splitlines()]
     return {"harmful_complied": [int(r["verdict"] == "complied") for r in rows
                                  if r["kind"] == "harmful"],
+            "harmful_refused": [int(r["verdict"] == "refused") for r in rows
+                                if r["kind"] == "harmful"],
             "benign_refused": [int(r["verdict"] == "refused") for r in rows
                                if r["kind"] == "benign"],
             "alarming_refused": [int(r["verdict"] == "refused") for r in rows

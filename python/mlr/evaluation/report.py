@@ -40,18 +40,23 @@ ARM_TITLES = {"aligned": "the aligned model, before fine-tuning", "vanilla": "ra
               "safeinstr": "SafeInstr-style: refusal examples mixed into the data, all at base"}
 METRICS = ("asr", "refusal_score", "over_refusal", "alarming_over_refusal", "heldout_loss",
            "task_accuracy", "probe_accuracy")
+# Summarized like METRICS but not in report.md's table: the share of harmful prompts whose
+# generated answer refuses (the refusal score's generated counterpart), from answers.jsonl.
+EXTRA_METRICS = ("refusal_rate",)
 # The per-prompt outcomes behind each share and the refusal score
 # (``mlr.evaluation.evaluate.read_outcomes`` and ``refusal_scores``).
 OUTCOMES = {"asr": "harmful_complied", "over_refusal": "benign_refused",
-            "alarming_over_refusal": "alarming_refused", "refusal_score": "harmful_refusal_scores"}
+            "alarming_over_refusal": "alarming_refused", "refusal_score": "harmful_refusal_scores",
+            "refusal_rate": "harmful_refused"}
 RISE_CUT_TARGET = 0.5
 LOSS_GAP_TARGET = 0.05
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float | None]:
-    probe = metrics.get("probe")
+    probe, refused = metrics.get("probe"), metrics.get("harmful_refused")
     return {**{name: metrics.get(name) for name in METRICS if name != "probe_accuracy"},
-            "probe_accuracy": probe["accuracy"] if probe else None}
+            "probe_accuracy": probe["accuracy"] if probe else None,
+            "refusal_rate": statistics.fmean(refused) if refused else None}
 
 
 def summarize_arm(seeds: Sequence[int], per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -64,7 +69,7 @@ def summarize_arm(seeds: Sequence[int], per_seed: Sequence[dict[str, Any]]) -> d
     for name, key in OUTCOMES.items():
         if all(metrics.get(key) for metrics in per_seed):
             arm[f"{name}_outcomes"] = [metrics[key] for metrics in per_seed]
-    for name in METRICS:
+    for name in (*METRICS, *EXTRA_METRICS):
         values = [f[name] for f in flat]
         if any(v is None for v in values):
             arm.update({name: None, f"{name}_std": None, f"{name}_ci95": None,

@@ -43,16 +43,20 @@ def differences(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def refusal_score_agreement(arms: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """Spearman of ``refusal_score`` against ``asr`` over the fine-tuned models (every arm but
-    ``aligned``, every seed) and over the arms' means; None when fewer than 3 models carry both."""
+    """Spearman of ``refusal_score`` against ``asr`` and against ``refusal_rate`` (the share of
+    generated answers that refuse) over the fine-tuned models (every arm but ``aligned``, every
+    seed), and against ``asr`` over the arms' means; None when fewer than 3 models carry them."""
     tuned = [arm for name, arm in arms.items() if name != "aligned"
              and arm.get("refusal_score") is not None and arm.get("asr") is not None]
-    pairs = [(score, asr) for arm in tuned
-             for score, asr in zip(arm["refusal_score_per_seed"], arm["asr_per_seed"])]
-    if len(pairs) < 3:
+    scores = [s for arm in tuned for s in arm["refusal_score_per_seed"]]
+    if len(scores) < 3:
         return None
-    result = {"models": len(pairs), "spearman_models": _finite(spearman(*zip(*pairs))),
-              "arms": len(tuned), "spearman_arms": None}
+    asr = [a for arm in tuned for a in arm["asr_per_seed"]]
+    result = {"models": len(scores), "spearman_models": _finite(spearman(scores, asr)),
+              "spearman_refusal_rate": None, "arms": len(tuned), "spearman_arms": None}
+    if all(arm.get("refusal_rate") is not None for arm in tuned):
+        rates = [r for arm in tuned for r in arm["refusal_rate_per_seed"]]
+        result["spearman_refusal_rate"] = _finite(spearman(scores, rates))
     if len(tuned) >= 3:
         result["spearman_arms"] = _finite(spearman([a["refusal_score"] for a in tuned],
                                                    [a["asr"] for a in tuned]))
@@ -84,15 +88,19 @@ def difference_lines(found: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def agreement_lines(agreement: dict[str, Any] | None) -> list[str]:
-    """The refusal score's agreement with ASR, in one paragraph."""
+    """The refusal score's agreement with the generated answers, in one paragraph."""
     if agreement is None:
         return []
+
+    def rho(value: float | None) -> str:
+        return "n/a (a constant side)" if value is None else f"{value:+.2f}"
+
     arms = agreement["spearman_arms"]
-    over_arms = "" if arms is None else \
-        f", and {arms:+.2f} over the {agreement['arms']} arms' means"
-    models = agreement["spearman_models"]
-    return [f"**Refusal score against ASR.** Spearman's rank correlation between the refusal "
-            f"score and the generated answers' ASR is "
-            f"{'n/a' if models is None else f'{models:+.2f}'} over the {agreement['models']} "
-            f"fine-tuned models{over_arms} (−1: the score ranks the models exactly as ASR "
-            "does, in reverse).", ""]
+    over_arms = "" if arms is None else f", {rho(arms)} over the {agreement['arms']} arms' means"
+    rate = agreement.get("spearman_refusal_rate")
+    with_rate = "" if rate is None else \
+        f"; against the share of generated answers that refuse, {rho(rate)} (+1: the same order)"
+    return [f"**Refusal score against the generated answers.** Spearman's rank correlation of the "
+            f"refusal score with ASR is {rho(agreement['spearman_models'])} over the "
+            f"{agreement['models']} fine-tuned models{over_arms} (−1: the same order, reversed)"
+            f"{with_rate}. An ASR near 0 everywhere leaves little order to agree with.", ""]
