@@ -200,37 +200,44 @@ def family_of(arm: str) -> str:
         prefix if prefix in ("uniform", "ml_lr") else "extra"
 
 
+PANELS = (("asr", "attack success rate (lower: safer)"),
+          ("refusal_score", "refusal score, teacher-forced (higher: safer)"))
+FAMILIES = {"uniform": ("#d62728", "o", "every module at base × M"),
+            "ml_lr": ("#2ca02c", "s", "ML-LR: Mods_Robust at base, rest × R"),
+            "random": ("#7f7f7f", "^", "random set of Mods_Robust's size, rest × R"),
+            "extra": ("#1f77b4", "D", "other sets (--extra), rest × R"),
+            "run": ("#8c564b", "P", "SWAT and the peer defenses (the mlr run's arms)")}
+
+
 def plot(arms: dict[str, dict], path: Path) -> None:
+    """Safety against usability, one panel per measure the arms carry (ASR; refusal score)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    families = {"uniform": ("#d62728", "o", "every module at base × M"),
-                "ml_lr": ("#2ca02c", "s", "ML-LR: Mods_Robust at base, rest × R"),
-                "random": ("#7f7f7f", "^", "random set of Mods_Robust's size, rest × R"),
-                "extra": ("#1f77b4", "D", "other sets (--extra), rest × R"),
-                "run": ("#8c564b", "P", "SWAT and the peer defenses (the mlr run's arms)")}
-    for family, (color, marker, label) in families.items():
-        names = [n for n in arms if family_of(n) == family]
-        for i, name in enumerate(names):
-            arm = arms[name]
-            axis.errorbar(arm["heldout_loss"], arm["asr"], xerr=arm["heldout_loss_std"],
-                          yerr=arm["asr_std"], color=color, marker=marker, capsize=3,
-                          label=label if i == 0 else None)
-            axis.annotate(name if family in ("extra", "run") else name.split("-", 1)[1],
-                          (arm["heldout_loss"], arm["asr"]), fontsize=8,
-                          xytext=(4, 4), textcoords="offset points")
-        if family == "uniform" and names:
-            ordered = sorted(names, key=lambda n: arms[n]["heldout_loss"])
-            axis.plot([arms[n]["heldout_loss"] for n in ordered], [arms[n]["asr"] for n in ordered],
-                      color=color, linewidth=1)
-    axis.set_xlabel("held-out loss (lower: more useful)")
-    axis.set_ylabel("attack success rate (lower: safer)")
-    axis.set_title("ML-LR against a plain lower learning rate (bars: ± std over seeds)",
-                   fontsize=10)
-    axis.legend(fontsize=8)
+    panels = [(m, t) for m, t in PANELS if all(arm.get(m) is not None for arm in arms.values())]
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for axis, (metric, label) in zip(axes[0], panels):
+        for family, (color, marker, legend) in FAMILIES.items():
+            names = [n for n in arms if family_of(n) == family]
+            for i, name in enumerate(names):
+                arm = arms[name]
+                axis.errorbar(arm["heldout_loss"], arm[metric], xerr=arm["heldout_loss_std"],
+                              yerr=arm[f"{metric}_std"], color=color, marker=marker, capsize=3,
+                              label=legend if i == 0 else None)
+                axis.annotate(name if family in ("extra", "run") else name.split("-", 1)[1],
+                              (arm["heldout_loss"], arm[metric]), fontsize=8, xytext=(4, 4),
+                              textcoords="offset points")
+            if family == "uniform" and names:
+                ordered = sorted(names, key=lambda n: arms[n]["heldout_loss"])
+                axis.plot([arms[n]["heldout_loss"] for n in ordered],
+                          [arms[n][metric] for n in ordered], color=color, linewidth=1)
+        axis.set_xlabel("held-out loss (lower: more useful)")
+        axis.set_ylabel(label)
+        axis.set_title(f"{label.split(' (')[0]} against a plain lower learning rate "
+                       "(bars: ± std over seeds)", fontsize=9)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     save_figure_atomic(path, figure)
     plt.close(figure)
