@@ -46,7 +46,8 @@ def test_the_runs_arms_are_reused_under_their_frontier_names(tmp_path):
     fake_run(tmp_path / "run", config, seeds=3)
     found = frontier.reused_arms(tmp_path / "run", config)
     assert set(found) == {"uniform-1", "uniform-0.6", "ml_lr-0.6", "sppft", "safeinstr"}
-    outcomes = {"harmful_complied": [1, 0], "benign_refused": [1], "alarming_refused": []}
+    outcomes = {"harmful_complied": [1, 0], "harmful_refused": [0, 1], "benign_refused": [1],
+                "alarming_refused": []}
     assert found["uniform-0.6"] == [{"arm": "uniform_lr", "seed": 0, **outcomes},
                                     {"arm": "uniform_lr", "seed": 1, **outcomes}]
 
