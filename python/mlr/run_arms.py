@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import transformers
@@ -38,10 +38,8 @@ from mlr.evaluation.evaluate import (
 from mlr.io import reusable
 from mlr.models import load_model
 from mlr.progress import disable_progress
+from mlr.run_config import RunConfig
 from mlr.tuning.train import TrainConfig, expected_fingerprint, train
-
-if TYPE_CHECKING:
-    from mlr.run import RunConfig
 
 
 def arm_jobs(config: RunConfig, mods_robust: Path) -> list[ArmJob]:
