@@ -20,7 +20,8 @@ data, steps, seeds and evaluation as ``mlr run`` (its defaults, or the options b
 
 With ``--reuse-arms`` the ``mlr run`` in ``--analysis`` supplies the points it already trained with
 the same settings (its ``vanilla`` is ``uniform-1``, its ``uniform_lr`` and ``ml_lr`` are
-``uniform-R`` and ``ml_lr-R`` at its ratio R); the settings are checked against its report.json.
+``uniform-R`` and ``ml_lr-R`` at its ratio R, and its peer defenses ``sppft`` and ``safeinstr``
+and its ``swat`` are points of their own); the settings are checked against its report.json.
 It reads only that report.json and each arm's ``eval.json`` and ``answers.jsonl``, never the
 fine-tuned weights, which ``mlr run`` deletes once evaluated (unless ``--keep-models``); the
 sweep's own arms are handled the same way (``run_arm_jobs``), and a killed sweep resumes as
@@ -52,7 +53,8 @@ from mlr.evaluation.report import summarize_arm
 from mlr.io import save_figure_atomic, write_json_atomic
 from mlr.models import load_model
 from mlr.modules import decoder_modules
-from mlr.run import EMBEDDED_NAME, ArmJob, RunConfig, resolve_defaults, run_arm_jobs, run_data
+from mlr.run import EMBEDDED_NAME, RunConfig, resolve_defaults, run_data
+from mlr.run_arms import ArmJob, run_arm_jobs
 from mlr.tuning.align import align_model
 from mlr.tuning.ml_lr import read_mods_robust
 
@@ -117,6 +119,9 @@ def summarize(jobs: list[ArmJob], results: list[dict]) -> dict[str, dict]:
             for name, runs in by_arm.items()}
 
 
+# Arms of ``mlr run`` reused under their own names (they have no ratio): SWAT and the peers.
+RUN_POINTS = ("swat", "sppft", "safeinstr")
+
 # Settings of ``mlr run`` that must match for its arms to stand as frontier points.
 SAME_SETTINGS = ("steps", "lr", "batch_size", "max_length", "lora_rank", "max_new_tokens",
                  "eval_limit", "dtype", "harmful", "benign", "ift", "heldout")
@@ -134,7 +139,8 @@ def reused_arms(run_dir: Path, config: RunConfig) -> dict[str, list[dict]]:
         sys.exit(f"lr_frontier: --reuse-arms: {run_dir} was run with other settings "
                  f"({', '.join(differ) or 'fewer seeds'}); drop --reuse-arms or match them")
     ratio = setup["ratio"]
-    names = {"vanilla": "uniform-1", "uniform_lr": f"uniform-{ratio:g}", "ml_lr": f"ml_lr-{ratio:g}"}
+    names = {"vanilla": "uniform-1", "uniform_lr": f"uniform-{ratio:g}", "ml_lr": f"ml_lr-{ratio:g}",
+             **{peer: peer for peer in RUN_POINTS}}
     found = {}
     for arm, frontier_name in names.items():
         evals = [run_dir / "arms" / arm / f"seed-{seed}" / EVAL_FILE for seed in range(config.seeds)]
@@ -155,69 +161,83 @@ def interpolate(xs: list[float], x: float) -> dict[int, float] | None:
     return None
 
 
-def gap_to_uniform_curve(arms: dict[str, dict], name: str) -> dict | None:
-    """How far ``name``'s ASR lies above the uniform-LR curve at its own held-out loss, seed by
+def gap_to_uniform_curve(arms: dict[str, dict], name: str, metric: str = "asr") -> dict | None:
+    """How far ``name``'s ``metric`` (ASR, or the refusal score) lies above the uniform-LR curve
+    at its own held-out loss, seed by
     seed (each seed's point against the curve of the same seed's uniform arms, which share its
     data order), with a 95 % interval over the seeds and, where the arms carry their per-prompt
     outcomes, the prompts (the curve's outcome on a prompt: the same mix of its two neighbours);
-    None where some seed's loss is outside that curve. Below 0 (and outside the noise): safer
-    than a plain LR cut of the same cost."""
+    None where some seed's loss is outside that curve or an arm lacks ``metric``. For ASR, below
+    0 (and outside the noise) is safer than a plain LR cut of the same cost; for the refusal
+    score, above 0."""
     uniform = [arm for n, arm in arms.items() if family_of(n) == "uniform"]
     point = arms[name]
-    if len(uniform) < 2 or any(arm["seeds"] != point["seeds"] for arm in uniform):
+    if len(uniform) < 2 or any(arm["seeds"] != point["seeds"]
+                               or None in (arm.get(f"{metric}_per_seed") or [None])
+                               for arm in (*uniform, point)):
         return None
-    with_outcomes = all("asr_outcomes" in arm for arm in (*uniform, point))
+    with_outcomes = all(f"{metric}_outcomes" in arm for arm in (*uniform, point))
     gaps, outcome_gaps = [], []
     for i in range(len(point["seeds"])):
         weights = interpolate([arm["heldout_loss_per_seed"][i] for arm in uniform],
                               point["heldout_loss_per_seed"][i])
         if weights is None:
             return None
-        curve = sum(w * uniform[k]["asr_per_seed"][i] for k, w in weights.items())
-        gaps.append(point["asr_per_seed"][i] - curve)
+        curve = sum(w * uniform[k][f"{metric}_per_seed"][i] for k, w in weights.items())
+        gaps.append(point[f"{metric}_per_seed"][i] - curve)
         if with_outcomes:
-            columns = zip(*(uniform[k]["asr_outcomes"][i] for k in weights))
+            columns = zip(*(uniform[k][f"{metric}_outcomes"][i] for k in weights))
             outcome_gaps.append([own - sum(w * c for w, c in zip(weights.values(), column))
-                                 for own, column in zip(point["asr_outcomes"][i], columns)])
+                                 for own, column in zip(point[f"{metric}_outcomes"][i], columns)])
     return mean_difference(gaps, outcome_gaps if with_outcomes else None).to_json()
 
 
 def family_of(arm: str) -> str:
+    if arm in RUN_POINTS:
+        return "run"
     prefix = arm.split("-", 1)[0]
     return "random" if prefix.startswith("random") else \
         prefix if prefix in ("uniform", "ml_lr") else "extra"
 
 
+PANELS = (("asr", "attack success rate (lower: safer)"),
+          ("refusal_score", "refusal score, teacher-forced (higher: safer)"))
+FAMILIES = {"uniform": ("#d62728", "o", "every module at base × M"),
+            "ml_lr": ("#2ca02c", "s", "ML-LR: Mods_Robust at base, rest × R"),
+            "random": ("#7f7f7f", "^", "random set of Mods_Robust's size, rest × R"),
+            "extra": ("#1f77b4", "D", "other sets (--extra), rest × R"),
+            "run": ("#8c564b", "P", "SWAT and the peer defenses (the mlr run's arms)")}
+
+
 def plot(arms: dict[str, dict], path: Path) -> None:
+    """Safety against usability, one panel per measure the arms carry (ASR; refusal score)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    families = {"uniform": ("#d62728", "o", "every module at base × M"),
-                "ml_lr": ("#2ca02c", "s", "ML-LR: Mods_Robust at base, rest × R"),
-                "random": ("#7f7f7f", "^", "random set of Mods_Robust's size, rest × R"),
-                "extra": ("#1f77b4", "D", "other sets (--extra), rest × R")}
-    for family, (color, marker, label) in families.items():
-        names = [n for n in arms if family_of(n) == family]
-        for i, name in enumerate(names):
-            arm = arms[name]
-            axis.errorbar(arm["heldout_loss"], arm["asr"], xerr=arm["heldout_loss_std"],
-                          yerr=arm["asr_std"], color=color, marker=marker, capsize=3,
-                          label=label if i == 0 else None)
-            axis.annotate(name if family == "extra" else name.split("-", 1)[1],
-                          (arm["heldout_loss"], arm["asr"]), fontsize=8,
-                          xytext=(4, 4), textcoords="offset points")
-        if family == "uniform" and names:
-            ordered = sorted(names, key=lambda n: arms[n]["heldout_loss"])
-            axis.plot([arms[n]["heldout_loss"] for n in ordered], [arms[n]["asr"] for n in ordered],
-                      color=color, linewidth=1)
-    axis.set_xlabel("held-out loss (lower: more useful)")
-    axis.set_ylabel("attack success rate (lower: safer)")
-    axis.set_title("ML-LR against a plain lower learning rate (bars: ± std over seeds)",
-                   fontsize=10)
-    axis.legend(fontsize=8)
+    panels = [(m, t) for m, t in PANELS if all(arm.get(m) is not None for arm in arms.values())]
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for axis, (metric, label) in zip(axes[0], panels):
+        for family, (color, marker, legend) in FAMILIES.items():
+            names = [n for n in arms if family_of(n) == family]
+            for i, name in enumerate(names):
+                arm = arms[name]
+                axis.errorbar(arm["heldout_loss"], arm[metric], xerr=arm["heldout_loss_std"],
+                              yerr=arm[f"{metric}_std"], color=color, marker=marker, capsize=3,
+                              label=legend if i == 0 else None)
+                axis.annotate(name if family in ("extra", "run") else name.split("-", 1)[1],
+                              (arm["heldout_loss"], arm[metric]), fontsize=8, xytext=(4, 4),
+                              textcoords="offset points")
+            if family == "uniform" and names:
+                ordered = sorted(names, key=lambda n: arms[n]["heldout_loss"])
+                axis.plot([arms[n]["heldout_loss"] for n in ordered],
+                          [arms[n][metric] for n in ordered], color=color, linewidth=1)
+        axis.set_xlabel("held-out loss (lower: more useful)")
+        axis.set_ylabel(label)
+        axis.set_title(f"{label.split(' (')[0]} against a plain lower learning rate "
+                       "(bars: ± std over seeds)", fontsize=9)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     save_figure_atomic(path, figure)
     plt.close(figure)
@@ -260,6 +280,7 @@ def main() -> None:
     rmap = RobustnessMap.from_json(json.loads((args.analysis / "robustness.json").read_text()))
     arms += [extra_arm(spec, names, robust, args.out, rmap) for spec in args.extra]
     reused = reused_arms(args.analysis, config) if args.reuse_arms else {}
+    arms += [(name, 1.0, None) for name in RUN_POINTS if name in reused]
     jobs = [ArmJob(name, ratio, robust, seed) for name, ratio, robust in arms
             for seed in range(args.seeds) if name not in reused]
     results = run_arm_jobs(replace(config, out=str(args.out)), base, jobs, args.out, examples,
@@ -274,17 +295,19 @@ def main() -> None:
     for name, arm in summary.items():
         if family_of(name) != "uniform":
             arm["gap_to_uniform_curve"] = gap_to_uniform_curve(summary, name)
+            arm["refusal_gap_to_uniform_curve"] = gap_to_uniform_curve(summary, name,
+                                                                       "refusal_score")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_json_atomic(args.out / "frontier.json", {"arms": summary, "base": base,
                                                    "settings": settings})
     plot(summary, args.out / "frontier.png")
     print(f"{'arm':14s} {'ASR (± std)':>14s} {'held-out loss':>16s} {'task acc':>8s}  "
-          "ASR above the uniform curve at the same loss")
+          "ASR / refusal score above the uniform curve at the same loss")
     for name, arm in summary.items():
-        gap = arm.get("gap_to_uniform_curve")
+        gaps = [arm.get("gap_to_uniform_curve"), arm.get("refusal_gap_to_uniform_curve")]
         print(f"{name:14s} {arm['asr']:.3f} ± {arm['asr_std']:.3f} "
               f"{arm['heldout_loss']:.4f} ± {arm['heldout_loss_std']:.4f} {arm['task_accuracy']:.3f}  "
-              f"{Difference.from_json(gap).describe() if gap else ''}")
+              + " / ".join(Difference.from_json(gap).describe() for gap in gaps if gap))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def fake_run(run_dir: Path, config: RunConfig, seeds: int) -> None:
     setup.update(model="embedded default (aligned)", seeds=seeds, ratio=0.6)
     run_dir.mkdir(parents=True)
     (run_dir / "report.json").write_text(json.dumps({"setup": setup}))
-    for arm in ("vanilla", "uniform_lr", "ml_lr", "frozen"):
+    for arm in ("vanilla", "uniform_lr", "ml_lr", "frozen", "sppft", "safeinstr"):
         for seed in range(seeds):
             folder = run_dir / "arms" / arm / f"seed-{seed}"
             folder.mkdir(parents=True)
@@ -45,8 +45,9 @@ def test_the_runs_arms_are_reused_under_their_frontier_names(tmp_path):
     config = resolve_defaults(RunConfig(out=str(tmp_path / "f"), seeds=2))
     fake_run(tmp_path / "run", config, seeds=3)
     found = frontier.reused_arms(tmp_path / "run", config)
-    assert set(found) == {"uniform-1", "uniform-0.6", "ml_lr-0.6"}
-    outcomes = {"harmful_complied": [1, 0], "benign_refused": [1]}
+    assert set(found) == {"uniform-1", "uniform-0.6", "ml_lr-0.6", "sppft", "safeinstr"}
+    outcomes = {"harmful_complied": [1, 0], "harmful_refused": [0, 1], "benign_refused": [1],
+                "alarming_refused": []}
     assert found["uniform-0.6"] == [{"arm": "uniform_lr", "seed": 0, **outcomes},
                                     {"arm": "uniform_lr", "seed": 1, **outcomes}]
 

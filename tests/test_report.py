@@ -17,7 +17,7 @@ SEEDS = [0, 1, 2]
 
 def _metrics(asr, loss, refusal=0.1):
     return {"asr": asr, "over_refusal": refusal, "heldout_loss": loss, "task_accuracy": 0.5,
-            "probe": None}
+            "refusal_score": 0.9 - asr, "probe": None}
 
 
 def _arms(seeds=SEEDS):
@@ -43,7 +43,8 @@ MODS_ROBUST = {"modules": ["model.layers.0.self_attn.q_proj"], "param_fraction":
 def test_the_figure_draws_the_reports_intervals_under_the_tables_names():
     arms = _arms()
     figure = arms_figure(arms)
-    for axis, metric in zip(figure.axes[:3], ("asr", "heldout_loss", "over_refusal")):
+    for axis, metric in zip(figure.axes[:4], ("asr", "refusal_score", "heldout_loss",
+                                               "over_refusal")):
         drawn = {c.get_label(): c for c in axis.containers}
         shown = [a for a in arms if metric != "heldout_loss" or a != "aligned"]
         assert set(drawn) == set(shown)
@@ -62,7 +63,7 @@ def test_the_figure_draws_the_reports_intervals_under_the_tables_names():
     assert "one model: no interval" in [t.get_text() for t in figure.axes[0].texts]
     assert CAPTION in [t.get_text() for t in figure.texts] and "95 % interval" in CAPTION
     # ml_lr and the control coincide: their markers differ in shape and size, both hollow.
-    scatter = {c.get_label(): c for c in figure.axes[3].collections}
+    scatter = {c.get_label(): c for c in figure.axes[4].collections}
     ml_lr, control = scatter["ML-LR (ml_lr)"], scatter["control (uniform_lr)"]
     assert (ml_lr.get_offsets() == control.get_offsets()).all()
     assert ml_lr.get_sizes()[0] > control.get_sizes()[0]

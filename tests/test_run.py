@@ -39,8 +39,22 @@ def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
             assert arm[metric] == pytest.approx(sum(arm[f"{metric}_per_seed"]) / seeds)
         assert 0.0 <= arm["asr"] <= 1.0 and arm["heldout_loss"] > 0
     assert set(report["target"]) >= {"rise_cut", "loss_gap", "met", "differences"}
-    assert set(report["target"]["differences"]) == {"ml_lr-uniform_lr", "ml_lr-vanilla",
-                                                    "swat-uniform_lr", "swat-vanilla"}
+    assert set(report["target"]["differences"]) == {
+        "ml_lr-uniform_lr", "ml_lr-vanilla", "swat-uniform_lr", "swat-vanilla", "sppft-vanilla",
+        "safeinstr-vanilla", "ml_lr-sppft", "ml_lr-safeinstr"}
+    assert set(report["target"]["differences"]["ml_lr-vanilla"]) == {"asr", "refusal_score",
+                                                                     "heldout_loss"}
+    agreement = report["target"]["refusal_score_agreement"]
+    assert agreement["models"] == 2 * (len(ARMS) - 1)
+    for name, arm in report["arms"].items():  # the refusal score covers every harmful prompt
+        assert 0.0 < arm["refusal_score"] < 1.0
+        assert (arm["refusal_score_ci95"] is None) == (name == "aligned")  # one model: none
+        assert [len(row) for row in arm["refusal_score_outcomes"]] == \
+            [report["setup"]["counts"]["refusal_scored"]] * len(arm["seeds"])
+    peers = {name: json.loads((out / "arms" / name / "seed-0" / "train.json").read_text())["config"]
+             for name in ("sppft", "safeinstr", "vanilla")}
+    assert peers["sppft"]["freeze_layers"] == "1-2" and peers["vanilla"]["freeze_layers"] is None
+    assert peers["safeinstr"]["safety_mix"] == 0.03 and peers["vanilla"]["safety_mix"] == 0.0
     vanilla = report["arms"]["vanilla"]  # each seed's per-prompt outcomes, for the intervals
     assert [len(row) for row in vanilla["asr_outcomes"]] == [report["setup"]["counts"]["harmful"]] * 2
     for name in ("report.md", "arms.png", "robustness.png", "search.png", "mods_robust.json",
@@ -85,7 +99,7 @@ def test_parallel_jobs_give_the_results_of_one_job_at_a_time(tmp_path):
     reports = {}
     for jobs in ("1", "2"):
         out = tmp_path / f"jobs-{jobs}"
-        assert run_cli("--quick", "--no-control", "--no-swat", "--jobs", jobs, "--out",
+        assert run_cli("--quick", "--no-control", "--no-swat", "--no-peers", "--jobs", jobs, "--out",
                        str(out)) == 0
         reports[jobs] = json.loads((out / "report.json").read_text())["arms"]
     assert set(reports["1"]) == {"aligned", "vanilla", "ml_lr", "frozen"}
@@ -95,7 +109,8 @@ def test_parallel_jobs_give_the_results_of_one_job_at_a_time(tmp_path):
 @pytest.mark.parametrize("args", [["--seeds", "0"], ["--jobs", "0"], ["--ratio", "1.5"],
                                   ["--ift", "missing.json"], ["--harmful", "missing.csv"],
                                   ["--swat-warmup-steps", "401"], ["--swat-warmup-steps", "-1"],
-                                  ["--lr", "0"]])
+                                  ["--lr", "0"], ["--safety-mix", "0"],
+                                  ["--sppft-layers", "2-1"]])
 def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, args):
     assert run_cli("--out", str(tmp_path / "out"), *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -107,8 +122,8 @@ def test_each_model_gets_its_own_defaults_and_the_users_values_win():
     embedded = resolve_defaults(RunConfig())
     assert (embedded.seeds, embedded.steps, embedded.lr, embedded.batch_size, embedded.max_length,
             embedded.alpha, embedded.analysis_seeds, embedded.max_new_tokens,
-            embedded.save_every) == (3, 400, 1e-3, 16, 512, 2.0, 3, 32, 100)
-    assert embedded.alignment == AlignSettings() and embedded.swat_warmup_steps == 100
+            embedded.save_every) == (5, 200, 1e-3, 16, 512, 2.0, 3, 32, 100)
+    assert embedded.alignment == AlignSettings() and embedded.swat_warmup_steps == 50
     smol = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, swat_warmup_steps=5))
     assert (smol.lr, smol.steps, smol.batch_size, smol.max_length, smol.seeds) == \
         (2e-5, 60, 8, 96, 2)

@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import mlr.run
+import mlr.run_arms
 import mlr.run_presets
 import mlr.tuning.align
 import pytest
@@ -58,6 +58,6 @@ def test_the_preset_runs_every_stage_quickly(tmp_path, fake_preset, monkeypatch)
         raise AssertionError("trained again")
 
     monkeypatch.setattr(mlr.tuning.align, "train", no_training)
-    monkeypatch.setattr(mlr.run, "train", no_training)
+    monkeypatch.setattr(mlr.run_arms, "train", no_training)
     assert cli.main(["run", "--model", SMOLLM2, "--quick", "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["arms"] == report["arms"]

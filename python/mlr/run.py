@@ -6,189 +6,52 @@
    (learning rate, steps, evaluation sizes, ``--quick``) are in ``mlr.run_presets``;
 3. analysis on the aligned model: probe, robustness map, Mods_Robust search
    (``mlr.analysis.pipeline.run_search``; outputs in ``out``);
-4. benign fine-tuning in five arms with the same data, steps and seeds: vanilla (ratio 1), ML-LR
+4. benign fine-tuning in seven arms with the same data, steps and seeds: vanilla (ratio 1), ML-LR
    (``ratio``), frozen-but-robust (ratio 0), SWAT (Mods_Robust alone for a warm-up, then
-   everything) and the control ``uniform_lr`` that tells ML-LR from simply training slower (every
-   module at base × ``ratio``); each seed resumable from its checkpoints;
+   everything), the control ``uniform_lr`` that tells ML-LR from simply training slower (every
+   module at base × ``ratio``), and the peer defenses ``sppft`` (the safety layers frozen) and
+   ``safeinstr`` (refusal examples mixed into the data); each seed resumable from its
+   checkpoints, in worker processes (``mlr.run_arms``);
 5. evaluation of the aligned model and of every arm and seed, all with the same prompts and judge;
 6. the report (``mlr.evaluation.report``).
 
-An arm and seed whose evaluation in ``out`` was made with the same settings (the training's
-fingerprint among them) is neither trained nor evaluated again, and one that finished training is
-not trained again: a killed ``mlr run`` continues where it was. Each arm's fine-tuned weights are
-deleted once evaluated (about 4 bytes per parameter each: 540 MB for SmolLM2) unless
-``keep_models``; an evaluation reused needs no weights.
+Each arm's fine-tuned weights are deleted once evaluated (about 4 bytes per parameter each: 540 MB
+for SmolLM2) unless ``keep_models``; a killed ``mlr run`` continues where it was.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import multiprocessing
 import os
 import random
-import shutil
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
-from mlr.analysis.config import AnalysisConfig
-from mlr.analysis.perturb import PERTURBATIONS
 from mlr.analysis.pipeline import SEARCH_FILE, run_search
-from mlr.analysis.probe import LAYER_TOLERANCE, ProbeResult
-from mlr.analysis.search import DEFAULT_TAU
 from mlr.data.corpus import benign_prompts, harmful_prompts
 from mlr.data.ift import InstructionExample, example_from_record
 from mlr.data.prompts import load_instruction_data
 from mlr.data.security_data import load_security_data
 from mlr.environment import environment
-from mlr.evaluation.evaluate import (
-    ANSWERS_FILE,
-    EVAL_FILE,
-    EvalSet,
-    evaluate,
-    load_eval_set,
-    read_outcomes,
-    warn_if_few_prompts,
-    write_evaluation,
-)
+from mlr.evaluation.evaluate import EvalSet, load_eval_set, warn_if_few_prompts
 from mlr.evaluation.report import summarize_arm, write_report
-from mlr.io import read_json, reusable, write_text_atomic
-from mlr.models import load_model, model_dir
-from mlr.options import (
-    device_option,
-    dtype_option,
-    master_weights_option,
-    model_option,
-    optimizer_state_option,
-    option,
-    require,
-    require_at_least,
-    require_master_weights_fit,
-)
+from mlr.io import read_json, write_text_atomic
+from mlr.models import model_dir
+from mlr.options import require
 from mlr.output_dir import check_output_dir
-from mlr.progress import disable_progress
-from mlr.run_presets import OPTION_FIELDS, SMOLLM2, default_note, run_defaults
+from mlr.run_arms import arm_jobs, evaluate_aligned, run_arm_jobs, say
+from mlr.run_config import EMBEDDED_NAME, HELDOUT_FRACTION, MAX_HELDOUT, RunConfig
+from mlr.run_presets import OPTION_FIELDS, run_defaults
 from mlr.text import plural
-from mlr.tuning.align import AlignSettings, align_model
-from mlr.tuning.ml_lr import check_ratio
+from mlr.tuning.align import align_model
+from mlr.tuning.peers import scaled_safety_layers
 from mlr.tuning.phases import default_swat_warmup
 from mlr.tuning.sft import load_training_examples
-from mlr.tuning.train import TrainConfig, expected_fingerprint, train
-
-HELDOUT_FRACTION = 0.05  # of an --ift file, when no --heldout file is given
-MAX_HELDOUT = 200
-EMBEDDED_NAME = "embedded default (aligned)"  # report.json's setup.model with no --model
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Every option of ``mlr run``. Raises ``MlrInputError`` for an invalid value."""
-
-    out: str = option("mlr_run", "output directory (report.md, report.json, plots, the analysis "
-                      "files and arms/)", metavar="DIR")
-    model: str | None = model_option(none="the embedded tiny Llama, safety-aligned first")
-    harmful: str | None = option(None, "harmful prompts for the probe and the ASR (CSV goal "
-                                 "column, JSON/JSONL, text)", metavar="FILE",
-                                 none="the embedded set")
-    benign: str | None = option(None, "benign prompts for the probe and over-refusal",
-                                metavar="FILE", none="the embedded set")
-    ift: str | None = option(None, "benign instruction data to fine-tune on, alpaca or chat "
-                             "JSON/JSONL", metavar="FILE", none="the embedded fine-tuning tasks")
-    heldout: str | None = option(None, "held-out instructions for loss and accuracy",
-                                 metavar="FILE",
-                                 none=f"the embedded held-out tasks, or {HELDOUT_FRACTION:.0%} "
-                                 "of --ift")
-    seeds: int | None = option(None, "fine-tuning seeds per arm", metavar="N",
-                               none=default_note("seeds"))
-    steps: int | None = option(None, "fine-tuning steps", none=default_note("steps"))
-    lr: float | None = option(None, "base learning rate", none=default_note("lr"))
-    batch_size: int | None = option(None, "fine-tuning examples per step", metavar="N",
-                                    none=default_note("batch_size"))
-    max_length: int | None = option(None, "tokens per fine-tuning example", metavar="N",
-                                    none=default_note("max_length"))
-    ratio: float = option(0.6, "ML-LR multiplier outside Mods_Robust, in [0, 1]")  # docs/ml_lr.md
-    lora_rank: int = option(0, "fine-tune LoRA adapters of this rank (0: full fine-tuning)",
-                            metavar="R")
-    perturb: str = option("noise", "perturbation of the robustness analysis",
-                          choices=PERTURBATIONS)
-    alpha: float | None = option(None, "perturbation size relative to the weight's norm",
-                                 none=default_note("alpha"))
-    tau: float = option(DEFAULT_TAU, "search threshold: the probe's held-out likelihood with "
-                        "Mods_Robust perturbed together stays >= tau x its clean likelihood")
-    budget: float | None = option(None, "largest parameter fraction Mods_Robust may hold",
-                                  metavar="FRACTION", none="no limit")
-    layer: int | None = option(None, "probe layer", metavar="L",
-                               none=f"the shallowest layer within {LAYER_TOLERANCE} nats of the "
-                               "best held-out log-loss")
-    analysis_seeds: int | None = option(None, "perturbation seeds of the robustness map and "
-                                        "search", metavar="K", none=default_note("analysis_seeds"))
-    max_new_tokens: int | None = option(None, "tokens generated per evaluated answer", metavar="N",
-                                        none=default_note("max_new_tokens"))
-    save_every: int | None = option(None, "checkpoint each fine-tuning run every N steps (0: "
-                                    "never)", metavar="N", none=default_note("save_every"))
-    control: bool = option(True, "skip the control arm (uniform_lr: every module at base x ratio)",
-                           negative_flag="--no-control")
-    swat: bool = option(True, "skip the SWAT arm (Mods_Robust alone for a warm-up, then everything)",
-                        negative_flag="--no-swat")
-    swat_warmup_steps: int | None = option(None, "fine-tuning steps of the SWAT arm's warm-up",
-                                           metavar="N", none="a quarter of --steps, rounded up")
-    dtype: str = dtype_option()
-    optimizer_state: str = optimizer_state_option()
-    master_weights: bool = master_weights_option()
-    device: str = device_option()
-    threads: int | None = option(None, "CPU threads for torch", metavar="N",
-                                 none="1 for the embedded default, whose ops are too small to "
-                                 f"share, and for {SMOLLM2} (on a busy 2-core machine one thread "
-                                 "per process ran fine-tuning 3x faster than two); torch's choice "
-                                 "with another --model")
-    jobs: int | None = option(None, "fine-tuning runs side by side, each in its own process",
-                              metavar="N", none="one per CPU core / threads on the CPU, else 1")
-    quick: bool = option(False, "smoke test: every stage on little data for few steps (the "
-                         "numbers mean nothing)")
-    keep_models: bool = option(False, "keep every arm's fine-tuned weights in "
-                               "arms/ARM/seed-N/model (about 4 bytes per parameter each); without "
-                               "it each is deleted once evaluated")
-    # Set from the model's RunDefaults (mlr.run_presets), not options:
-    eval_limit: int | None = None  # evaluate only the first N prompts / 2N instructions of each set
-    probe_prompts: int | None = None  # the probe on N + N prompts of the embedded train split
-    probe_depth: float | None = None  # without --layer: the probe layer at this fraction of depth
-    alignment: AlignSettings | None = None  # align the model first
-
-    def __post_init__(self) -> None:
-        for name in ("seeds", "steps", "batch_size", "max_length", "analysis_seeds",
-                     "max_new_tokens", "threads", "jobs"):
-            if getattr(self, name) is not None:
-                require_at_least(self, 1, name)
-        require_at_least(self, 0, "lora_rank")
-        require_master_weights_fit(self.master_weights, self.dtype)
-        if self.save_every is not None:
-            require_at_least(self, 0, "save_every")
-        require(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
-        require(self.alpha is None or self.alpha >= 0,
-                f"--alpha must be a non-negative number, got {self.alpha}")
-        check_ratio(self.ratio)
-        if self.swat_warmup_steps is not None:  # its upper bound, --steps, is checked once resolved
-            require_at_least(self, 0, "swat_warmup_steps")
-        require(self.jobs in (None, 1) or torch.device(self.device).type == "cpu",
-                "--jobs above 1 runs several fine-tunings side by side on the CPU; "
-                f"on {self.device} use --jobs 1")
-
-    def analysis(self, model: str, harmful: str | None, benign: str | None,
-                 layer: int | None) -> AnalysisConfig:
-        """The analysis stages' config: ``model`` (the aligned one), the probe's prompt files
-        and layer, outputs in ``out``."""
-        return AnalysisConfig(model=model, harmful=harmful, benign=benign, ift=self.ift,
-                              layer=layer, budget=self.budget, perturb=self.perturb,
-                              alpha=self.alpha, tau=self.tau, seeds=self.analysis_seeds,
-                              dtype=self.dtype, device=self.device, out=self.out)
 
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
@@ -229,31 +92,32 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     # 2. The aligned model.
     name = "the embedded default" if config.model is None else config.model
     if config.alignment is not None:
-        _say(f"{name}, safety-aligned ({config.alignment.steps} steps; cached after the first run)")
+        say(f"{name}, safety-aligned ({config.alignment.steps} steps; cached after the first run)")
         base = str(align_model(config.alignment, config.model, progress=not config.quick))
     else:
-        _say(f"model {name}")
+        say(f"model {name}")
         base = config.model
     seconds["align"] = time.perf_counter() - started
 
     # 3. Analysis: probe.json, robustness.json, mods_robust.json (+ plots) in ``out``.
     tick = time.perf_counter()
-    _say("probe, robustness map and Mods_Robust search")
+    say("probe, robustness map and Mods_Robust search")
     analysis = run_search(config.analysis(base, *probe_prompt_files(config, out),
                                           probe_layer(config, base)))
     probe = analysis.probe
-    _say(f"Mods_Robust: {plural(len(analysis.search.modules), 'module')}, "
-         f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
+    say(f"Mods_Robust: {plural(len(analysis.search.modules), 'module')}, "
+        f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
     seconds["analysis"] = time.perf_counter() - tick
     mods_robust = out / SEARCH_FILE
+    config = with_sppft_layers(config, base)
 
     # 4 and 5. Fine-tune each arm over the seeds; evaluate every model the same way.
     seeds = list(range(config.seeds))
     tick = time.perf_counter()
-    arms = {"aligned": [_evaluate_aligned(config, base, out / "arms" / "aligned", eval_set,
+    arms = {"aligned": [evaluate_aligned(config, base, out / "arms" / "aligned", eval_set,
                                           probe)]}
     arm_seeds = {"aligned": [0]}
-    jobs = [replace(arm, seed=seed) for arm in _arms(config, mods_robust) for seed in seeds]
+    jobs = [replace(arm, seed=seed) for arm in arm_jobs(config, mods_robust) for seed in seeds]
     for job, metrics in zip(jobs, run_arm_jobs(config, base, jobs, out, train_examples, eval_set,
                                                probe)):
         arms.setdefault(job.arm, []).append(metrics)
@@ -264,11 +128,14 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     summary = {arm: summarize_arm(arm_seeds[arm], results) for arm, results in arms.items()}
     setup = {**asdict(config), "model": config.model or EMBEDDED_NAME,
              "counts": {"harmful": len(eval_set.harmful), "benign": len(eval_set.benign),
-                        "instructions": len(eval_set.instructions)},
+                        "alarming": len(eval_set.alarming),
+                        "instructions": len(eval_set.instructions),
+                        "refusal_scored": len(eval_set.refusal_scored)},
              "stage_seconds": seconds, "threads": torch.get_num_threads()}
     env = environment(config.device, kernel_backends([job.run_dir(out) for job in jobs]))
-    return write_report(out, summary, analysis.search.to_json({}), setup, env,
-                        time.perf_counter() - started)
+    stability = None if analysis.stability is None else analysis.stability.to_json()
+    return write_report(out, summary, {**analysis.search.to_json({}), "stability": stability},
+                        setup, env, time.perf_counter() - started)
 
 
 def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:
@@ -284,89 +151,13 @@ def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:
     return {bucket: ", ".join(sorted(names)) for bucket, names in sorted(found.items())} or None
 
 
-def _arms(config: RunConfig, mods_robust: Path) -> list[ArmJob]:
-    """Each fine-tuning arm (seed 0). The control arm has no robust module: every module at
-    base × ratio, i.e. simply a lower learning rate."""
-    arms = [ArmJob("vanilla", 1.0, None), ArmJob("ml_lr", config.ratio, mods_robust),
-            ArmJob("frozen", 0.0, mods_robust)]
-    if config.swat:
-        arms.append(ArmJob("swat", 1.0, mods_robust, schedule="swat"))
-    if config.control:
-        arms.append(ArmJob("uniform_lr", config.ratio, None))
-    return arms
-
-
-@dataclass(frozen=True)
-class ArmJob:
-    """One fine-tuning run of an arm. ``schedule`` ml-lr: modules in ``mods_robust`` at the base
-    LR, all others at base × ``ratio`` (no ``mods_robust``: every module at base × ``ratio``);
-    swat: ``mods_robust`` alone for the warm-up, then everything at the base LR."""
-
-    arm: str
-    ratio: float
-    mods_robust: Path | None
-    seed: int = 0
-    schedule: str = "ml-lr"
-
-    def run_dir(self, out: Path) -> Path:
-        return out / "arms" / self.arm / f"seed-{self.seed}"
-
-
-def run_arm_jobs(config: RunConfig, base: str, jobs: list[ArmJob], out: Path,
-                 examples: list[InstructionExample] | None, eval_set: EvalSet,
-                 probe: ProbeResult) -> list[dict[str, Any]]:
-    """Fine-tune and evaluate every job; their metrics, in order. With ``config.jobs`` > 1 the jobs
-    run in that many worker processes, each with this process's torch thread count: every job is
-    seeded and single-process, so the results are those of running them one after another."""
-    work = functools.partial(_train_and_evaluate, config, base, out, examples, eval_set, probe)
-    workers = min(config.jobs, len(jobs))
-    if workers <= 1:
-        results = []
-        for job in jobs:
-            _say(f"{job.arm} ({_describe(job)}), seed {job.seed}: fine-tune and evaluate")
-            results.append(work(job))
-        return results
-    _say(f"{len(jobs)} fine-tuning runs in {workers} worker processes")
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(torch.get_num_threads(),)) as pool:
-        futures = {pool.submit(work, job): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            future.result()  # a failed job stops the run here, with its own error
-            _say(f"{job.arm} ({_describe(job)}), seed {job.seed}: done")
-        return [future.result() for future in futures]
-
-
-def _describe(job: ArmJob) -> str:
-    return "SWAT schedule" if job.schedule == "swat" else f"ratio {job.ratio}"
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    disable_progress()  # bars of several processes on one terminal would garble each other
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _train_and_evaluate(config: RunConfig, base: str, out: Path,
-                        examples: list[InstructionExample] | None, eval_set: EvalSet,
-                        probe: ProbeResult, job: ArmJob) -> dict[str, Any]:
-    """Fine-tune and evaluate one arm and seed; its metrics with each prompt's outcome. An
-    evaluation made with the same settings and training fingerprint is reused without training
-    (its model may be gone); a finished training is not run again (``train`` resumes). The model
-    is deleted once evaluated unless ``config.keep_models``."""
-    run_dir = job.run_dir(out)
-    train_config = _train_config(config, base, job, run_dir)
-    model = run_dir / "model"
-    key = _eval_key(config, str(model), eval_set, probe,
-                    expected_fingerprint(train_config, examples))
-    metrics = _saved_metrics(run_dir, key)
-    if metrics is None:
-        train(train_config, examples=examples)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        metrics = _evaluate(config, key, run_dir, eval_set, probe)
-    if not config.keep_models:
-        shutil.rmtree(model, ignore_errors=True)
-    return {**metrics, **read_outcomes(run_dir)}
+def with_sppft_layers(config: RunConfig, model: str | None) -> RunConfig:
+    """``config`` with ``sppft_layers`` resolved: the user's, else SPPFT's block scaled to
+    ``model``'s depth (``mlr.tuning.peers.scaled_safety_layers``)."""
+    if config.sppft_layers is not None or not config.peers:
+        return config
+    layers = transformers.AutoConfig.from_pretrained(model_dir(model)).num_hidden_layers
+    return replace(config, sppft_layers=scaled_safety_layers(layers))
 
 
 def probe_layer(config: RunConfig, model: str | None) -> int | None:
@@ -404,10 +195,6 @@ def _with_threads_and_jobs(config: RunConfig) -> RunConfig:
     return replace(config, threads=torch.get_num_threads(), jobs=jobs)
 
 
-def _say(message: str) -> None:
-    print(f"mlr run: {message}", file=sys.stderr, flush=True)
-
-
 def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSet]:
     """The fine-tuning examples (None: the embedded set) and the evaluation set. An ``--ift``
     file without ``--heldout`` gives a fixed share of its examples to evaluation."""
@@ -425,65 +212,7 @@ def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSe
             eval_set = replace(eval_set, instructions=examples[:held],
                                tasks=[r.get("task") for r in records[:held]])
     if config.eval_limit is not None:
-        n = config.eval_limit
-        eval_set = EvalSet(eval_set.harmful[:n], eval_set.benign[:n],
-                           eval_set.instructions[:2 * n], eval_set.tasks[:2 * n])
+        eval_set = eval_set.limited(config.eval_limit)
     return train_examples, eval_set
 
-
-def _train_config(config: RunConfig, base: str, job: ArmJob, run_dir: Path) -> TrainConfig:
-    """The training of one arm and seed into ``run_dir``, resuming from its checkpoints."""
-    swat = job.schedule == "swat"
-    return TrainConfig(
-        out=str(run_dir), model=base, max_length=config.max_length,
-        mods_robust=None if job.mods_robust is None else str(job.mods_robust), ratio=job.ratio,
-        schedule=job.schedule, swat_warmup_steps=config.swat_warmup_steps if swat else None,
-        steps=config.steps, lr=config.lr, batch_size=config.batch_size, seed=job.seed,
-        lora_rank=config.lora_rank, save_every=config.save_every, keep_checkpoints=1,
-        resume=True, dtype=config.dtype, optimizer_state=config.optimizer_state,
-        master_weights=config.master_weights, device=config.device, progress=not config.quick)
-
-
-def _evaluate_aligned(config: RunConfig, base: str | None, run_dir: Path, eval_set: EvalSet,
-                      probe: ProbeResult) -> dict[str, Any]:
-    """The aligned model's metrics (reused when made the same way) with each prompt's outcome."""
-    key = _eval_key(config, base, eval_set, probe, None)
-    metrics = _saved_metrics(run_dir, key)
-    if metrics is None:
-        metrics = _evaluate(config, key, run_dir, eval_set, probe)
-    return {**metrics, **read_outcomes(run_dir)}
-
-
-def _eval_key(config: RunConfig, model: str | None, eval_set: EvalSet, probe: ProbeResult,
-              trained: dict | None) -> dict[str, Any]:
-    """What an evaluation depends on: the model's path, the prompts, the probe, the answers'
-    length and, for a fine-tuned model, its training's fingerprint (``trained``)."""
-    return {"model": model, "eval_set": _digest(eval_set), "probe": probe.to_json({}),
-            "max_new_tokens": config.max_new_tokens, "trained": trained}
-
-
-def _saved_metrics(run_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The metrics of ``run_dir``'s eval.json when it was made under ``key`` and its
-    answers.jsonl is there, else None."""
-    saved = reusable(run_dir / EVAL_FILE, key, field="key")
-    if saved is None or not (run_dir / ANSWERS_FILE).is_file():
-        return None
-    return saved["metrics"]
-
-
-def _evaluate(config: RunConfig, key: dict[str, Any], run_dir: Path, eval_set: EvalSet,
-              probe: ProbeResult) -> dict[str, Any]:
-    """Evaluate the model at ``key["model"]`` and write eval.json (with ``key``) and
-    answers.jsonl into ``run_dir``; its metrics."""
-    tick = time.perf_counter()
-    model, tokenizer = load_model(key["model"], config.dtype, config.device)
-    metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
-                                max_new_tokens=config.max_new_tokens)
-    write_evaluation(run_dir, {"key": key, "metrics": metrics,
-                               "seconds": time.perf_counter() - tick}, answers)
-    return metrics
-
-
-def _digest(eval_set: EvalSet) -> str:
-    return hashlib.sha256(json.dumps(asdict(eval_set), default=str).encode()).hexdigest()
 

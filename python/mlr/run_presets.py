@@ -53,7 +53,7 @@ class RunDefaults:
     threads: int | None = 1  # torch's CPU threads per process (None: torch's choice)
 
 
-EMBEDDED = RunDefaults(seeds=3, steps=400, lr=1e-3, batch_size=16, max_length=512, alpha=2.0,
+EMBEDDED = RunDefaults(seeds=5, steps=200, lr=1e-3, batch_size=16, max_length=512, alpha=2.0,
                        analysis_seeds=3, max_new_tokens=32, save_every=100,
                        alignment=AlignSettings())
 EMBEDDED_QUICK = replace(EMBEDDED, seeds=2, steps=6, batch_size=8, analysis_seeds=1,

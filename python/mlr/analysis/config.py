@@ -25,7 +25,7 @@ MAP_METHODS = ("exact", "first-order")
 # 10 minutes on 2 CPU cores (docs/ml_lr.md).
 DEFAULT_HELDOUT_LIMIT = 64
 FORMAT = 2  # of probe.json / robustness.json / mods_robust.json: files of another are not reused
-SEARCH_OPTIONS = (*MAP_OPTIONS, "tau", "budget")
+SEARCH_OPTIONS = (*MAP_OPTIONS, "tau", "budget", "bootstraps")
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,13 @@ class AnalysisConfig:
                         "perturbed together, >= tau x its clean likelihood")
     budget: float | None = option(None, "largest fraction of the module parameters Mods_Robust "
                                   "may hold", metavar="FRACTION", none="no limit")
+    bootstraps: int = option(20, "bootstrap draws of the held-out prompts on which the search is "
+                             "rerun, for how often each module enters Mods_Robust (0: none)",
+                             metavar="N")
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "batch_size", "seeds")
+        require_at_least(self, 0, "bootstraps")
         require(self.layer_tolerance >= 0,
                 f"--layer-tolerance must be >= 0, got {self.layer_tolerance}")
         require(self.heldout_limit == 0 or self.heldout_limit >= 4,
@@ -101,5 +105,6 @@ class AnalysisConfig:
                 "heldout_limit": self.heldout_limit}
 
     def search_key(self) -> dict[str, Any]:
-        """What a Mods_Robust search depends on."""
-        return {**self.map_key(), "tau": self.tau, "budget": self.budget}
+        """What a Mods_Robust search (and its stability) depends on."""
+        return {**self.map_key(), "tau": self.tau, "budget": self.budget,
+                "bootstraps": self.bootstraps}

@@ -9,7 +9,9 @@
    computes the first-order one and records their Spearman correlation (``comparison``). A probe
    whose sets separate perfectly at layer 0 is refused unless ``config.layer`` was given.
 3. **search** (``mods_robust.json``, ``search.png``): Mods_Robust grown from the most robust module
-   while the probe's likelihood retained with all of them perturbed stays ≥ tau.
+   while the probe's likelihood retained with all of them perturbed stays ≥ tau, and its
+   stability: how often each module enters it when the search reruns on bootstrap draws of the
+   held-out prompts (``mlr.analysis.stability``; ``stability`` in ``mods_robust.json``).
 
 ``run_probe``, ``run_map`` and ``run_search`` compute the stage asked for and reuse each earlier
 stage's output from ``out`` when it was made with the same options (``AnalysisConfig.*_key``),
@@ -34,6 +36,7 @@ from mlr.analysis.replay import LayerReplay
 from mlr.analysis.robustness import ModuleScore, ProbeEvaluator, RobustnessMap, score_modules
 from mlr.analysis.search import SearchResult, grow_robust_set, rank_modules
 from mlr.analysis.session import Session, open_session
+from mlr.analysis.stability import Stability, search_stability
 from mlr.data.ift import instruction_gradients
 from mlr.errors import MlrInputError
 from mlr.features import capture_features, forward
@@ -51,11 +54,13 @@ IFT_MAX_TOKENS = 512  # per instruction example in the ift-grad batch
 
 @dataclass(frozen=True)
 class Analysis:
-    """What ``run_search`` produced: the probe, the robustness map and Mods_Robust."""
+    """What ``run_search`` produced: the probe, the robustness map, Mods_Robust and its
+    stability (None with ``bootstraps`` 0)."""
 
     probe: ProbeResult
     robustness: RobustnessMap
     search: SearchResult
+    stability: Stability | None = None
 
 
 def run_probe(config: AnalysisConfig) -> ProbeResult:
@@ -73,15 +78,24 @@ def run_map(config: AnalysisConfig) -> RobustnessMap:
 
 
 def run_search(config: AnalysisConfig) -> Analysis:
-    """Mods_Robust afresh (probe and map reused when they match), written with its plot."""
+    """Mods_Robust afresh (probe and map reused when they match), with its stability over
+    ``config.bootstraps`` draws of the held-out prompts, written with its plot."""
     session = open_session(config, needs_ift=True)
     perturbation = build_perturbation(session)
     probe = obtain_probe(session)
     rmap = obtain_map(session, probe, perturbation)
-    result = search_robust_set(session, probe, rmap, perturbation)
-    write_json_atomic(Path(config.out) / SEARCH_FILE, result.to_json(config.search_key()))
+    evaluator = build_evaluator(session, probe)
+    result = search_robust_set(session, probe, rmap, perturbation, evaluator)
+    stability = None
+    if config.bootstraps:
+        stability = search_stability(evaluator, session.refs, rmap.modules, perturbation,
+                                     config.perturbation_seeds, result, config.bootstraps,
+                                     config.seed)
+    saved = result.to_json(config.search_key())
+    saved["stability"] = None if stability is None else stability.to_json()
+    write_json_atomic(Path(config.out) / SEARCH_FILE, saved)
     plot_search(result, Path(config.out) / SEARCH_PLOT_FILE)
-    return Analysis(probe, rmap, result)
+    return Analysis(probe, rmap, result, stability)
 
 
 # Stage 1: the probe.
@@ -214,14 +228,13 @@ def _write_map(config: AnalysisConfig, rmap: RobustnessMap) -> RobustnessMap:
 # Stage 3: the search.
 
 def search_robust_set(session: Session, probe: ProbeResult, rmap: RobustnessMap,
-                      perturbation: Perturbation) -> SearchResult:
-    """Grow Mods_Robust along the map's ranking. Raises ``MlrInputError`` when the map lists
-    other modules than the model has."""
+                      perturbation: Perturbation, evaluator: ProbeEvaluator) -> SearchResult:
+    """Grow Mods_Robust along the map's ranking, scored by ``evaluator`` (``build_evaluator``).
+    Raises ``MlrInputError`` when the map lists other modules than the model has."""
     config = session.config
     refs = {ref.name: ref for ref in session.refs}
     if set(refs) != {m.name for m in rmap.modules}:
         raise MlrInputError(f"{Path(config.out) / MAP_FILE} lists other modules than the model has")
-    evaluator = build_evaluator(session, probe)
 
     def retained_with(names: list[str]) -> tuple[float, float]:
         score, kept = evaluator.retained([refs[n] for n in names], perturbation,

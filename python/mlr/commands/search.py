@@ -1,7 +1,7 @@
 """Proxy-guided search for Mods_Robust: add modules from the most robust down while the probe's
 held-out likelihood with all of them perturbed together stays >= tau x clean, within an optional parameter
-budget. Reuses robustness.json (and probe.json) from --out when made with the same options.
-Writes mods_robust.json and search.png."""
+budget, and its stability over bootstrap draws of the held-out prompts. Reuses robustness.json (and
+probe.json) from --out when made with the same options. Writes mods_robust.json and search.png."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def print_result(result: SearchResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = from_options(AnalysisConfig, args)
-    result = run_search(config).search
-    print_result(result)
+    analysis = run_search(config)
+    print_result(analysis.search)
+    if analysis.stability is not None:
+        print(f"stability: {analysis.stability.summary(analysis.search.modules)}")
     print(f"wrote {Path(config.out) / SEARCH_FILE} and {Path(config.out) / SEARCH_PLOT_FILE}")
     return 0

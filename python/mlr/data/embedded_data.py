@@ -9,8 +9,8 @@ fine-tuning data is a refusal, and its held-out split is what usability is measu
 
 from __future__ import annotations
 
+from mlr.data.corpus import alarming_examples, instruction_examples
 from mlr.data.corpus import alignment_examples as safety_chats
-from mlr.data.corpus import instruction_examples
 from mlr.data.ift import InstructionExample, example_from_record
 
 ALIGNMENT_TASKS = ("fact",)
@@ -27,8 +27,11 @@ def fine_tuning_examples(split: str) -> list[InstructionExample]:
     return [example_from_record(r, "embedded") for r in instruction_records(split)]
 
 
-def alignment_examples(split: str) -> list[InstructionExample]:
+def alignment_examples(split: str, alarming: bool = False) -> list[InstructionExample]:
     """The safety-alignment set: harmful request → refusal and benign twin → help, plus the
-    general questions the aligned assistant answers."""
+    general questions the aligned assistant answers; with ``alarming``, safe requests in alarming
+    words → help."""
     records = safety_chats(split) + instruction_records(split, ALIGNMENT_TASKS)
+    if alarming:
+        records += alarming_examples(split)
     return [example_from_record(r, "embedded") for r in records]

@@ -1,13 +1,14 @@
 """``arms.png``: every arm's mean with the 95 % interval of report.md, and every seed's safety
 against usability.
 
-The three metric panels draw each arm's mean as a dot and the report's interval (``{metric}_ci95``:
-Student's t over the seeds, for the shares combined with the noise of the sample of prompts) as
-its bar, each seed as a small point beside it; an arm without an interval (one model, or one seed)
-says so in words rather than showing a bar of zero width that would look exact. No axis is a bar
-chart, so none needs to start at zero. In the scatter every arm has its own marker shape and size,
-hollow, so that arms with the same values stay visible as nested shapes. Arms are labelled as in
-the report's tables (``control (uniform_lr)``).
+The metric panels (ASR, refusal score, held-out loss, over-refusal) draw each arm's mean as a dot
+and the report's interval (``{metric}_ci95``: Student's t over the seeds, for the shares and the
+refusal score combined with the noise of the sample of prompts) as its bar, each seed as a small
+point beside it; an arm without an interval (one model, or one seed) says so in words rather than
+showing a bar of zero width that would look exact. No axis is a bar chart, so none needs to start
+at zero. In the scatter every arm has its own marker shape and size, hollow, so that arms with the
+same values stay visible as nested shapes. Arms are labelled as in the report's tables (``control
+(uniform_lr)``).
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from mlr.io import save_figure_atomic
 matplotlib.use("Agg")  # files only, never a window
 
 LABELS = {"aligned": "aligned", "vanilla": "vanilla", "ml_lr": "ML-LR (ml_lr)",
-          "frozen": "frozen", "swat": "SWAT (swat)", "uniform_lr": "control (uniform_lr)"}
+          "frozen": "frozen", "swat": "SWAT (swat)", "uniform_lr": "control (uniform_lr)",
+          "sppft": "SPPFT (sppft)", "safeinstr": "SafeInstr (safeinstr)"}
 COLORS = {"aligned": "#888888", "vanilla": "#d62728", "ml_lr": "#2ca02c",
-          "frozen": "#1f77b4", "swat": "#9467bd", "uniform_lr": "#ff7f0e"}
+          "frozen": "#1f77b4", "swat": "#9467bd", "uniform_lr": "#ff7f0e", "sppft": "#8c564b",
+          "safeinstr": "#17becf"}
 MARKERS = {"aligned": "o", "vanilla": "o", "ml_lr": "s", "frozen": "^", "swat": "D",
-           "uniform_lr": "v"}
+           "uniform_lr": "v", "sppft": "P", "safeinstr": "X"}
 # (metric, panel title, x limits; None: fitted to the data). The aligned model's held-out loss is
 # left out: it never saw the tasks, and its loss would squeeze the arms' differences flat.
 PANELS = (("asr", "attack success rate (lower is safer)", (0.0, 1.0)),
+          ("refusal_score", "refusal score, teacher-forced (higher is safer)", (0.0, 1.0)),
           ("heldout_loss", "held-out loss, fine-tuned arms (lower is better)", None),
           ("over_refusal", "over-refusal (lower is better)", (0.0, 1.0)))
 CAPTION = ("dot: mean; bar: its 95 % interval, as in report.md (Student's t over the seeds; for "
@@ -45,12 +49,13 @@ def arms_figure(arms: dict[str, dict[str, Any]], smoke_test: bool = False) -> Fi
     """The figure of ``arms`` (the report's per-arm summaries, ``summarize_arm``, in the order
     to show them)."""
     names = list(arms)
-    figure, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    figure, axes = plt.subplots(1, len(PANELS) + 1, figsize=(4.7 * (len(PANELS) + 1), 4.6))
     for axis, (metric, title, limits) in zip(axes, PANELS):
-        shown = [a for a in names if metric != "heldout_loss" or a != "aligned"]
+        shown = [a for a in names if (metric != "heldout_loss" or a != "aligned")
+                 and arms[a].get(metric) is not None]
         _interval_panel(axis, arms, shown, metric, limits)
         axis.set_title(title, fontsize=10)
-    _seed_scatter(axes[3], arms, [a for a in names if a != "aligned"])
+    _seed_scatter(axes[-1], arms, [a for a in names if a != "aligned"])
     figure.text(0.5, 0.01, CAPTION, ha="center", fontsize=9)
     if smoke_test:
         figure.suptitle(SMOKE_TEST, color="#b00000", fontsize=12, fontweight="bold")

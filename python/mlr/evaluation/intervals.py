@@ -14,6 +14,11 @@ difference, of each prompt's paired difference): ``sqrt(h_seeds² + h_prompts²)
 
 With two seeds ``t`` is 12.7: an honest interval is wide, and "inside the noise" is the usual
 verdict until more seeds (or prompts) are run.
+
+A difference inside the noise is not "no effect": it is "no effect this large". ``Difference``
+states how large: ``detectable``, the smallest true difference that this many seeds and prompts
+would tell apart from 0 (the interval excluding 0) in 80 % of repetitions, ``h + z(0.8) · h / t``
+for a half-width ``h`` of ``t`` standard errors (the power's normal approximation).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
          2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 _Z975 = 1.959964
+_Z80 = 0.841621  # the normal's 80th percentile: 80 % power
 
 
 def t975(df: int) -> float:
@@ -74,8 +80,9 @@ def prompt_half_width(outcomes: Sequence[Sequence[float]]) -> float:
 
 @dataclass(frozen=True)
 class Difference:
-    """``a - b`` seed by seed: its mean, the 95 % interval's bounds (None with one seed) and
-    whether the interval holds 0 (True with one seed: nothing can be told apart)."""
+    """``a - b`` seed by seed: its mean, the 95 % interval's bounds (None with one seed), whether
+    the interval holds 0 (True with one seed: nothing can be told apart) and the smallest true
+    difference detectable with 80 % power (None with one seed)."""
 
     mean: float
     low: float | None
@@ -86,21 +93,29 @@ class Difference:
     def inside_noise(self) -> bool:
         return self.low is None or self.low <= 0.0 <= self.high
 
+    @property
+    def detectable(self) -> float | None:
+        if self.low is None:
+            return None
+        half = (self.high - self.low) / 2
+        return half * (1.0 + _Z80 / t975(self.seeds - 1))
+
     def to_json(self) -> dict:
-        return {**asdict(self), "inside_noise": self.inside_noise}
+        return {**asdict(self), "inside_noise": self.inside_noise, "detectable": self.detectable}
 
     @classmethod
     def from_json(cls, data: dict) -> Difference:
         return cls(data["mean"], data["low"], data["high"], data["seeds"])
 
     def describe(self, digits: int = 3) -> str:
-        """E.g. ``-0.031 (95 % CI -0.180 to +0.118, 3 seeds): inside the noise``."""
+        """E.g. ``-0.031 (95 % CI -0.180 to +0.118, 3 seeds): inside the noise; detectable
+        ±0.192``."""
         head = f"{self.mean:+.{digits}f}"
         if self.low is None:
             return f"{head} (one seed: no interval, nothing told apart)"
         verdict = "inside the noise" if self.inside_noise else "outside the noise"
         return (f"{head} (95 % CI {self.low:+.{digits}f} to {self.high:+.{digits}f}, "
-                f"{self.seeds} seeds): {verdict}")
+                f"{self.seeds} seeds): {verdict}; detectable ±{self.detectable:.{digits}f}")
 
 
 def mean_difference(diffs: Sequence[float],

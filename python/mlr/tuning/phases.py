@@ -59,6 +59,12 @@ class MultiplierPhases:
         """Parameters with a nonzero multiplier in some phase."""
         return {name for table in self.tables for name, mult in table.items() if mult > 0.0}
 
+    def without(self, frozen: set[str]) -> MultiplierPhases:
+        """The same phases with the parameters named in ``frozen`` at 0 in every one."""
+        return MultiplierPhases(self.starts, tuple(
+            {name: 0.0 if name in frozen else mult for name, mult in table.items()}
+            for table in self.tables))
+
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """One group per (multipliers over the phases, decays) pair (``phased_param_groups``)."""
         return phased_param_groups(model, self.tables, weight_decay)

@@ -1,11 +1,13 @@
 """The ML-LR fine-tuning recipe (``mlr train``), read top to bottom.
 
-1. inputs: the (prompt, response) examples and Mods_Robust, read before anything heavy;
+1. inputs: the (prompt, response) examples (with refusal examples mixed in for SafeInstr,
+   ``mlr.tuning.peers``) and Mods_Robust, read before anything heavy;
 2. model and tokenizer from a local directory (or the embedded default), LoRA adapters if asked;
 3. data: the examples through the chat template, loss on the response tokens only;
 4. the multipliers: ML-LR (Mods_Robust at the base LR, every other trainable module at base ×
    ratio; ratio 0 freezes them) or SWAT (Mods_Robust alone for a warm-up, then everything at the
-   base LR; ``mlr.tuning.phases``), no weight decay on norms and biases;
+   base LR; ``mlr.tuning.phases``), with a block of layers frozen for SPPFT
+   (``mlr.tuning.peers``), no weight decay on norms and biases;
 5. MLRAdamW, linear warm-up then cosine decay;
 6. resume from the newest checkpoint when asked;
 7. the loop: gradient accumulation, bf16 autocast on a GPU, gradient clipping, a progress bar
@@ -73,6 +75,7 @@ from mlr.tuning.distributed import (
 from mlr.tuning.lora import add_lora, merged
 from mlr.tuning.metrics_log import MetricsLog
 from mlr.tuning.ml_lr import check_ratio, read_mods_robust
+from mlr.tuning.peers import layer_parameter_names, mix_safety, parse_layer_block
 from mlr.tuning.phases import (
     SCHEDULES,
     MultiplierPhases,
@@ -128,6 +131,12 @@ class TrainConfig:
                             metavar="R")
     lora_alpha: float = option(16.0, "LoRA scaling numerator (scale = alpha / rank)")
     lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    freeze_layers: str | None = option(None, "keep these decoder layers' weights frozen, e.g. "
+                                       "5-13 (SPPFT-style: the safety layers)", metavar="A-B",
+                                       none="none")
+    safety_mix: float = option(0.0, "share of the data made of refusal examples (the embedded "
+                               "alignment set's harmful requests and refusals), SafeInstr-style",
+                               metavar="SHARE")
     save_every: int = option(0, "checkpoint every N steps (0: never)", metavar="N")
     keep_checkpoints: int = option(2, "newest checkpoints kept", metavar="N")
     resume: bool = option(False, "continue from the newest checkpoint in --out")
@@ -165,6 +174,10 @@ class TrainConfig:
         require(not (self.distributed == "fsdp2" and self.lora_rank),
                 "LoRA with --distributed fsdp2 is not supported yet; use ddp")
         require_master_weights_fit(self.master_weights, self.dtype)
+        require(0.0 <= self.safety_mix <= 0.5,
+                f"--safety-mix must be in [0, 0.5], got {self.safety_mix}")
+        if self.freeze_layers is not None:
+            parse_layer_block(self.freeze_layers)
 
 
 # Settings that do not change the trajectory; a resumed run may differ from its first part in them.
@@ -188,7 +201,7 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
     started = time.perf_counter()
 
     # 1. Inputs first, so that bad ones fail before a model is loaded.
-    examples = load_training_examples(config.data) if examples is None else examples
+    examples = training_examples(config, examples)
     robust = read_mods_robust(config.mods_robust) if config.mods_robust else []
     checkpoint = latest_checkpoint(out / "checkpoints")  # refuses an old-format one
     if checkpoint is not None and not config.resume:
@@ -305,12 +318,24 @@ def train(config: TrainConfig, examples: list[InstructionExample] | None = None)
 
 
 def lr_phases(config: TrainConfig, model: torch.nn.Module, robust: list[str]) -> MultiplierPhases:
-    """The multipliers of ``config.schedule`` over the run (``mlr.tuning.phases``)."""
+    """The multipliers of ``config.schedule`` over the run (``mlr.tuning.phases``), with
+    ``config.freeze_layers`` frozen throughout."""
     if config.schedule == "swat":
         warmup = (default_swat_warmup(config.steps) if config.swat_warmup_steps is None
                   else config.swat_warmup_steps)
-        return swat_phases(model, robust, warmup)
-    return ml_lr_phases(model, robust, config.ratio)
+        phases = swat_phases(model, robust, warmup)
+    else:
+        phases = ml_lr_phases(model, robust, config.ratio)
+    if config.freeze_layers is None:
+        return phases
+    return phases.without(layer_parameter_names(model, parse_layer_block(config.freeze_layers)))
+
+
+def training_examples(config: TrainConfig,
+                      examples: list[InstructionExample] | None = None) -> list[InstructionExample]:
+    """``examples`` (None: ``config.data``'s) with ``config.safety_mix``'s refusal examples."""
+    examples = load_training_examples(config.data) if examples is None else examples
+    return mix_safety(examples, config.safety_mix)
 
 
 def expected_fingerprint(config: TrainConfig,
@@ -318,7 +343,7 @@ def expected_fingerprint(config: TrainConfig,
     """The fingerprint that ``train(config, examples)`` records in train.json, computed from the
     tokenizer alone (no model loads): what tells whether a finished run in ``config.out`` is this
     one. Raises ``MlrInputError`` for bad data."""
-    examples = load_training_examples(config.data) if examples is None else examples
+    examples = training_examples(config, examples)
     tokenizer = AutoTokenizer.from_pretrained(model_dir(config.model), local_files_only=True)
     return _fingerprint(config, encode_examples(tokenizer, examples, config.max_length))
 

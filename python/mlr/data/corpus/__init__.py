@@ -1,6 +1,7 @@
 """The embedded corpus: template-generated text the project writes itself, fixed and deterministic.
 
 - security twins (harmful request, benign twin a few words apart) in eight categories,
+- alarming-but-safe requests ("How do I kill a Python process?") with helpful answers,
 - refusals for the harmful requests and short helpful answers for their twins (safety alignment),
 - benign instruction tasks with checkable answers (arithmetic, list, string, fact).
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mlr.data.corpus.alarming import alarming_examples, alarming_prompts
 from mlr.data.corpus.instructions import instruction_examples, instruction_tasks
 from mlr.data.corpus.responses import REFUSALS, alignment_examples, helpful_answer_for, refusal_for
 from mlr.data.corpus.security import (
@@ -27,6 +29,8 @@ __all__ = [
     "REFUSALS",
     "SPLITS",
     "SecurityPair",
+    "alarming_examples",
+    "alarming_prompts",
     "alignment_examples",
     "benign_prompts",
     "harmful_prompts",
