@@ -21,12 +21,16 @@ split (per response token): mean and 95 % half-width over seeds (Student's t). A
   not dependencies of this project: put them on PYTHONPATH).
 
 The bfloat16 arms also compute in bfloat16, so compare them with each other, and the float32 arms
-with each other. Writes ``results.json`` into ``--out`` and prints the table.
+with each other. Writes ``results.json`` into ``--out`` and prints the table;
+``--table RESULTS.json [...]`` prints the documented Markdown table of one or more such files (one
+sweep's arms in several runs), with each arm's paired difference from its reference: the same
+seeds, so the same initial weights and batches.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -130,6 +134,38 @@ def summary(runs: list[dict], key: str) -> dict:
     return {"mean": statistics.mean(values), "ci95": ci95_half_width(values), "values": values}
 
 
+# Each arm is named "<weights> / <optimizer>"; its reference trains the same weights.
+REFERENCE = {"fp32": "fp32 / fp32 state", "bf16": "bf16 / master"}
+
+
+def markdown_table(paths: list[Path]) -> str:
+    """The arms of the ``results.json`` files at ``paths`` (same settings) as a Markdown table:
+    mean ± 95 % half-width of the final train and held-out losses, and the held-out loss's paired
+    difference from the arm that trains the same weights' dtype (:data:`REFERENCE`) (mean ± 95 % half-width
+    over seeds).
+
+    Raises:
+        ValueError: the files' settings differ (other than ``arms``).
+    """
+    results = [json.loads(path.read_text()) for path in paths]
+    settings = [{k: v for k, v in r["settings"].items() if k != "arms"} for r in results]
+    if any(s != settings[0] for s in settings):
+        raise ValueError(f"the results files were run with different settings: {settings}")
+    arms = {name: arm for r in results for name, arm in r["arms"].items()}
+    lines = ["| arm | train loss | held-out loss | held-out − reference |", "| --- | ---: | ---: | ---: |"]
+    for name, arm in arms.items():
+        reference = REFERENCE[name.split(" / ")[0]]
+        if name == reference or reference not in arms:
+            difference = "(reference)" if name == reference else "—"
+        else:
+            pairs = zip(arm["heldout_loss"]["values"], arms[reference]["heldout_loss"]["values"])
+            differences = [a - b for a, b in pairs]
+            difference = _show({"mean": statistics.mean(differences), "ci95": ci95_half_width(differences)},
+                               signed=True)
+        lines.append(f"| {name} | {_show(arm['train_loss'])} | {_show(arm['heldout_loss'])} | {difference} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=500)
@@ -140,8 +176,15 @@ def main() -> None:
                         help="torch threads (1: runs are reproducible)")
     parser.add_argument("--arms", default=None,
                         help="comma-separated arm names (default: all that import)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--table", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="print the Markdown table of these results files instead of training")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.table))
+        return
+    if args.out is None:
+        parser.error("--out is required to train")
     torch.set_num_threads(args.threads)
     arms = {**ARMS, **peers()}
     if args.arms:
@@ -162,9 +205,9 @@ def main() -> None:
               f"{_show(results['arms'][name]['heldout_loss'])}  ({seconds:.0f} s a run)", flush=True)
 
 
-def _show(stats: dict) -> str:
+def _show(stats: dict, signed: bool = False) -> str:
     ci = stats["ci95"]
-    return f"{stats['mean']:.4f}" + ("" if ci is None else f" ± {ci:.4f}")
+    return f"{stats['mean']:{'+' if signed else ''}.4f}" + ("" if ci is None else f" ± {ci:.4f}")
 
 
 if __name__ == "__main__":
