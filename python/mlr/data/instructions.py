@@ -105,7 +105,7 @@ def load_instruction_records(path: str | os.PathLike) -> list[dict[str, Any]]:
             for index, row in enumerate(dataset, start=1)]
 
 
-def example_from_record(record: Mapping[str, Any], where: str) -> InstructionExample:
+def _example_from_record(record: Mapping[str, Any], where: str) -> InstructionExample:
     """An alpaca record or a single-turn chat as an example. Raises ``MlrInputError`` (naming
     ``where``) for a chat of other turns than (user, assistant)."""
     messages = record.get("messages")
@@ -121,7 +121,7 @@ def example_from_record(record: Mapping[str, Any], where: str) -> InstructionExa
 def examples_from_records(records: Sequence[Mapping[str, Any]],
                           source: str) -> list[InstructionExample]:
     """Every record as an example, in order; an error names ``source`` and the 1-based record."""
-    return [example_from_record(record, f"{source} example {index}")
+    return [_example_from_record(record, f"{source} example {index}")
             for index, record in enumerate(records, start=1)]
 
 
