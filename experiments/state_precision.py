@@ -38,20 +38,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from mlr.data.embedded_data import fine_tuning_examples
+from mlr.data.instructions import fine_tuning_examples
 from mlr.environment import environment
 from mlr.evaluation.intervals import ci95_half_width
-from mlr.io import write_json_atomic
-from mlr.models.loading import load_model
-from mlr.tuning.sampler import EpochSampler
-from mlr.tuning.schedule import warmup_cosine
-from mlr.tuning.sft import (
+from mlr.instruction_loss import (
     batches_in_order,
     encode_examples,
     make_batch,
     response_loss_sum,
     target_tokens,
 )
+from mlr.io import write_json_atomic
+from mlr.models.loading import load_model
+from mlr.tuning.sampler import EpochSampler
+from mlr.tuning.schedule import warmup_cosine
 
 from mlr_kernels import MLRAdamW
 

@@ -10,7 +10,7 @@ import torch
 from chat_models import one_thread, tiny_chat_model_dir  # noqa: F401 (one_thread: autouse)
 from mlr import cli
 from mlr.analysis.probe import LayerScore, LinearProbe, ProbeResult, accuracy
-from mlr.data.ift import InstructionExample
+from mlr.data.instructions import InstructionExample
 from mlr.evaluation.evaluate import EvalSet, embedded_eval_set, evaluate, heldout_loss, load_eval_set
 from mlr.evaluation.generation import generate_responses
 from mlr.features import capture_features, encode_prompts, make_batches

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from mlr.analysis.first_order import compare_maps, first_order_scores, loss_gradients, spearman
+from mlr.analysis.first_order import compare_maps, first_order_scores, loss_gradients
 from mlr.analysis.perturb import NoisePerturbation
 from mlr.analysis.probe import log_loss
 from mlr.analysis.robustness import score_modules
 from mlr.modules import decoder_modules
+from mlr.rank_correlation import spearman
 from test_robustness import setup
 
 

@@ -1,5 +1,6 @@
 """The import graph of ``mlr`` and ``mlr_kernels``: no cycle, the commands imported only by the CLI,
-and imports at the top of each file except optional heavy dependencies."""
+``mlr.data`` below everything else, the three stage folders side by side, and imports at the top of
+each file except optional heavy dependencies."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"mlr": ROOT / "python" / "mlr", "mlr_kernels": ROOT / "mlr_kernels"}
 # Imported where they are used, so that importing mlr does not pay for them.
 LAZY_ALLOWED = ("peft", "datasets", "matplotlib", "gguf", "torch.distributed.checkpoint")
+# Stage folders that share what they need through the modules below them, never through each other.
+STAGES = ("mlr.analysis", "mlr.tuning", "mlr.evaluation")
+# The exceptions: evaluation reads the analysis's results, the probe it scores on the evaluated
+# model and Mods_Robust's stability the report states.
+ACROSS_STAGES = {("mlr.evaluation", "mlr.analysis.probe"), ("mlr.evaluation", "mlr.analysis.stability")}
 
 
 def module_files() -> dict[str, Path]:
@@ -93,6 +99,30 @@ def test_only_the_cli_imports_the_commands():
     offenders = sorted(module for module, targets in internal_graph().items()
                        if not module.startswith(("mlr.commands", "mlr.cli"))
                        and any(t.startswith("mlr.commands") for t in targets))
+    assert offenders == []
+
+
+def in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_data_imports_nothing_of_mlr_but_the_errors():
+    """Data is text: it is read and checked below the models, features and stages that use it."""
+    offenders = sorted((module, target) for module, targets in internal_graph().items()
+                       if in_package(module, "mlr.data") for target in targets
+                       if not in_package(target, "mlr.data") and target != "mlr.errors")
+    assert offenders == []
+
+
+def stage_of(module: str) -> str | None:
+    return next((stage for stage in STAGES if in_package(module, stage)), None)
+
+
+def test_the_stages_do_not_import_each_other():
+    offenders = sorted(
+        (module, target) for module, targets in internal_graph().items() for target in targets
+        if stage_of(module) and stage_of(target) not in (None, stage_of(module))
+        and (stage_of(module), target) not in ACROSS_STAGES)
     assert offenders == []
 
 

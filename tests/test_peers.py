@@ -9,7 +9,7 @@ import torch
 from chat_models import one_thread, tiny_chat_model_dir, write_instruction_file  # noqa: F401
 from mlr import cli
 from mlr.data.corpus import harmful_prompts
-from mlr.data.ift import InstructionExample
+from mlr.data.instructions import InstructionExample
 from mlr.errors import MlrInputError
 from mlr.models import load_model
 from mlr.tuning.peers import (

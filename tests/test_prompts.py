@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from mlr.data.prompts import instruction_prompt, load_instruction_data, load_prompts
+from mlr.data.instructions import InstructionExample, examples_from_records, load_instruction_records
+from mlr.data.prompts import instruction_prompt, load_prompts
 from mlr.errors import MlrInputError
 
 
@@ -110,13 +111,13 @@ def test_alpaca_json_and_chat_jsonl(tmp_path: Path) -> None:
         {"instruction": "Add.", "input": "1 + 2", "output": "3", "task": "arithmetic"},
         {"instruction": "Say hi.", "output": "hi"},
     ]))
-    assert load_instruction_data(alpaca) == [
+    assert load_instruction_records(alpaca) == [
         {"instruction": "Add.", "input": "1 + 2", "output": "3", "task": "arithmetic"},
         {"instruction": "Say hi.", "input": "", "output": "hi"},
     ]
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     chat = write(tmp_path / "chat.jsonl", json.dumps({"messages": messages}) + "\n")
-    assert load_instruction_data(chat) == [{"messages": messages}]
+    assert load_instruction_records(chat) == [{"messages": messages}]
 
 
 @pytest.mark.parametrize(("name", "content", "match"), [
@@ -131,9 +132,18 @@ def test_alpaca_json_and_chat_jsonl(tmp_path: Path) -> None:
      "example 2: 'output' must be a string"),
 ])
 def test_instruction_data_errors(tmp_path: Path, name: str, content: str, match: str) -> None:
-    expect_error(match, load_instruction_data, write(tmp_path / name, content))
+    expect_error(match, load_instruction_records, write(tmp_path / name, content))
 
 
 def test_instruction_data_path_errors(tmp_path: Path) -> None:
-    expect_error("instruction data file not found", load_instruction_data, tmp_path / "no.json")
-    expect_error("must be .json or .jsonl", load_instruction_data, write(tmp_path / "d.csv", "a\n"))
+    expect_error("instruction data file not found", load_instruction_records, tmp_path / "no.json")
+    expect_error("must be .json or .jsonl", load_instruction_records, write(tmp_path / "d.csv", "a\n"))
+
+
+def test_records_become_examples_and_a_multi_turn_chat_is_named() -> None:
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    records = [{"instruction": "Add.", "input": "1 + 2", "output": "3"}, {"messages": chat}]
+    assert examples_from_records(records, "data.json") == [
+        InstructionExample("Add.\n\n1 + 2", "3"), InstructionExample("hi", "hello")]
+    expect_error(r"^data.json example 2: only single-turn chats", examples_from_records,
+                 [records[0], {"messages": chat + chat}], "data.json")

@@ -6,7 +6,12 @@ import math
 
 import pytest
 import torch
-from mlr.analysis.perturb import GradientPerturbation, NoisePerturbation, perturbed
+from mlr.analysis.perturb import (
+    GradientPerturbation,
+    NoisePerturbation,
+    instruction_gradients,
+    perturbed,
+)
 from mlr.analysis.probe import fit_logistic
 from mlr.analysis.replay import LayerReplay
 from mlr.analysis.robustness import (
@@ -17,8 +22,8 @@ from mlr.analysis.robustness import (
     likelihood_retained,
     score_modules,
 )
-from mlr.data.ift import IGNORE_INDEX, LossBatch, instruction_gradients
 from mlr.features import capture_features, make_batches
+from mlr.instruction_loss import IGNORE_INDEX, LossBatch
 from mlr.modules import decoder_modules
 from tiny_models import VOCAB, tiny_model
 

@@ -22,7 +22,8 @@ from chat_models import (  # noqa: F401 (one_thread: an autouse fixture)
     write_instruction_file,
 )
 from mlr import cli
-from mlr.data.ift import IGNORE_INDEX, InstructionExample
+from mlr.data.instructions import InstructionExample, load_instructions
+from mlr.instruction_loss import IGNORE_INDEX, encode_examples
 from mlr.models import load_model
 from mlr.tuning.checkpoint import latest_checkpoint, read_checkpoint_meta
 from mlr.tuning.metrics_log import MetricsLog
@@ -30,7 +31,6 @@ from mlr.tuning.ml_lr import module_lr_multipliers, param_groups
 from mlr.tuning.phases import swat_phases
 from mlr.tuning.sampler import EpochSampler
 from mlr.tuning.schedule import warmup_cosine
-from mlr.tuning.sft import encode_examples, load_training_examples
 from mlr.tuning.train import TrainConfig, expected_fingerprint, train
 from safetensors.torch import load_file
 from tiny_models import tiny_gpt2, tiny_llama
@@ -72,7 +72,7 @@ def test_loss_covers_response_tokens_only():
 
 
 def test_training_data_reads_alpaca_and_chat(tmp_path):
-    examples = load_training_examples(str(write_instruction_file(tmp_path / "ift.json")))
+    examples = load_instructions(str(write_instruction_file(tmp_path / "ift.json")))
     assert examples[0] == InstructionExample("Add the two numbers.\n\n0 + 0", "0")
     assert examples[-1] == InstructionExample("Reverse the letters.\n\nc a t", "t a c")
 
@@ -136,7 +136,7 @@ def test_the_expected_fingerprint_is_the_one_train_records_with_its_kernels(tmp_
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
     assert summary["fingerprint"] == expected
     assert expected_fingerprint(replace(settings, lr=1e-3)) != expected
-    fewer = load_training_examples(settings.data)[:-1]
+    fewer = load_instructions(settings.data)[:-1]
     assert expected_fingerprint(settings, fewer) != expected  # other data, same settings
     assert list(summary["backends"]) == ["cpu/torch.float32"]  # MLRAdamW.backends of the run
 

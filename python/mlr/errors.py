@@ -13,3 +13,10 @@ def first_line(error: BaseException) -> str:
     library's exception into a one-line ``MlrInputError``."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s type name and the first line of its message (the type name alone when it has
+    none), for a cause whose type says as much as its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

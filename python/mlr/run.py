@@ -34,8 +34,12 @@ import transformers
 
 from mlr.analysis.pipeline import SEARCH_FILE, run_search
 from mlr.data.corpus import benign_prompts, harmful_prompts
-from mlr.data.ift import InstructionExample, example_from_record
-from mlr.data.prompts import load_instruction_data
+from mlr.data.instructions import (
+    InstructionExample,
+    examples_from_records,
+    load_instruction_records,
+    load_instructions,
+)
 from mlr.data.security_data import load_security_data
 from mlr.environment import environment
 from mlr.evaluation.evaluate import EvalSet, load_eval_set, warn_if_few_prompts
@@ -51,7 +55,6 @@ from mlr.text import plural
 from mlr.tuning.align import align_model
 from mlr.tuning.peers import scaled_safety_layers
 from mlr.tuning.phases import default_swat_warmup
-from mlr.tuning.sft import load_training_examples
 
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
@@ -202,12 +205,12 @@ def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSe
     train_examples = None
     if config.ift is not None:
         if config.heldout is not None:
-            train_examples = load_training_examples(config.ift)
+            train_examples = load_instructions(config.ift)
         else:
-            records = load_instruction_data(config.ift)
+            records = load_instruction_records(config.ift)
             random.Random(0).shuffle(records)
             held = min(MAX_HELDOUT, max(1, round(len(records) * HELDOUT_FRACTION)))
-            examples = [example_from_record(r, f"{config.ift} example") for r in records]
+            examples = examples_from_records(records, config.ift)
             train_examples = examples[held:]
             eval_set = replace(eval_set, instructions=examples[:held],
                                tasks=[r.get("task") for r in records[:held]])

@@ -25,7 +25,7 @@ import torch
 import transformers
 
 from mlr.analysis.probe import ProbeResult
-from mlr.data.ift import InstructionExample
+from mlr.data.instructions import InstructionExample
 from mlr.evaluation.evaluate import (
     ANSWERS_FILE,
     EVAL_FILE,

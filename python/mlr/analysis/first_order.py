@@ -9,9 +9,9 @@ forwards of the held-out set instead of one replay per module and seed.
 The map predicts ``change = α · rms(W) · ‖∇_W L‖`` (nats, the RMS change that
 ``ModuleScore.change`` measures) and scores a module ``exp(-change)``, on the scale of the exact
 map's likelihood retained. It is blind to the second-order (curvature) term, which is what a
-zero-mean perturbation's *average* effect consists of; ``spearman`` says how well the two maps
-agree. Only noise has this closed form: for ``ift-grad`` the step is one fixed direction, and
-the exact map is the one to run.
+zero-mean perturbation's *average* effect consists of; ``compare_maps`` says how well the two
+maps agree (Spearman's rank correlation). Only noise has this closed form: for ``ift-grad`` the
+step is one fixed direction, and the exact map is the one to run.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mlr.analysis.robustness import ModuleScore, unmeasured
 from mlr.features import Batch
 from mlr.modules import ModuleRef, decoder_layers, module_gradients
 from mlr.progress import progress
+from mlr.rank_correlation import spearman
 from mlr_kernels.capture import last_token_index
 
 
@@ -88,29 +89,6 @@ def first_order_scores(model: nn.Module, batches: Sequence[Batch], probe: Linear
         scores.append(ModuleScore(ref.name, ref.type, ref.layer, ref.numel, True,
                                   math.exp(-change), None, change, None, None, [], []))
     return scores
-
-
-def _ranks(values: Sequence[float]) -> torch.Tensor:
-    """1-based ranks, tied values sharing their mean rank."""
-    data = torch.tensor(values, dtype=torch.float64)
-    order = torch.argsort(data)
-    _, inverse, counts = torch.unique_consecutive(data[order], return_inverse=True,
-                                                  return_counts=True)
-    mean_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
-    ranks = torch.empty_like(data)
-    ranks[order] = mean_rank[inverse]
-    return ranks
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (Pearson correlation of the tie-averaged ranks); ``nan`` when
-    either side is constant. Raises ``ValueError`` for unequal lengths or fewer than 2 values."""
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"spearman needs two equal-length sequences of >= 2, got {len(a)}, {len(b)}")
-    x, y = _ranks(a), _ranks(b)
-    x, y = x - x.mean(), y - y.mean()
-    denominator = (x.norm() * y.norm()).item()
-    return (x @ y).item() / denominator if denominator > 0 else math.nan
 
 
 def compare_maps(exact: Sequence[ModuleScore], first: Sequence[ModuleScore]) -> dict:

@@ -20,8 +20,10 @@ from contextlib import contextmanager
 from typing import Protocol
 
 import torch
+from torch import nn
 
-from mlr.modules import ModuleRef
+from mlr.instruction_loss import LossBatch
+from mlr.modules import ModuleRef, module_gradients
 
 PERTURBATIONS = ("noise", "ift-grad")
 
@@ -52,9 +54,21 @@ class NoisePerturbation:
         return self.alpha * weight.square().mean().sqrt() * noise
 
 
+def instruction_gradients(model: nn.Module, batch: LossBatch,
+                          refs: Sequence[ModuleRef]) -> dict[str, torch.Tensor]:
+    """Each module's block of the instruction-loss gradient on ``batch`` (float32, keyed by module
+    name), from one forward and backward with gradients enabled only on the modules' weights."""
+    def backward() -> None:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+              labels=batch.labels, use_cache=False).loss.backward()
+
+    return module_gradients(model, refs, backward)
+
+
 class GradientPerturbation:
     """``gradients(seed)`` returns every module's instruction-loss gradient block, keyed by module
-    name; it is called once per seed and kept (memory: one set of gradients per seed)."""
+    name (``instruction_gradients`` on the batch the seed picks); it is called once per seed and
+    kept (memory: one set of gradients per seed)."""
 
     kind = "ift-grad"
 

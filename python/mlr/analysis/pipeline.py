@@ -29,7 +29,12 @@ import torch
 
 from mlr.analysis.config import AnalysisConfig
 from mlr.analysis.first_order import compare_maps, first_order_scores
-from mlr.analysis.perturb import GradientPerturbation, NoisePerturbation, Perturbation
+from mlr.analysis.perturb import (
+    GradientPerturbation,
+    NoisePerturbation,
+    Perturbation,
+    instruction_gradients,
+)
 from mlr.analysis.plots import plot_robustness, plot_search
 from mlr.analysis.probe import ProbeResult, train_probes
 from mlr.analysis.replay import LayerReplay
@@ -37,19 +42,18 @@ from mlr.analysis.robustness import ModuleScore, ProbeEvaluator, RobustnessMap, 
 from mlr.analysis.search import SearchResult, grow_robust_set, rank_modules
 from mlr.analysis.session import Session, open_session
 from mlr.analysis.stability import Stability, search_stability
-from mlr.data.ift import instruction_gradients
 from mlr.errors import MlrInputError
 from mlr.features import capture_features, forward
+from mlr.instruction_loss import encode_examples, make_batch
 from mlr.io import reusable, write_json_atomic
 from mlr.sample_size import warn
-from mlr.tuning.sft import encode_examples, make_batch
 
 PROBE_FILE = "probe.json"
 MAP_FILE = "robustness.json"
 MAP_PLOT_FILE = "robustness.png"
 SEARCH_FILE = "mods_robust.json"
 SEARCH_PLOT_FILE = "search.png"
-IFT_MAX_TOKENS = 512  # per instruction example in the ift-grad batch
+INSTRUCTION_MAX_TOKENS = 512  # per instruction example in the ift-grad batch
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ def run_probe(config: AnalysisConfig) -> ProbeResult:
 
 def run_map(config: AnalysisConfig) -> RobustnessMap:
     """The robustness map afresh (the probe reused when it matches), written with its plot."""
-    session = open_session(config, needs_ift=True)
+    session = open_session(config, needs_instructions=True)
     perturbation = build_perturbation(session)
     probe = obtain_probe(session)
     return _write_map(config, compute_map(session, probe, perturbation))
@@ -80,7 +84,7 @@ def run_map(config: AnalysisConfig) -> RobustnessMap:
 def run_search(config: AnalysisConfig) -> Analysis:
     """Mods_Robust afresh (probe and map reused when they match), with its stability over
     ``config.bootstraps`` draws of the held-out prompts, written with its plot."""
-    session = open_session(config, needs_ift=True)
+    session = open_session(config, needs_instructions=True)
     perturbation = build_perturbation(session)
     probe = obtain_probe(session)
     rmap = obtain_map(session, probe, perturbation)
@@ -131,7 +135,7 @@ def build_perturbation(session: Session) -> Perturbation:
     config = session.config
     if config.perturb == "noise":
         return NoisePerturbation(config.alpha)
-    encoded = encode_examples(session.tokenizer, session.ift_examples, IFT_MAX_TOKENS)
+    encoded = encode_examples(session.tokenizer, session.instructions, INSTRUCTION_MAX_TOKENS)
 
     def gradients(seed: int) -> dict[str, torch.Tensor]:
         picked = random.Random(seed).sample(range(len(encoded)),

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from mlr.analysis.config import AnalysisConfig
-from mlr.data.ift import InstructionExample
+from mlr.data.instructions import InstructionExample, load_instructions
 from mlr.data.security_data import SecurityData, load_security_data
 from mlr.errors import MlrInputError
 from mlr.features import Batch, encode_prompts, make_batches
@@ -18,7 +18,6 @@ from mlr.models import load_model
 from mlr.modules import ModuleRef, decoder_layers, decoder_modules
 from mlr.output_dir import check_output_dir
 from mlr.sample_size import few_prompts_note, warn
-from mlr.tuning.sft import load_training_examples
 
 
 @dataclass
@@ -33,7 +32,7 @@ class Session:
     refs: list[ModuleRef]
     num_layers: int
     data: SecurityData
-    ift_examples: list[InstructionExample] | None
+    instructions: list[InstructionExample] | None
 
     @property
     def pad_id(self) -> int:
@@ -47,11 +46,11 @@ class Session:
                             self.pad_id, self.config.device)
 
 
-def open_session(config: AnalysisConfig, *, needs_ift: bool = False) -> Session:
+def open_session(config: AnalysisConfig, *, needs_instructions: bool = False) -> Session:
     """Read and check the data (warning when the held-out split is small) and that ``config.out``
-    can be written, then load the model and check ``config.layer`` against it. ``needs_ift``: the
-    stages will build the perturbation (the map and the search), so ``--perturb ift-grad`` data is
-    read too.
+    can be written, then load the model and check ``config.layer`` against it. ``needs_instructions``:
+    the stages will build the perturbation (the map and the search), so ``--perturb ift-grad`` data
+    is read too.
 
     Raises ``MlrInputError`` for a missing, empty or malformed file, too few prompts, an output
     directory that cannot be written, a model directory that is not one, or a layer the model does
@@ -61,8 +60,8 @@ def open_session(config: AnalysisConfig, *, needs_ift: bool = False) -> Session:
     counts = data.heldout_counts()
     warn(few_prompts_note("the probe's held-out accuracy", sum(counts.values()),
                           f"{counts['harmful']} harmful, {counts['benign']} benign"))
-    ift_examples = (load_training_examples(config.ift)
-                    if needs_ift and config.perturb == "ift-grad" else None)
+    instructions = (load_instructions(config.ift)
+                    if needs_instructions and config.perturb == "ift-grad" else None)
     check_output_dir(config.out)
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
     model.eval()
@@ -70,4 +69,4 @@ def open_session(config: AnalysisConfig, *, needs_ift: bool = False) -> Session:
     if config.layer is not None and config.layer >= num_layers:
         raise MlrInputError(f"--layer {config.layer} is out of range: the model has {num_layers} "
                             f"decoder layers (0..{num_layers - 1})")
-    return Session(config, model, tokenizer, decoder_modules(model), num_layers, data, ift_examples)
+    return Session(config, model, tokenizer, decoder_modules(model), num_layers, data, instructions)

@@ -1,2 +1,3 @@
-"""Data: the user's prompt and instruction files, the probe's harmful/benign split, the embedded
-corpus and which part of it each stage uses, and instruction examples as token ids."""
+"""Data: the user's prompt files (``prompts``), the probe's harmful/benign split
+(``security_data``), instruction data from files or the embedded corpus (``instructions``) and the
+corpus itself (``corpus``). Text only: nothing here tokenizes or imports a model."""

@@ -1,4 +1,4 @@
-"""Loading the user's prompt files and instruction data; every problem is a one-line MlrInputError.
+"""Loading the user's prompt files; every problem is a one-line MlrInputError.
 
 Prompt sources (``load_prompts``): CSV with a ``goal`` column (AdvBench's harmful_behaviors.csv),
 JSON (a list of strings or of objects), JSONL, plain text with one prompt per line, or, when the
@@ -16,17 +16,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlr.errors import MlrInputError
+from mlr.errors import MlrInputError, one_line
 
 PROMPT_FIELDS = ("prompt", "instruction", "goal")
 PROMPT_FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".txt")
-CHAT_ROLES = ("system", "user", "assistant")
-PASSED_THROUGH = ("task", "subtask")  # labels of the embedded corpus, kept when present
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def instruction_prompt(example: Mapping[str, Any]) -> str:
@@ -115,7 +108,7 @@ def _load_prompt_file(path: Path) -> list[str]:
             return _prompts_from(_read_json(path), str(path))
         return _prompts_from(_read_lines(path), str(path))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise MlrInputError(f"cannot read {path}: {_one_line(error)}") from error
+        raise MlrInputError(f"cannot read {path}: {one_line(error)}") from error
 
 
 def _load_hub_prompts(name: str) -> list[str]:
@@ -125,7 +118,7 @@ def _load_hub_prompts(name: str) -> list[str]:
         dataset = datasets.load_dataset(name, split="train")
     except Exception as error:  # datasets raises many types; all mean "could not get it"
         raise MlrInputError(f"{name!r} is not a local file, and loading it as a dataset failed: "
-                            f"{_one_line(error)}") from error
+                            f"{one_line(error)}") from error
     return _prompts_from(dataset, f"dataset {name}")
 
 
@@ -142,72 +135,3 @@ def load_prompts(source: str | os.PathLike) -> list[str]:
     if _looks_like_path(str(source)):
         raise MlrInputError(f"prompt file not found: {source}")
     return _load_hub_prompts(str(source))
-
-
-def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise MlrInputError(f"{where}: 'messages' must be a non-empty list")
-    checked = []
-    for message in messages:
-        if not isinstance(message, Mapping) or message.get("role") not in CHAT_ROLES or \
-                not isinstance(message.get("content"), str):
-            raise MlrInputError(f"{where}: each message needs a role ({', '.join(CHAT_ROLES)}) "
-                                "and a string content")
-        checked.append({"role": message["role"], "content": message["content"]})
-    if checked[-1]["role"] != "assistant":
-        raise MlrInputError(f"{where}: the last message must be the assistant's")
-    return checked
-
-
-def _check_instruction_row(row: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if row.get("messages") is not None:
-        return {"messages": _check_messages(row["messages"], where)}
-    for field in ("instruction", "output"):
-        if not isinstance(row.get(field), str):
-            raise MlrInputError(f"{where}: {field!r} must be a string")
-    example = {"instruction": row["instruction"], "input": row.get("input") or "",
-               "output": row["output"]}
-    if not isinstance(example["input"], str):
-        raise MlrInputError(f"{where}: 'input' must be a string")
-    example.update({key: row[key] for key in PASSED_THROUGH if isinstance(row.get(key), str)})
-    return example
-
-
-def _is_empty_json(file: Path) -> bool:
-    try:
-        return file.read_text(encoding="utf-8").strip() in ("", "[]")
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def load_instruction_data(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Instruction examples from a local JSON or JSONL file, loaded with ``datasets``.
-
-    Each example is alpaca-style ({"instruction", "input", "output"}, ``input`` may be absent) or a
-    chat ({"messages": [{"role", "content"}, ...]} ending with the assistant's answer). Returns
-    them normalised: alpaca dicts with ``input`` always a string (plus ``task`` and ``subtask`` when
-    present), or
-    {"messages": [...]}.
-    """
-    import datasets
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise MlrInputError(f"instruction data file not found: {path}")
-    if file.suffix.lower() not in (".json", ".jsonl"):
-        raise MlrInputError(f"instruction data must be .json or .jsonl, got {file.name}")
-    try:
-        dataset = datasets.load_dataset("json", data_files=str(file), split="train")
-    except Exception as error:  # datasets raises many types, empty files included
-        if _is_empty_json(file):
-            raise MlrInputError(f"{file} holds no examples") from error
-        cause = error.__cause__ or error  # DatasetGenerationError hides the parser's message
-        raise MlrInputError(f"cannot read {file} as JSON data: {_one_line(cause)}") from error
-    if len(dataset) == 0:
-        raise MlrInputError(f"{file} holds no examples")
-    columns = set(dataset.column_names)
-    if "messages" not in columns and not {"instruction", "output"} <= columns:
-        raise MlrInputError(f"{file}: examples need 'instruction' and 'output' or 'messages' "
-                            f"(columns: {', '.join(sorted(columns))})")
-    return [_check_instruction_row(row, f"{file} example {index}")
-            for index, row in enumerate(dataset, start=1)]

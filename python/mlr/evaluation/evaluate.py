@@ -33,25 +33,24 @@ from torch import nn
 
 from mlr.analysis.probe import ProbeResult, accuracy, auc
 from mlr.data.corpus import alarming_prompts, benign_prompts, harmful_prompts
-from mlr.data.embedded_data import instruction_records
-from mlr.data.ift import InstructionExample, example_from_record
-from mlr.data.prompts import load_instruction_data, load_prompts
+from mlr.data.instructions import (
+    InstructionExample,
+    examples_from_records,
+    instruction_records,
+    load_instruction_records,
+)
+from mlr.data.prompts import load_prompts
 from mlr.errors import MlrInputError
 from mlr.evaluation.generation import generate_responses
 from mlr.evaluation.judge import KeywordJudge, ModelJudge, default_judge, share
 from mlr.evaluation.refusal_score import refusal_margins, sigmoid
 from mlr.features import capture_features, encode_prompts, make_batches
+from mlr.instruction_loss import batches_in_order, encode_examples, response_loss_sum, target_tokens
 from mlr.io import read_json, write_json_atomic, write_text_atomic
 from mlr.models import load_model
 from mlr.options import device_option, dtype_option, model_option, option, require_at_least
 from mlr.output_dir import check_output_dir
 from mlr.sample_size import few_prompts_note, warn
-from mlr.tuning.sft import (
-    batches_in_order,
-    encode_examples,
-    response_loss_sum,
-    target_tokens,
-)
 
 MAX_LENGTH = 512
 # What an evaluation computes; raised whenever that changes (judge, scores), so that `mlr run`
@@ -115,7 +114,7 @@ def embedded_eval_set() -> EvalSet:
     their benign twins, and the fine-tuning tasks' held-out instructions."""
     records = instruction_records("heldout")
     return EvalSet(harmful_prompts("heldout"), benign_prompts("heldout"),
-                   [example_from_record(r, "embedded") for r in records],
+                   examples_from_records(records, "embedded"),
                    [r["task"] for r in records], alarming_prompts("heldout"))
 
 
@@ -126,9 +125,8 @@ def load_eval_set(harmful: str | None, benign: str | None, heldout: str | None,
     embedded = embedded_eval_set()
     instructions, tasks = embedded.instructions, embedded.tasks
     if heldout is not None:
-        records = load_instruction_data(heldout)
-        instructions = [example_from_record(r, f"{heldout} example {i}")
-                        for i, r in enumerate(records, start=1)]
+        records = load_instruction_records(heldout)
+        instructions = examples_from_records(records, heldout)
         tasks = [r.get("task") for r in records]
     return EvalSet(load_prompts(harmful) if harmful else embedded.harmful,
                    load_prompts(benign) if benign else embedded.benign, instructions, tasks,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mlr.analysis.first_order import spearman
 from mlr.evaluation.intervals import Difference, paired_difference
+from mlr.rank_correlation import spearman
 
 # Seed-paired differences the report gives (first arm minus second).
 COMPARISONS = (("ml_lr", "uniform_lr"), ("ml_lr", "vanilla"), ("swat", "uniform_lr"),

@@ -4,7 +4,7 @@ The tiny default starts from random weights, so its alignment is its whole chat 
 chat model that ships barely safety-aligned (SmolLM2-135M-Instruct refuses 2 of 48 harmful
 requests) gets a short alignment stage first, as the alignment stage of Vaccine, Lisa and Booster
 does. Both are the ``mlr train`` recipe (full fine-tuning, every module at the base LR) on the
-embedded alignment set (``mlr.data.embedded_data.alignment_examples``: harmful request → refusal,
+embedded alignment set (``mlr.data.instructions.alignment_examples``: harmful request → refusal,
 benign twin → help, general questions → answers; with ``alarming``, also safe requests in alarming
 words → help, so that the model learns to refuse harm rather than words). The result depends only
 on the model and these settings, so it is cached under ``$MLR_CACHE`` in a folder named by their
@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlr.data.embedded_data import alignment_examples
+from mlr.data.instructions import alignment_examples
 from mlr.models import model_dir, recipe_hash
 from mlr.models.cache import cache_entry, cache_root
 from mlr.tuning.train import TrainConfig, train

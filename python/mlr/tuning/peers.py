@@ -19,7 +19,7 @@ from torch import nn
 
 from mlr.data.corpus import refusal_for, security_pairs
 from mlr.data.corpus.splits import hash_order
-from mlr.data.ift import InstructionExample
+from mlr.data.instructions import InstructionExample
 from mlr.errors import MlrInputError
 from mlr.modules import decoder_layers
 

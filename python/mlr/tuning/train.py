@@ -36,8 +36,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from mlr.data.ift import InstructionExample
+from mlr.data.instructions import InstructionExample, load_instructions
 from mlr.errors import MlrInputError
+from mlr.instruction_loss import encode_examples, make_batch, response_loss_sum, target_tokens
 from mlr.io import reusable, write_json_atomic
 from mlr.models import load_model, model_dir
 from mlr.options import (
@@ -85,13 +86,6 @@ from mlr.tuning.phases import (
 )
 from mlr.tuning.sampler import EpochSampler
 from mlr.tuning.schedule import warmup_cosine
-from mlr.tuning.sft import (
-    encode_examples,
-    load_training_examples,
-    make_batch,
-    response_loss_sum,
-    target_tokens,
-)
 from mlr_kernels import MLRAdamW
 
 
@@ -334,7 +328,7 @@ def lr_phases(config: TrainConfig, model: torch.nn.Module, robust: list[str]) ->
 def training_examples(config: TrainConfig,
                       examples: list[InstructionExample] | None = None) -> list[InstructionExample]:
     """``examples`` (None: ``config.data``'s) with ``config.safety_mix``'s refusal examples."""
-    examples = load_training_examples(config.data) if examples is None else examples
+    examples = load_instructions(config.data) if examples is None else examples
     return mix_safety(examples, config.safety_mix)
 
 

@@ -1,37 +1,49 @@
-"""Supervised fine-tuning data and loss: examples → chat-template token ids with the loss on the
-response tokens only → right-padded batches → the summed response-token cross-entropy.
+"""Instruction examples → token ids → right-padded batches → the loss on the response tokens: the
+twin of ``mlr.features`` (prompts → batches → features), shared by the trainer, the held-out loss
+of the evaluation and the instruction-gradient perturbation, so all three see identical tokens.
 
-Examples are single-turn (prompt, response) pairs, ``mlr.data.ift.InstructionExample``; the encoding is
-``mlr.data.ift.encode_example`` (the same one the ``ift-grad`` perturbation uses), so the analysis and the
-trainer see identical tokens.
+Examples (``mlr.data.instructions.InstructionExample``) are formatted with the chat template; the
+loss covers the response tokens only (the usual supervised fine-tuning loss), or the whole text for
+an example without a response.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlr.data.embedded_data import fine_tuning_examples
-from mlr.data.ift import IGNORE_INDEX, InstructionExample, LossBatch, encode_example, example_from_record
-from mlr.data.prompts import load_instruction_data
+from mlr.data.instructions import InstructionExample
 from mlr.errors import MlrInputError
-from mlr.features import pad_right, padding_mask
+from mlr.features import pad_right, padding_mask, tokenize_chat
 
+IGNORE_INDEX = -100
 Encoded = tuple[list[int], list[int]]  # (input ids, labels with IGNORE_INDEX on the prompt)
 
 
-def load_training_examples(path: str | None) -> list[InstructionExample]:
-    """Examples from an alpaca / chat JSON(L) file, or the embedded benign fine-tuning set's
-    training split when ``path`` is ``None`` (``mlr.data.embedded_data``)."""
-    if path is None:
-        return fine_tuning_examples("train")
-    records = load_instruction_data(path)
-    return [example_from_record(record, f"{path} example {index}")
-            for index, record in enumerate(records, start=1)]
+@dataclass(frozen=True)
+class LossBatch:
+    """int64 ``[batch, longest]`` each: right-padded ids, their attention mask, and the labels
+    (``IGNORE_INDEX`` on prompt tokens and padding)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def encode_example(tokenizer: Any, example: InstructionExample) -> Encoded:
+    """Token ids and labels (prompt tokens masked when there is a response and the formatted
+    prompt is a token prefix of the formatted exchange; else the whole text is the target)."""
+    full = tokenize_chat(tokenizer, example.prompt, example.response)
+    if example.response is None:
+        return full, list(full)
+    prompt = tokenize_chat(tokenizer, example.prompt)
+    masked = len(prompt) if full[:len(prompt)] == prompt else 0
+    return full, [IGNORE_INDEX] * masked + full[masked:]
 
 
 def encode_examples(tokenizer: Any, examples: Sequence[InstructionExample],
