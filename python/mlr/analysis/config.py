@@ -96,7 +96,7 @@ class AnalysisConfig:
     def map_key(self) -> dict[str, Any]:
         """What a robustness map depends on."""
         return {**self.probe_key(), "method": self.method, "perturb": self.perturb,
-                "alpha": self.alpha, "seeds": self.analysis_seeds,
+                "alpha": self.alpha, "seeds": self.analysis_seeds,  # the key earlier maps have
                 "ift": self.ift if self.perturb == "ift-grad" else None,
                 "heldout_limit": self.heldout_limit}
 
