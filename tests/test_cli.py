@@ -28,8 +28,8 @@ def test_version(capsys):
 def test_every_option_has_help_and_shows_its_default(command):
     parser = subparsers()[command]
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction):
-            continue
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue  # -h, and the hidden aliases of earlier spellings
         assert action.help, f"mlr {command} {action.option_strings} has no help"
         if action.nargs != 0:  # an option that takes a value says what happens without it
             assert "(default: " in action.help, f"mlr {command} {action.option_strings[0]}"

@@ -52,7 +52,7 @@ def run(files, command, *extra):
 
 
 def test_probe_analyze_search_write_their_outputs(files, tiny_loader, capsys, monkeypatch):
-    assert run(files, "search", "--layer", "1", "--seeds", "2", "--alpha", "0.3") == 0
+    assert run(files, "search", "--layer", "1", "--analysis-seeds", "2", "--alpha", "0.3") == 0
     out = files / "out"
     probe = json.loads((out / "probe.json").read_text())
     assert probe["layer"] == 1 and [s["layer"] for s in probe["layers"]] == [0, 1]
@@ -82,14 +82,14 @@ def test_probe_analyze_search_write_their_outputs(files, tiny_loader, capsys, mo
         raise AssertionError("robustness.json should have been reused")
 
     monkeypatch.setattr(pipeline, "compute_map", no_recompute)
-    assert run(files, "search", "--layer", "1", "--seeds", "2", "--alpha", "0.3",
+    assert run(files, "search", "--layer", "1", "--analysis-seeds", "2", "--alpha", "0.3",
                "--budget", "0.1") == 0
     assert json.loads((out / "mods_robust.json").read_text())["param_fraction"] <= 0.1
 
 
 def test_ift_grad_analysis(files, tiny_loader):
     assert run(files, "analyze", "--perturb", "ift-grad", "--ift", str(files / "ift.json"),
-               "--seeds", "1", "--alpha", "0.2", "--layer", "1") == 0
+               "--analysis-seeds", "1", "--alpha", "0.2", "--layer", "1") == 0
     robustness = json.loads((files / "out" / "robustness.json").read_text())
     assert robustness["perturb"] == "ift-grad" and robustness["cost"]["gradient_passes"] == 1
     assert robustness["comparison"] is None  # first order has no closed form for a gradient step
@@ -109,7 +109,7 @@ def test_sets_that_separate_at_layer_zero_are_said_to_differ_in_wording(files, t
     # the tiny random model separates these 12 held-out prompts perfectly at layer 0
     assert run(files, "probe") == 0
     assert "differ in wording, not intent" in capsys.readouterr().err
-    assert run(files, "analyze", "--seeds", "1") == 2
+    assert run(files, "analyze", "--analysis-seeds", "1") == 2
     err = capsys.readouterr().err.splitlines()
     errors = [line for line in err if line.startswith("mlr: error: ")]
     assert len(errors) == 1 and "wording, not intent" in errors[0] and "twins" in errors[0]
@@ -142,7 +142,7 @@ def _write(files, name, text):
     ("analyze", ["--layer", "7"], "out of range"),
     ("search", ["--tau", "1.5"], "--tau"),
     ("search", ["--budget", "0"], "--budget"),
-    ("analyze", ["--seeds", "0"], "--seeds"),
+    ("analyze", ["--analysis-seeds", "0"], "--analysis-seeds"),
     ("analyze", ["--alpha", "-1"], "--alpha"),
     ("analyze", ["--method", "first-order", "--perturb", "ift-grad"], "noise only"),
     ("analyze", ["--heldout-limit", "2"], "--heldout-limit"),

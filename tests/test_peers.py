@@ -52,7 +52,7 @@ def test_safety_mix_adds_the_share_of_refusals_from_the_training_split():
 def test_frozen_layers_keep_their_weights_and_the_rest_trains(tmp_path):
     data = write_instruction_file(tmp_path / "data.json")
     before, _ = load_model(tiny_chat_model_dir())
-    train(TrainConfig(model=str(tiny_chat_model_dir()), data=str(data), out=str(tmp_path / "ft"),
+    train(TrainConfig(model=str(tiny_chat_model_dir()), ift=str(data), out=str(tmp_path / "ft"),
                       steps=3, batch_size=4, lr=1e-2, freeze_layers="1", progress=False))
     after, _ = load_model(tmp_path / "ft" / "model")
     frozen = layer_parameter_names(before, (1, 1))

@@ -59,8 +59,8 @@ def test_the_summary_names_the_frequencies():
 
 def test_mlr_search_writes_the_stability(tmp_path):
     out = tmp_path / "out"
-    code = cli.main(["search", "--model", str(tiny_chat_model_dir()), "--layer", "1", "--seeds",
-                     "1", "--bootstraps", "4", "--out", str(out)])
+    code = cli.main(["search", "--model", str(tiny_chat_model_dir()), "--layer", "1",
+                     "--analysis-seeds", "1", "--bootstraps", "4", "--out", str(out)])
     assert code == 0
     saved = json.loads((out / "mods_robust.json").read_text())
     stability = saved["stability"]

@@ -43,7 +43,7 @@ ROBUST = ["model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
 
 def config(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
     settings = dict(out=str(tmp_path / name), model=str(tiny_chat_model_dir()),
-                    data=str(write_instruction_file(tmp_path / "ift.json")), steps=8,
+                    ift=str(write_instruction_file(tmp_path / "ift.json")), steps=8,
                     batch_size=4, lr=3e-3, progress=False)
     return TrainConfig(**{**settings, **overrides})
 
@@ -136,7 +136,7 @@ def test_the_expected_fingerprint_is_the_one_train_records_with_its_kernels(tmp_
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
     assert summary["fingerprint"] == expected
     assert expected_fingerprint(replace(settings, lr=1e-3)) != expected
-    fewer = load_instructions(settings.data)[:-1]
+    fewer = load_instructions(settings.ift)[:-1]
     assert expected_fingerprint(settings, fewer) != expected  # other data, same settings
     assert list(summary["backends"]) == ["cpu/torch.float32"]  # MLRAdamW.backends of the run
 
@@ -304,9 +304,9 @@ def run_cli(*args: str) -> int:
                                      "swat warm-up too long"])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
     base = ["--model", str(tiny_chat_model_dir()), "--out", str(tmp_path / "out"), "--steps", "2",
-            "--data", str(write_instruction_file(tmp_path / "ift.json"))]
+            "--ift", str(write_instruction_file(tmp_path / "ift.json"))]
     extra = {
-        "missing data": ["--data", str(tmp_path / "missing.json")],
+        "missing data": ["--ift", str(tmp_path / "missing.json")],
         "bad mods": ["--mods-robust", str(write_mods(tmp_path / "m.json", []).with_suffix(".x"))],
         "unknown module": ["--mods-robust", str(write_mods(tmp_path / "m.json", ["model.nope"]))],
         "bad ratio": ["--ratio", "-1"],
@@ -343,7 +343,7 @@ def test_a_nan_gradient_stops_training_with_one_line_and_keeps_the_checkpoints(t
     monkeypatch.setattr(mlr.tuning.train, "response_loss_sum", nan_at_step_3)
     out = tmp_path / "out"
     assert run_cli("--model", str(tiny_chat_model_dir()), "--out", str(out), "--steps", "4",
-                   "--data", str(write_instruction_file(tmp_path / "ift.json")),
+                   "--ift", str(write_instruction_file(tmp_path / "ift.json")),
                    "--save-every", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlr: error: step 3: the gradient norm is nan")

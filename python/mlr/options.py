@@ -1,15 +1,19 @@
 """Command-line options declared once, on the config dataclasses the library takes.
 
-A field made with ``option(default, help, ...)`` carries its help text (and metavar, choices, or
-the name of a negative flag) in its metadata; ``add_options`` turns the fields into argparse
-arguments (``batch_size`` → ``--batch-size``, its type from the annotation, its default in the help)
-and ``from_options`` builds the dataclass back from the parsed namespace, so its ``__post_init__``
-validates what the user typed exactly as it validates what a Python caller passes.
+An ``Option`` is one declaration: help text, default, metavar, choices, the range a number must
+lie in. A config field is made from it with ``Option.field`` (``option(...)`` for an option one
+config alone takes); an option several configs take is declared once (``mlr.shared_options``, or
+by the config of the stage that owns it, which ``mlr run``'s config then takes with
+``same_option``), and a config may change only its default. ``add_options`` turns the fields into
+argparse arguments (``batch_size`` → ``--batch-size``, its type from the annotation, its default in
+the help, an old spelling as a hidden alias) and ``from_options`` builds the dataclass back from
+the parsed namespace, so its ``__post_init__`` (``check_options`` first, then the checks that
+relate fields) validates what the user typed exactly as it validates what a Python caller passes.
 
 Why not ``transformers.HfArgumentParser``: it builds a whole parser per dataclass, where the ``mlr``
 subcommands need arguments added to an existing subparser (one dataclass shared by three commands,
 each taking a subset); it also registers ``--batch_size`` aliases and ``--no_x`` flags that we would
-then document around. Fifty lines of our own read more plainly than that configuration.
+then document around. A hundred lines of our own read more plainly than that configuration.
 """
 
 from __future__ import annotations
@@ -21,26 +25,94 @@ import typing
 from collections.abc import Collection, Sequence
 from typing import Any, TypeVar
 
-import torch
-
 from mlr.errors import MlrInputError
-from mlr.models import DTYPES
 
 C = TypeVar("C")
+_UNCHANGED: Any = object()  # Option.field's default: the declaration's own default / none
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range a numeric option must lie in: ``[low, high]``, or ``(low, high]`` with
+    ``low_open``; no ``high``: unbounded above."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+
+    def interval(self) -> str:
+        """``[0, 1]``, ``(0, 1]``: how the help text and the error show a two-sided range."""
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def problem(self, value: float) -> str | None:
+        """Why ``value`` is out of range (``must be in [0, 1]``), or None when it is in it."""
+        too_low = value <= self.low if self.low_open else value < self.low
+        if not too_low and (self.high is None or value <= self.high):
+            return None
+        if self.high is not None:
+            return f"must be in {self.interval()}"
+        if self.low_open:
+            return "must be positive" if self.low == 0 else f"must be above {self.low:g}"
+        return f"must be at least {self.low:g}"
+
+
+def at_least(minimum: float) -> Bounds:
+    """``minimum`` or more (``--steps must be at least 1``)."""
+    return Bounds(low=minimum)
+
+
+POSITIVE = Bounds(low=0, low_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One command-line option, declared once.
+
+    ``help``: what the option does (without its default, which is appended). ``none``: what a
+    ``None`` default means, shown as the default ("the best layer"). ``negative_flag``: for a
+    boolean that defaults to True, the flag that turns it off (``--no-control``). ``bounds``: the
+    range ``check_options`` holds a number to, as it holds a value to ``choices`` (``None``
+    always passes: "not given").
+    """
+
+    default: Any
+    help: str
+    metavar: str | None = None
+    choices: Sequence[str] | None = None
+    none: str | None = None
+    negative_flag: str | None = None
+    bounds: Bounds | None = None
+
+    def field(self, default: Any = _UNCHANGED, *, none: str | None = _UNCHANGED,
+              aliases: Sequence[str] = ()) -> Any:
+        """A dataclass field that takes this option: with the declaration's default unless one is
+        given (and then what its ``None`` means), and ``aliases``, earlier spellings that still
+        parse but are hidden from ``--help``."""
+        metadata = {"option": self, "none": self.none if none is _UNCHANGED else none,
+                    "aliases": tuple(aliases)}
+        return dataclasses.field(default=self.default if default is _UNCHANGED else default,
+                                 metadata=metadata)
 
 
 def option(default: Any, help: str, *, metavar: str | None = None,
            choices: Sequence[str] | None = None, none: str | None = None,
-           negative_flag: str | None = None) -> Any:
-    """A dataclass field that is also a command-line option.
+           negative_flag: str | None = None, bounds: Bounds | None = None,
+           aliases: Sequence[str] = ()) -> Any:
+    """A field with an option of its own: one that this config alone takes."""
+    return Option(default, help, metavar, choices, none, negative_flag, bounds).field(
+        aliases=aliases)
 
-    ``help``: what the option does (without its default, which is appended). ``none``: what a
-    ``None`` default means, shown as the default ("the best layer"). ``negative_flag``: for a
-    boolean that defaults to True, the flag that turns it off (``--no-control``).
-    """
-    metadata = {"help": help, "metavar": metavar, "choices": choices, "none": none,
-                "negative_flag": negative_flag}
-    return dataclasses.field(default=default, metadata=metadata)
+
+def declaration(config: type, name: str) -> Option:
+    """The ``Option`` of the field ``name`` of the dataclass ``config``."""
+    return next(f for f in dataclasses.fields(config) if f.name == name).metadata["option"]
+
+
+def same_option(config: type, name: str, default: Any = _UNCHANGED, *,
+                none: str | None = _UNCHANGED) -> Any:
+    """A field that takes the option ``config`` declares as ``name``: same spelling, help text,
+    and range; only its default (and what a ``None`` default means) may differ."""
+    return declaration(config, name).field(default, none=none)
 
 
 def flag(name: str) -> str:
@@ -59,39 +131,46 @@ def _base_type(annotation: Any) -> type:
 
 
 def _help(field: dataclasses.Field) -> str:
-    text = field.metadata["help"]
+    """The option's help text with its default and, for a two-sided range, the range."""
+    declared = field.metadata["option"]
     if field.default is None:
         shown = field.metadata["none"]
     elif isinstance(field.default, bool):
         shown = None
     else:
         shown = str(field.default)
-    return (f"{text} (default: {shown})" if shown else text).replace("%", "%%")
+    if shown and declared.bounds is not None and declared.bounds.high is not None:
+        shown += f"; range {declared.bounds.interval()}"
+    return (f"{declared.help} (default: {shown})" if shown else declared.help).replace("%", "%%")
+
+
+def _arguments(config: type, field: dataclasses.Field, kind: type) -> tuple[str, dict[str, Any]]:
+    """The spelling and ``add_argument`` keywords of the option that ``field`` takes."""
+    declared = field.metadata["option"]
+    if kind is not bool:
+        return flag(field.name), {"dest": field.name, "type": kind, "default": field.default,
+                                  "choices": declared.choices, "metavar": declared.metavar}
+    if not field.default:
+        return flag(field.name), {"dest": field.name, "action": "store_true"}
+    if declared.negative_flag is None:
+        raise TypeError(f"{config.__name__}.{field.name} defaults to True: give it a "
+                        "negative_flag")
+    return declared.negative_flag, {"dest": field.name, "action": "store_false"}
 
 
 def add_options(parser: argparse.ArgumentParser, config: type, *,
                 only: Collection[str] | None = None) -> None:
-    """Add an argument to ``parser`` for every ``option`` field of the dataclass ``config`` (or
-    for those named in ``only``, in declaration order)."""
+    """Add an argument to ``parser`` for every option field of the dataclass ``config`` (or
+    for those named in ``only``, in declaration order), and its hidden aliases."""
     hints = typing.get_type_hints(config)
     for field in dataclasses.fields(config):
-        if "help" not in field.metadata or (only is not None and field.name not in only):
+        if "option" not in field.metadata or (only is not None and field.name not in only):
             continue
-        kind = _base_type(hints[field.name])
-        if kind is bool:
-            negative = field.metadata["negative_flag"]
-            if field.default:
-                if negative is None:
-                    raise TypeError(f"{config.__name__}.{field.name} defaults to True: give it a "
-                                    "negative_flag")
-                parser.add_argument(negative, dest=field.name, action="store_false",
-                                    help=_help(field))
-            else:
-                parser.add_argument(flag(field.name), action="store_true", help=_help(field))
-            continue
-        parser.add_argument(flag(field.name), dest=field.name, type=kind, default=field.default,
-                            choices=field.metadata["choices"], metavar=field.metadata["metavar"],
-                            help=_help(field))
+        spelling, keywords = _arguments(config, field, _base_type(hints[field.name]))
+        parser.add_argument(spelling, help=_help(field), **keywords)
+        for alias in field.metadata["aliases"]:  # SUPPRESS: leave the namespace to the spelling
+            parser.add_argument(alias, **{**keywords, "default": argparse.SUPPRESS},
+                                help=argparse.SUPPRESS)
 
 
 def from_options(config: type[C], args: argparse.Namespace, **overrides: Any) -> C:
@@ -109,53 +188,19 @@ def require(condition: bool, message: str) -> None:
         raise MlrInputError(message)
 
 
-def require_at_least(config: Any, minimum: float, *names: str) -> None:
-    """Each named field of ``config`` is at least ``minimum`` (``--steps must be at least 1``)."""
-    for name in names:
-        value = getattr(config, name)
-        require(value >= minimum, f"{flag(name)} must be at least {minimum}, got {value}")
-
-
-# The canonical names of mlr.models' dtype table (it also takes aliases such as bf16).
-DTYPE_CHOICES = tuple(name for name, dtype in DTYPES.items() if dtype is getattr(torch, name, None))
-
-
-def dtype_option(help: str = "dtype of the model's weights") -> Any:
-    """``--dtype``, as every command that loads a model takes it."""
-    return option("float32", help, choices=DTYPE_CHOICES)
-
-
-# --optimizer-state: the dtype MLRAdamW keeps AdamW's moments in (its ``state_dtype``).
-OPTIMIZER_STATES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def optimizer_state_option() -> Any:
-    """``--optimizer-state``, as every command that fine-tunes takes it."""
-    return option("fp32", "dtype of AdamW's moments: bf16 halves their memory, written back with "
-                  "unbiased stochastic rounding (docs/optimizer_contract.md)",
-                  choices=tuple(OPTIMIZER_STATES))
-
-
-def master_weights_option() -> Any:
-    """``--no-master-weights``, as every command that fine-tunes takes it."""
-    return option(True, "step bfloat16/float16 weights without float32 master weights, through a "
-                  "Kahan compensation in their own dtype (2 bytes a parameter instead of 4)",
-                  negative_flag="--no-master-weights")
-
-
-def require_master_weights_fit(master_weights: bool, dtype: str) -> None:
-    """Raise ``MlrInputError`` for ``--no-master-weights`` with float32 weights."""
-    require(master_weights or dtype in ("bfloat16", "float16"),
-            "--no-master-weights needs --dtype bfloat16 or float16 (float32 weights are their own "
-            "master)")
-
-
-def device_option() -> Any:
-    """``--device``, as every command that loads a model takes it."""
-    return option("cpu", "torch device, e.g. cpu, cuda or cuda:1")
-
-
-def model_option(none: str = "the embedded tiny Llama as built, not aligned") -> Any:
-    """``--model``: a local Hugging Face model directory, a GGUF file or a preset name."""
-    return option(None, "local Hugging Face model directory, GGUF file, or smollm2-135m-instruct",
-                  metavar="MODEL", none=none)
+def check_options(config: Any) -> None:
+    """Hold every option field of ``config`` that has a value to its declared choices and
+    ``Bounds``: the first check of each config's ``__post_init__``, so that each is checked in one
+    place whichever config takes the option (argparse checks the choices too, but a Python caller
+    passes values straight)."""
+    for field in dataclasses.fields(config):
+        declared = field.metadata.get("option")
+        value = getattr(config, field.name)
+        if declared is None or value is None:
+            continue
+        if declared.choices is not None:
+            require(value in declared.choices, f"{flag(field.name)} must be one of "
+                    f"{', '.join(declared.choices)}, got {value}")
+        if declared.bounds is not None:
+            problem = declared.bounds.problem(value)
+            require(problem is None, f"{flag(field.name)} {problem}, got {value}")

@@ -15,11 +15,13 @@ from mlr.analysis.perturb import PERTURBATIONS
 from mlr.analysis.probe import LAYER_TOLERANCE
 from mlr.analysis.search import DEFAULT_TAU
 from mlr.models import default_model_dir
-from mlr.options import device_option, dtype_option, model_option, option, require, require_at_least
+from mlr.options import Bounds, at_least, check_options, option, require
+from mlr.shared_options import BATCH_SIZE, BENIGN, DEVICE, DTYPE, HARMFUL, IFT, MODEL, OUT, SEED
 
 PROBE_OPTIONS = ("model", "harmful", "benign", "layer", "layer_tolerance", "dtype", "device",
                  "batch_size", "seed", "out")
-MAP_OPTIONS = (*PROBE_OPTIONS, "method", "perturb", "alpha", "seeds", "ift", "heldout_limit")
+MAP_OPTIONS = (*PROBE_OPTIONS, "method", "perturb", "alpha", "analysis_seeds", "ift",
+               "heldout_limit")
 MAP_METHODS = ("exact", "first-order")
 # 64 prompts rank SmolLM2's modules as 192 do (Spearman 0.990) and keep its deepest map under
 # 10 minutes on 2 CPU cores (docs/ml_lr.md).
@@ -32,62 +34,56 @@ SEARCH_OPTIONS = (*MAP_OPTIONS, "tau", "budget", "bootstraps")
 class AnalysisConfig:
     """What the analysis stages read. Raises ``MlrInputError`` for an invalid value."""
 
-    model: str | None = model_option()
-    harmful: str | None = option(
-        None, "harmful prompts: CSV (goal column), JSON/JSONL (prompt or instruction field) or "
-        "text, one a line", metavar="FILE", none="the embedded set")
-    benign: str | None = option(None, "benign prompts, same formats", metavar="FILE",
-                                none="the embedded set")
+    model: str | None = MODEL.field()
+    harmful: str | None = HARMFUL.field()
+    benign: str | None = BENIGN.field()
     layer: int | None = option(None, "probe layer, 0-based", metavar="L",
                                none="the shallowest layer within --layer-tolerance of the best "
-                               "held-out log-loss")
+                               "held-out log-loss", bounds=at_least(0))
     layer_tolerance: float = option(LAYER_TOLERANCE, "held-out log-loss (nats) within which a "
-                                    "shallower layer counts as tied with the best", metavar="NATS")
-    dtype: str = dtype_option()
-    device: str = device_option()
-    batch_size: int = option(16, "prompts per forward pass", metavar="N")
-    seed: int = option(0, "seed of the data split and of the first perturbation")
-    out: str = option("mlr_out", "output directory (probe.json, robustness.json, "
-                      "mods_robust.json and their plots)", metavar="DIR")
+                                    "shallower layer counts as tied with the best", metavar="NATS",
+                                    bounds=at_least(0))
+    dtype: str = DTYPE.field()
+    device: str = DEVICE.field()
+    batch_size: int = BATCH_SIZE.field()
+    seed: int = SEED.field()
+    out: str = OUT.field("mlr_out")
     method: str = option("exact", "robustness map: each module perturbed and replayed, or the "
                          "first-order estimate alpha^2 rms(W)^2 |dL/dW|^2 from one gradient "
                          "(noise only)", choices=MAP_METHODS)
-    perturb: str = option("noise", "relative Gaussian noise, or a normalized instruction-loss "
-                          "gradient step", choices=PERTURBATIONS)
-    alpha: float = option(0.5, "perturbation size relative to the weight's norm")
-    seeds: int = option(3, "perturbation seeds to average (seed, seed + 1, ...)", metavar="K")
-    ift: str | None = option(
-        None, "benign instruction data for --perturb ift-grad, alpaca or chat JSON/JSONL as for "
-        "training", metavar="FILE", none="the embedded instruction set")
+    perturb: str = option("noise", "perturbation of the robustness analysis: relative Gaussian "
+                          "noise, or a normalized instruction-loss gradient step",
+                          choices=PERTURBATIONS)
+    alpha: float = option(0.5, "perturbation size relative to the weight's norm",
+                          bounds=at_least(0))
+    # Its old spelling --seeds still parses here, hidden: in `mlr run` --seeds counts fine-tuning seeds.
+    analysis_seeds: int = option(3, "perturbation seeds of the robustness map and search, "
+                                 "averaged (seed, seed + 1, ...)", metavar="K",
+                                 bounds=at_least(1), aliases=("--seeds",))
+    ift: str | None = IFT.field()
     heldout_limit: int = option(DEFAULT_HELDOUT_LIMIT, "at most N held-out prompts (half per "
                                 "class) for the map and search, 0 for all; the map reports each "
                                 "score's standard error", metavar="N")
-    tau: float = option(DEFAULT_TAU, "keep the probe's held-out likelihood, with Mods_Robust "
-                        "perturbed together, >= tau x its clean likelihood")
+    tau: float = option(DEFAULT_TAU, "search threshold: the probe's held-out likelihood with "
+                        "Mods_Robust perturbed together stays >= tau x its clean likelihood",
+                        bounds=Bounds(0, 1, low_open=True))
     budget: float | None = option(None, "largest fraction of the module parameters Mods_Robust "
-                                  "may hold", metavar="FRACTION", none="no limit")
+                                  "may hold", metavar="FRACTION", none="no limit",
+                                  bounds=Bounds(0, 1, low_open=True))
     bootstraps: int = option(20, "bootstrap draws of the held-out prompts on which the search is "
                              "rerun, for how often each module enters Mods_Robust (0: none)",
-                             metavar="N")
+                             metavar="N", bounds=at_least(0))
 
     def __post_init__(self) -> None:
-        require_at_least(self, 1, "batch_size", "seeds")
-        require_at_least(self, 0, "bootstraps")
-        require(self.layer_tolerance >= 0,
-                f"--layer-tolerance must be >= 0, got {self.layer_tolerance}")
+        check_options(self)
         require(self.heldout_limit == 0 or self.heldout_limit >= 4,
                 f"--heldout-limit must be 0 (all) or at least 4, got {self.heldout_limit}")
         require(self.method != "first-order" or self.perturb == "noise",
                 "--method first-order has a closed form for --perturb noise only")
-        require(self.alpha >= 0, f"--alpha must be a non-negative number, got {self.alpha}")
-        require(0 < self.tau <= 1, f"--tau must be a number in (0, 1], got {self.tau}")
-        require(self.budget is None or 0 < self.budget <= 1,
-                f"--budget must be a number in (0, 1], got {self.budget}")
-        require(self.layer is None or self.layer >= 0, f"--layer must be >= 0, got {self.layer}")
 
     @property
     def perturbation_seeds(self) -> list[int]:
-        return [self.seed + k for k in range(self.seeds)]
+        return [self.seed + k for k in range(self.analysis_seeds)]
 
     def probe_key(self) -> dict[str, Any]:
         """What a probe depends on. The embedded default is named by its cache directory, which
@@ -100,7 +96,7 @@ class AnalysisConfig:
     def map_key(self) -> dict[str, Any]:
         """What a robustness map depends on."""
         return {**self.probe_key(), "method": self.method, "perturb": self.perturb,
-                "alpha": self.alpha, "seeds": self.seeds,
+                "alpha": self.alpha, "seeds": self.analysis_seeds,  # the key earlier maps have
                 "ift": self.ift if self.perturb == "ift-grad" else None,
                 "heldout_limit": self.heldout_limit}
 

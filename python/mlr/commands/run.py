@@ -2,7 +2,8 @@
 robustness map and Mods_Robust search on the aligned model; benign fine-tuning in five arms with the
 same data, steps and seeds (vanilla ratio 1, ml_lr, frozen ratio 0, swat: Mods_Robust alone for a
 warm-up then everything, and the control uniform_lr: every module at base x ratio); evaluation of
-the aligned model and every arm and seed; report.md, report.json and plots in --out. With --model
+the aligned model and every arm and seed; report.md, report.json and plots in --out, beside the
+analysis files (probe.json, robustness.json, mods_robust.json) and arms/. With --model
 smollm2-135m-instruct the model is safety-aligned first and the settings suit a real model."""
 
 from __future__ import annotations

@@ -48,9 +48,10 @@ from mlr.features import capture_features, encode_prompts, make_batches
 from mlr.instruction_loss import batches_in_order, encode_examples, response_loss_sum, target_tokens
 from mlr.io import read_json, write_json_atomic, write_text_atomic
 from mlr.models import load_model
-from mlr.options import device_option, dtype_option, model_option, option, require_at_least
+from mlr.options import at_least, check_options, option
 from mlr.output_dir import check_output_dir
 from mlr.sample_size import few_prompts_note, warn
+from mlr.shared_options import BATCH_SIZE, BENIGN, DEVICE, DTYPE, HARMFUL, MODEL, OUT
 
 MAX_LENGTH = 512
 # What an evaluation computes; raised whenever that changes (judge, scores), so that `mlr run`
@@ -64,28 +65,28 @@ ANSWERS_FILE = "answers.jsonl"
 class EvalConfig:
     """Every option of ``mlr eval``. Raises ``MlrInputError`` for an invalid value."""
 
-    model: str | None = model_option()
-    harmful: str | None = option(None, "harmful prompts for the ASR: CSV (goal column), JSON/JSONL "
-                                 "or text", metavar="FILE", none="the embedded held-out set")
-    benign: str | None = option(None, "benign prompts for over-refusal, same formats",
-                                metavar="FILE", none="the embedded held-out set")
+    model: str | None = MODEL.field()
+    harmful: str | None = HARMFUL.field()
+    benign: str | None = BENIGN.field()
     alarming: str | None = option(None, "safe prompts that use alarming words, for over-refusal, "
-                                  "same formats", metavar="FILE", none="the embedded held-out set")
+                                  "in the same formats as --harmful", metavar="FILE",
+                                  none="the embedded held-out set")
     heldout: str | None = option(
-        None, "held-out alpaca/chat JSON(L) for loss and accuracy (accuracy on examples with a "
-        "'task' field)", metavar="FILE", none="the embedded held-out tasks")
+        None, "held-out instructions for loss and accuracy, alpaca/chat JSON/JSONL (accuracy on "
+        "the examples with a 'task' field)", metavar="FILE", none="the embedded held-out tasks")
     probe: str | None = option(None, "probe.json from `mlr probe`", metavar="FILE",
                                none="no probe separation")
     judge_model: str | None = option(None, "local Llama-Guard-style judge model (answers 'safe' / "
                                      "'unsafe')", metavar="DIR", none="the keyword judge alone")
-    max_new_tokens: int = option(32, "tokens generated per answer", metavar="N")
-    batch_size: int = option(32, "prompts per generation batch", metavar="N")
-    dtype: str = dtype_option()
-    device: str = device_option()
-    out: str = option("mlr_eval", "output directory (eval.json, answers.jsonl)", metavar="DIR")
+    max_new_tokens: int = option(32, "tokens generated per evaluated answer", metavar="N",
+                                 bounds=at_least(1))
+    batch_size: int = BATCH_SIZE.field(32)
+    dtype: str = DTYPE.field()
+    device: str = DEVICE.field()
+    out: str = OUT.field("mlr_eval")
 
     def __post_init__(self) -> None:
-        require_at_least(self, 1, "max_new_tokens", "batch_size")
+        check_options(self)
 
 
 @dataclass(frozen=True)

@@ -31,20 +31,14 @@ def read_mods_robust(path: str | os.PathLike) -> list[str]:
     return modules
 
 
-def check_ratio(ratio: float) -> None:
-    """Raise ``MlrInputError`` unless ``ratio`` (the LR multiplier outside Mods_Robust) is in
-    [0, 1]: 1 is vanilla fine-tuning, 0 freezes every module outside Mods_Robust."""
-    if not 0.0 <= ratio <= 1.0:
-        raise MlrInputError(f"--ratio must be in [0, 1], got {ratio}")
-
-
 def module_lr_multipliers(model: nn.Module, robust_modules: Sequence[str],
                           ratio: float) -> dict[str, float]:
-    """{trainable parameter name: lr multiplier}: 1.0 for Mods_Robust, ``ratio`` for the rest.
+    """{trainable parameter name: lr multiplier}: 1.0 for Mods_Robust, ``ratio`` for the rest
+    (ML-LR's ratio is in [0, 1], which the configs check: 1 is vanilla fine-tuning, 0 freezes
+    every module outside Mods_Robust).
 
-    Raises ``MlrInputError`` for a ratio outside [0, 1] or a robust module the model does not have.
+    Raises ``MlrInputError`` for a robust module the model does not have.
     """
-    check_ratio(ratio)
     refs = decoder_modules(model)
     unknown = sorted(set(robust_modules) - {ref.name for ref in refs})
     if unknown:

@@ -41,20 +41,22 @@ from mlr.errors import MlrInputError
 from mlr.instruction_loss import encode_examples, make_batch, response_loss_sum, target_tokens
 from mlr.io import reusable, write_json_atomic
 from mlr.models import load_model, model_dir
-from mlr.options import (
-    OPTIMIZER_STATES,
-    device_option,
-    dtype_option,
-    master_weights_option,
-    model_option,
-    optimizer_state_option,
-    option,
-    require,
-    require_at_least,
-    require_master_weights_fit,
-)
+from mlr.options import POSITIVE, Bounds, at_least, check_options, option, require
 from mlr.output_dir import check_output_dir
 from mlr.progress import progress_enabled
+from mlr.shared_options import (
+    BATCH_SIZE,
+    DEVICE,
+    DTYPE,
+    IFT,
+    MASTER_WEIGHTS,
+    MODEL,
+    OPTIMIZER_STATE,
+    OPTIMIZER_STATES,
+    OUT,
+    SEED,
+    require_master_weights_fit,
+)
 from mlr.tuning.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -75,7 +77,7 @@ from mlr.tuning.distributed import (
 )
 from mlr.tuning.lora import add_lora, merged
 from mlr.tuning.metrics_log import MetricsLog
-from mlr.tuning.ml_lr import check_ratio, read_mods_robust
+from mlr.tuning.ml_lr import read_mods_robust
 from mlr.tuning.peers import layer_parameter_names, mix_safety, parse_layer_block
 from mlr.tuning.phases import (
     SCHEDULES,
@@ -94,62 +96,59 @@ class TrainConfig:
     """Every setting of the recipe (each one an ``mlr train`` option). Raises ``MlrInputError``
     for an invalid value."""
 
-    model: str | None = model_option()
-    data: str | None = option(None, "instruction data: alpaca (instruction/input/output) or chat "
-                              "(messages) JSON/JSONL", metavar="FILE",
-                              none="the embedded benign instruction set")
+    model: str | None = MODEL.field()
+    ift: str | None = IFT.field(aliases=("--data",))
     mods_robust: str | None = option(None, "mods_robust.json from `mlr search`", metavar="FILE",
                                      none="no robust module: every module at --lr x --ratio")
-    ratio: float = option(1.0, "LR multiplier of every module outside Mods_Robust, in [0, 1] "
-                          "(1: vanilla fine-tuning, 0: freeze all but Mods_Robust)")
+    ratio: float = option(1.0, "LR multiplier of every module outside Mods_Robust (1: vanilla "
+                          "fine-tuning, 0: freeze all but Mods_Robust)", bounds=Bounds(0, 1))
     schedule: str = option("ml-lr", "ml-lr: the rest at --lr x --ratio throughout; swat: "
                            "Mods_Robust alone for --swat-warmup-steps, then everything at --lr",
                            choices=SCHEDULES)
-    swat_warmup_steps: int | None = option(None, "steps that train Mods_Robust alone under "
-                                           "--schedule swat", metavar="N",
-                                           none="a quarter of --steps, rounded up")
-    out: str = option("mlr_train", "output directory (model/, metrics.jsonl, train.json, "
-                      "checkpoints/)", metavar="DIR")
-    steps: int = option(200, "optimizer steps")
-    lr: float = option(1e-3, "base learning rate")
-    batch_size: int = option(16, "examples per micro-batch (global, over all ranks)", metavar="N")
-    grad_accum: int = option(1, "micro-batches per optimizer step", metavar="K")
+    swat_warmup_steps: int | None = option(None, "steps of the SWAT warm-up, which trains "
+                                           "Mods_Robust alone", metavar="N",
+                                           none="a quarter of --steps, rounded up",
+                                           bounds=at_least(0))
+    out: str = OUT.field("mlr_train")
+    steps: int = option(200, "fine-tuning (optimizer) steps", bounds=at_least(1))
+    lr: float = option(1e-3, "base learning rate", bounds=POSITIVE)
+    batch_size: int = BATCH_SIZE.field()
+    grad_accum: int = option(1, "micro-batches per optimizer step", metavar="K",
+                             bounds=at_least(1))
     warmup_steps: int | None = option(None, "linear warm-up steps", metavar="N",
                                       none="10% of --steps")
     min_lr_ratio: float = option(0.1, "cosine floor as a fraction of --lr")
     weight_decay: float = option(0.0, "decoupled weight decay (never on norms and biases)")
     max_grad_norm: float = option(1.0, "clip the global gradient norm to this")
-    max_length: int = option(512, "tokens per example (longer ones are cut)", metavar="N")
-    seed: int = option(0, "seed of data order, LoRA init and dropout")
+    max_length: int = option(512, "tokens per fine-tuning example (longer ones are cut)",
+                             metavar="N", bounds=at_least(1))
+    seed: int = SEED.field()
     lora_rank: int = option(0, "LoRA rank on q/k/v/o/gate/up/down (0: full fine-tuning)",
-                            metavar="R")
+                            metavar="R", bounds=at_least(0))
     lora_alpha: float = option(16.0, "LoRA scaling numerator (scale = alpha / rank)")
     lora_dropout: float = option(0.05, "dropout on the LoRA input")
     freeze_layers: str | None = option(None, "keep these decoder layers' weights frozen, e.g. "
                                        "5-13 (SPPFT-style: the safety layers)", metavar="A-B",
                                        none="none")
-    safety_mix: float = option(0.0, "share of the data made of refusal examples (the embedded "
-                               "alignment set's harmful requests and refusals), SafeInstr-style",
-                               metavar="SHARE")
-    save_every: int = option(0, "checkpoint every N steps (0: never)", metavar="N")
-    keep_checkpoints: int = option(2, "newest checkpoints kept", metavar="N")
+    safety_mix: float = option(0.0, "share of the fine-tuning data (in mlr run, the safeinstr "
+                               "arm's) made of refusal examples, SafeInstr-style: the embedded "
+                               "alignment set's harmful requests and refusals",
+                               metavar="SHARE", bounds=Bounds(0, 0.5))
+    save_every: int = option(0, "checkpoint each fine-tuning run every N steps (0: never)",
+                             metavar="N", bounds=at_least(0))
+    keep_checkpoints: int = option(2, "newest checkpoints kept", metavar="N", bounds=at_least(1))
     resume: bool = option(False, "continue from the newest checkpoint in --out")
-    dtype: str = dtype_option("weight dtype (bf16 autocast is on with a GPU)")
-    optimizer_state: str = optimizer_state_option()
-    master_weights: bool = master_weights_option()
-    device: str = device_option()
+    dtype: str = DTYPE.field()
+    optimizer_state: str = OPTIMIZER_STATE.field()
+    master_weights: bool = MASTER_WEIGHTS.field()
+    device: str = DEVICE.field()
     progress: bool = True  # a progress bar (the pipeline turns it off for parallel runs)
     distributed: str | None = option(
         None, "under torchrun: every rank trains its share of each global batch (DDP, or FSDP2 "
         "sharding); rank 0 logs and writes", choices=STRATEGIES, none="one process")
 
     def __post_init__(self) -> None:
-        require_at_least(self, 1, "steps", "batch_size", "grad_accum", "max_length",
-                         "keep_checkpoints")
-        require_at_least(self, 0, "save_every", "lora_rank")
-        check_ratio(self.ratio)
-        require(self.schedule in SCHEDULES,
-                f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}")
+        check_options(self)
         if self.schedule == "swat":
             require(self.ratio == 1.0, "--ratio is ML-LR's; --schedule swat freezes the rest "
                     "during its warm-up and then trains everything at --lr")
@@ -158,18 +157,14 @@ class TrainConfig:
         else:
             require(self.swat_warmup_steps is None,
                     "--swat-warmup-steps needs --schedule swat")
-        require(self.swat_warmup_steps is None or 0 <= self.swat_warmup_steps <= self.steps,
-                f"--swat-warmup-steps must be in 0..{self.steps}, got {self.swat_warmup_steps}")
-        require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(self.swat_warmup_steps is None or self.swat_warmup_steps <= self.steps,
+                f"--swat-warmup-steps must be at most --steps ({self.steps}), got "
+                f"{self.swat_warmup_steps}")
         require(self.warmup_steps is None or 0 <= self.warmup_steps <= self.steps,
                 f"--warmup-steps must be in 0..{self.steps}, got {self.warmup_steps}")
-        require(self.distributed in (None, *STRATEGIES),
-                f"--distributed must be one of {', '.join(STRATEGIES)}, got {self.distributed}")
         require(not (self.distributed == "fsdp2" and self.lora_rank),
                 "LoRA with --distributed fsdp2 is not supported yet; use ddp")
         require_master_weights_fit(self.master_weights, self.dtype)
-        require(0.0 <= self.safety_mix <= 0.5,
-                f"--safety-mix must be in [0, 0.5], got {self.safety_mix}")
         if self.freeze_layers is not None:
             parse_layer_block(self.freeze_layers)
 
@@ -188,7 +183,7 @@ class TrainResult:
 
 
 def train(config: TrainConfig, examples: list[InstructionExample] | None = None) -> TrainResult:
-    """Run the recipe; ``examples`` replaces ``config.data`` (the pipeline passes its own).
+    """Run the recipe; ``examples`` replaces ``config.ift`` (the pipeline passes its own).
     Raises ``MlrInputError`` for bad input (data, Mods_Robust, checkpoints, an ``out`` that cannot
     be written: all before the model loads) and for a non-finite gradient norm."""
     out = Path(config.out)
@@ -327,8 +322,8 @@ def lr_phases(config: TrainConfig, model: torch.nn.Module, robust: list[str]) ->
 
 def training_examples(config: TrainConfig,
                       examples: list[InstructionExample] | None = None) -> list[InstructionExample]:
-    """``examples`` (None: ``config.data``'s) with ``config.safety_mix``'s refusal examples."""
-    examples = load_instructions(config.data) if examples is None else examples
+    """``examples`` (None: ``config.ift``'s) with ``config.safety_mix``'s refusal examples."""
+    examples = load_instructions(config.ift) if examples is None else examples
     return mix_safety(examples, config.safety_mix)
 
 
