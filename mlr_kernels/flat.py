@@ -60,7 +60,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from itertools import compress, repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -99,6 +99,24 @@ _dtype_and_device = operator.attrgetter("dtype", "device")
 # How many tensors (and storage objects) hold a storage: a view dropped from optimizer.state, or
 # whose .data was replaced, lowers it. Private to torch (its CUDA-graph trees use it too).
 _use_count = torch._C._storage_Use_Count
+
+
+class SegmentValues(NamedTuple):
+    """One segment's hyperparameters, as its optimizer resolves them from the segment's param
+    group and multipliers: what :meth:`FlatBucket.write_rows` writes into its row of the hyper
+    table (:mod:`mlr_kernels.segments`). Plain floats, flags as 0.0 or 1.0."""
+
+    lr_mult: float  # the segment's learning rate is its group's (FlatBucket.write_lrs) times this
+    weight_decay: float  # decoupled, already scaled: the group's weight_decay times wd_mult
+    beta1: float
+    beta2: float
+    eps: float
+    maximize: float
+    amsgrad: float
+
+
+# The hyper-table columns of SegmentValues' fields after lr_mult, in their order.
+_ROW_COLUMNS = [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]
 
 
 class Repack(Exception):
@@ -184,8 +202,9 @@ class FlatBucket:
         # Segments stepped through a copy in their state's layout, and the launch order for ties.
         self._staged: dict[int, torch.Tensor] = {}
         self._passes: list[list[int]] | None = None
-        # The group values the hyper table was last written from, and for how many segments.
-        self._hyper_signature: Any = None
+        # The version of the values the hyper rows were last written from, and for how many
+        # segments; the group learning rates the LR column was last written from.
+        self._rows_version: Any = None
         self._lr_signature: Any = None
         self._rows_written = 0
         # Host copies of each segment's group index and lr multiplier; their device copies exist
@@ -568,20 +587,40 @@ class FlatBucket:
         self._passes = _launch_passes(owned, self.positions)
 
     # ------------------------------------------------------------------------------ step
-    def write_hyperparameters(self, groups: Sequence[Mapping[str, Any]], signature: Any, lrs: list[Any],
-                              lr_mults: Callable[[FlatBucket, int], Sequence[float]]) -> None:
-        """Write the columns of the host copy of ``table.hyper`` that changed since the last step.
+    def stale_rows(self, version: Any) -> int:
+        """The first segment whose hyper row was not written from the values of ``version``
+        (``len(self.params)`` when every row is current): the owner then hands
+        :meth:`write_rows` the values of the segments from there on. ``version`` is any value
+        that changes whenever a segment's values (other than the group learning rates of
+        :meth:`write_lrs`) may have; rows of segments appended since are stale as well."""
+        if self._rows_version != version:
+            self._rows_version, self._rows_written = version, 0
+        return self._rows_written
 
-        ``signature`` changes whenever a group value other than ``lr`` (or a per-parameter
-        multiplier, ``lr_mults(self, start)`` for the segments from ``start`` on) does; then
-        every row is rewritten, else only those of segments appended since. ``lrs`` are the
-        groups' learning rates: floats are combined with the multipliers on the host; tensors
-        (any of them) on the device in :meth:`step`, so that a CUDA-graph capture follows a tensor
-        learning rate filled in place between replays."""
-        if self._hyper_signature != signature:
-            self._hyper_signature, self._rows_written = signature, 0
-        if self._rows_written < len(self.params):
-            self._write_rows(groups, lr_mults)
+    def write_rows(self, start: int, values: Sequence[SegmentValues]) -> None:
+        """Write the hyper rows of the segments from ``start`` on (one :class:`SegmentValues`
+        each, in segment order) into the host copy of ``table.hyper``; their learning rates
+        follow at the next :meth:`write_lrs`.
+
+        Raises:
+            ValueError: not one value per segment from ``start`` on."""
+        if len(values) != len(self.params) - start:
+            raise ValueError(f"{len(values)} rows for {len(self.params) - start} segments")
+        rows = np.array(values, dtype=np.float64).reshape(-1, len(SegmentValues._fields))
+        self.table.hyper_rows[start:, _ROW_COLUMNS] = rows[:, 1:]
+        self._lr_mults = np.concatenate([self._lr_mults[:start], rows[:, 0]])
+        self._lr_mults_device = None
+        self._group_index = np.array(self.group_index, dtype=np.int64)
+        self._rows_written = len(self.params)
+        self._lr_signature = None
+        self.table.mark_written()
+
+    def write_lrs(self, lrs: list[Any]) -> None:
+        """Write the LR column from the param groups' learning rates ``lrs`` (indexed by group,
+        as ``positions`` are) times each segment's multiplier, when they changed since the last
+        step. Floats are combined with the multipliers on the host; tensors (any of them) on the
+        device in :meth:`step`, so that a CUDA-graph capture follows a tensor learning rate filled
+        in place between replays."""
         # The set of types is the fast test for plain numbers (a scheduler's numpy float takes
         # the exact isinstance test).
         if not set(map(type, lrs)) <= PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
@@ -591,25 +630,6 @@ class FlatBucket:
             self.table.hyper_rows[:, LR] = group_lr[self._group_index] * self._lr_mults
             self.table.mark_written()
             self._device_lrs, self._lr_signature = None, lrs
-
-    def _write_rows(self, groups: Sequence[Mapping[str, Any]],
-                    lr_mults: Callable[[FlatBucket, int], Sequence[float]]) -> None:
-        """The group values of the segments from ``_rows_written`` on (all after a change)."""
-        start = self._rows_written
-        rows = []
-        for g in (groups[k] for k in self.group_index[start:]):
-            beta1, beta2 = (float(b) for b in g["betas"])
-            rows.append((float(g["weight_decay"]) * float(g.get("wd_mult", 1.0)), beta1, beta2,
-                         float(g["eps"]), float(g["maximize"]), float(g["amsgrad"])))
-        columns = [WEIGHT_DECAY, BETA1, BETA2, EPS, MAXIMIZE, AMSGRAD]
-        self.table.hyper_rows[start:, columns] = np.array(rows, dtype=np.float64).reshape(-1, len(columns))
-        mults = np.array(list(lr_mults(self, start)), dtype=np.float64)
-        self._lr_mults = np.concatenate([self._lr_mults[:start], mults])
-        self._lr_mults_device = None
-        self._group_index = np.array(self.group_index, dtype=np.int64)
-        self._rows_written = len(self.params)
-        self._lr_signature = None
-        self.table.mark_written()
 
     def _write_device_lrs(self) -> None:
         """The LR column from tensor learning rates, on the device: after the upload, which
@@ -624,8 +644,8 @@ class FlatBucket:
 
     def step(self, grad_mult: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
         """Upload the table, count the step on the device and launch the kernel over every active
-        segment (after :meth:`sync` and :meth:`write_hyperparameters`). Nothing here waits for the
-        device: see :mod:`mlr_kernels.segments` and :mod:`mlr_kernels.staging`."""
+        segment (after :meth:`sync`, :meth:`write_rows` and :meth:`write_lrs`). Nothing here
+        waits for the device: see :mod:`mlr_kernels.segments` and :mod:`mlr_kernels.staging`."""
         table = self.table
         table.upload()
         if self._device_lrs is not None:

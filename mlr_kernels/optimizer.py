@@ -27,6 +27,7 @@ from mlr_kernels.flat import (
     SUPPORTED_DTYPES,
     FlatBucket,
     Repack,
+    SegmentValues,
     state_shape_error,
 )
 
@@ -376,11 +377,14 @@ class MLRAdamW(Optimizer):
         it reads each parameter's gradient and addresses and each group's values in C loops, and
         nothing of the device (bench/compare_optimizers.py times it per parameter)."""
         groups = self.param_groups
-        signature = (self._groups_version_now(groups), self._mult_version)
+        version = (self._groups_version_now(groups), self._mult_version)
         lrs = list(map(_lr_value, groups))
         buckets = self._sync()
         for bucket in buckets:
-            bucket.write_hyperparameters(groups, signature, lrs, self._lr_mults_of)
+            start = bucket.stale_rows(version)
+            if start < len(bucket.params):  # after a change of values, or appended segments
+                bucket.write_rows(start, self._segment_values(bucket, start))
+            bucket.write_lrs(lrs)
         return buckets
 
     def _forget_group_values(self) -> None:
@@ -437,10 +441,19 @@ class MLRAdamW(Optimizer):
     def _extra_state_of(self, bucket: FlatBucket) -> Callable[[int], dict[str, Any]]:
         return lambda i: self._extra_state(bucket.params[i])
 
-    def _lr_mults_of(self, bucket: FlatBucket, start: int) -> list[float]:
-        """The learning-rate multiplier of each of ``bucket``'s parameters from ``start`` on."""
+    def _segment_values(self, bucket: FlatBucket, start: int) -> list[SegmentValues]:
+        """The hyperparameters of ``bucket``'s segments from ``start`` on: their groups' values,
+        and each one's lr multiplier (``set_lr_mult``'s, else its group's ``lr_mult``)."""
         groups = self.param_groups
-        return [self._param_lr_mult.get(p, groups[k].get("lr_mult", 1.0))
+        group_mult, rest = {}, {}
+        for k in set(bucket.group_index[start:]):
+            g = groups[k]
+            beta1, beta2 = g["betas"]
+            group_mult[k] = float(g.get("lr_mult", 1.0))
+            rest[k] = (float(g["weight_decay"]) * float(g.get("wd_mult", 1.0)), float(beta1), float(beta2),
+                       float(g["eps"]), float(g["maximize"]), float(g["amsgrad"]))
+        mults = self._param_lr_mult
+        return [SegmentValues(mults.get(p, group_mult[k]), *rest[k])
                 for p, k in zip(bucket.params[start:], bucket.group_index[start:])]
 
     # ------------------------------------------------------------------------------- gradients
