@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.multiprocessing as mp
+from mlr.tuning.checkpoint import load_checkpoint, save_checkpoint
 from mlr.tuning.distributed import DistributedContext, cleanup_distributed, init_distributed
+from mlr.tuning.sampler import EpochSampler
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from mlr_kernels import MLRAdamW
 from tests.optim_cases import forward, make_model
@@ -80,3 +84,19 @@ def rank_slice(batch: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
     """This rank's equal share of a global batch (rows), as a DistributedSampler would give."""
     per_rank = batch.shape[0] // ctx.world_size
     return batch[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
+
+
+def save_training(directory: str | os.PathLike, model: nn.Module, optimizer: MLRAdamW) -> Path:
+    """Checkpoint ``model`` and ``optimizer`` as ``mlr train`` does (:mod:`mlr.tuning.checkpoint`,
+    every rank calls it), beside a scheduler and a sampler these tests do not use; returns the
+    checkpoint's directory."""
+    return save_checkpoint(directory, 0, model, optimizer, *_unused_training_state(optimizer), {})
+
+
+def resume_training(path: str | os.PathLike, model: nn.Module, optimizer: MLRAdamW) -> None:
+    """Load what :func:`save_training` wrote into a freshly built ``model`` and ``optimizer``."""
+    load_checkpoint(path, model, optimizer, *_unused_training_state(optimizer), {})
+
+
+def _unused_training_state(optimizer: MLRAdamW) -> tuple[LambdaLR, EpochSampler]:
+    return LambdaLR(optimizer, lambda _: 1.0), EpochSampler(1, 0)

@@ -1,5 +1,6 @@
-"""``mlr.tuning.distributed`` in one process (no torchrun): the context, rank-0 helpers and the sharded
-checkpoint round trip of a model and MLRAdamW. The multi-rank paths are in test_ddp / test_fsdp2."""
+"""``mlr.tuning.distributed`` in one process (no torchrun): the context, the collectives' one-process
+answers and the DCP checkpoint round trip of a model and MLRAdamW (``mlr.tuning.checkpoint``). The
+multi-rank paths are in test_ddp / test_fsdp2."""
 
 from __future__ import annotations
 
@@ -11,15 +12,12 @@ from mlr.tuning.distributed import (
     all_reduce_sum,
     full_state_dict,
     init_distributed,
-    load_sharded_checkpoint,
     rank_share,
-    run_on_main,
-    save_sharded_checkpoint,
     wrap_model,
 )
 
 from mlr_kernels import MLRAdamW
-from tests.dist_cases import Net, global_batches, train
+from tests.dist_cases import Net, global_batches, resume_training, save_training, train
 
 
 def test_without_torchrun_it_is_one_process_and_no_process_group(monkeypatch):
@@ -27,7 +25,6 @@ def test_without_torchrun_it_is_one_process_and_no_process_group(monkeypatch):
     ctx = init_distributed(device_type="cpu")
     assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.is_distributed) == (0, 1, True, False)
     assert not torch.distributed.is_initialized()
-    assert run_on_main(ctx, lambda: "written") == "written"
     assert all_reduce_sum(3.0, ctx) == 3.0
 
 
@@ -43,19 +40,19 @@ def test_unknown_strategy_is_an_input_error():
         wrap_model(Net(0), "zero3")
 
 
-def test_sharded_checkpoint_round_trip_continues_identically(tmp_path):
+def test_checkpoint_round_trip_continues_identically(tmp_path):
     net = Net(1)
     opt = MLRAdamW(net.parameters(), lr=1e-2, backend="reference")
     opt.set_lr_mult({net.model["mid"].weight: 0.1})
     train([(net, opt)], global_batches(3, seed=2))
-    save_sharded_checkpoint(tmp_path, net, opt)
+    checkpoint = save_training(tmp_path, net, opt)
     later = global_batches(3, seed=3)
     train([(net, opt)], later)
 
     restored = Net(9)
     restored_opt = MLRAdamW(restored.parameters(), lr=1e-2, backend="reference")
     restored_opt.set_lr_mult({restored.model["mid"].weight: 0.5})  # built as saved: the value loads
-    load_sharded_checkpoint(tmp_path, restored, restored_opt)
+    resume_training(checkpoint, restored, restored_opt)
     assert restored_opt.lr_mult_of(restored.model["mid"].weight) == 0.1
     train([(restored, restored_opt)], later)
     for name, tensor in full_state_dict(net).items():

@@ -8,16 +8,11 @@ from __future__ import annotations
 import random
 
 import torch
-from mlr.tuning.distributed import (
-    DistributedContext,
-    load_sharded_checkpoint,
-    save_sharded_checkpoint,
-    wrap_model,
-)
+from mlr.tuning.distributed import DistributedContext, wrap_model
 from torch.distributed.tensor import DTensor
 
 from mlr_kernels import MLRAdamW
-from tests.dist_cases import Net, global_batches, run_ranks, train
+from tests.dist_cases import Net, global_batches, resume_training, run_ranks, save_training, train
 from tests.optim_cases import build_pair, move_state, random_groups
 
 
@@ -36,7 +31,7 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], **toler
         torch.testing.assert_close(a[name], b[name], **tolerance, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def _fsdp2_matches_torch_and_resumes(ctx: DistributedContext, checkpoint: str) -> None:
+def _fsdp2_matches_torch_and_resumes(ctx: DistributedContext, checkpoints: str) -> None:
     groups = random_groups(Net(0).model, random.Random(6), base_lr=3e-2)
     net, torch_net = _sharded_net(7), _sharded_net(7)
     ours, ref = build_pair(groups, net.model, torch_net.model, "reference")
@@ -52,21 +47,21 @@ def _fsdp2_matches_torch_and_resumes(ctx: DistributedContext, checkpoint: str) -
     _assert_same(_full_params(net), _full_params(torch_net), rtol=1e-5, atol=1e-6)
     assert ours.state[param]["step"].item() == ref.state[torch_net.model["mid"].weight]["step"].item() == 8
 
-    save_sharded_checkpoint(checkpoint, net, ours)
+    checkpoint = save_training(checkpoints, net, ours)
     later = global_batches(4, seed=9)
     train([(net, ours)], later, ctx)
     restored = _sharded_net(99)
     opt, _ = build_pair(groups, restored.model, Net(0).model, "reference")
-    load_sharded_checkpoint(checkpoint, restored, opt)
+    resume_training(checkpoint, restored, opt)
     train([(restored, opt)], later, ctx)
     _assert_same(_full_params(net), _full_params(restored), rtol=0, atol=0)
 
 
 def test_fsdp2_matches_torch_adamw_and_resumes_from_a_dcp_checkpoint(tmp_path):
-    run_ranks(_fsdp2_matches_torch_and_resumes, 2, str(tmp_path / "checkpoint"))
+    run_ranks(_fsdp2_matches_torch_and_resumes, 2, str(tmp_path / "checkpoints"))
 
 
-def _fsdp2_bfloat16_state_resumes(ctx: DistributedContext, checkpoint: str) -> None:
+def _fsdp2_bfloat16_state_resumes(ctx: DistributedContext, checkpoints: str) -> None:
     """bfloat16 moments under FSDP2: each rank keeps its shards' moments in bfloat16 (DTensors),
     they go through ``torch.distributed.checkpoint``, and a resumed run draws the same random
     bits (same seed, the step counts restored), so it ends bit for bit as the uninterrupted one."""
@@ -80,14 +75,14 @@ def _fsdp2_bfloat16_state_resumes(ctx: DistributedContext, checkpoint: str) -> N
     param = net.model["mid"].weight
     assert opt.state[param]["exp_avg"].dtype == torch.bfloat16
     assert isinstance(opt.state[param]["exp_avg"], DTensor)
-    save_sharded_checkpoint(checkpoint, net, opt)
+    checkpoint = save_training(checkpoints, net, opt)
     later = global_batches(3, seed=13)
     train([(net, opt)], later, ctx)
     restored, restored_opt = build(99)
-    load_sharded_checkpoint(checkpoint, restored, restored_opt)
+    resume_training(checkpoint, restored, restored_opt)
     train([(restored, restored_opt)], later, ctx)
     _assert_same(_full_params(net), _full_params(restored), rtol=0, atol=0)
 
 
 def test_fsdp2_with_bfloat16_state_resumes_bit_for_bit(tmp_path):
-    run_ranks(_fsdp2_bfloat16_state_resumes, 2, str(tmp_path / "checkpoint"))
+    run_ranks(_fsdp2_bfloat16_state_resumes, 2, str(tmp_path / "checkpoints"))

@@ -11,15 +11,18 @@ The building blocks of ``mlr train --distributed ddp|fsdp2``, meant to read top 
     for indices in batches:                       # the one-GPU loop on this rank's share
         loss = loss_sum(model, rank_share(indices, ctx)) / (all_reduce_sum(tokens, ctx) / ctx.world_size)
         ...
-    save_sharded_checkpoint(run_dir / "checkpoint", model, optimizer)  # every rank, resumable
-    # (mlr.tuning.checkpoint saves the whole training state the same way, for `mlr train`)
+        save_checkpoint(run_dir / "checkpoints", step, model, optimizer, ...)  # every rank
     whole = gathered_model(model, build=load_plain_model_on_cpu, ctx=ctx)   # every rank
-    run_on_main(ctx, lambda: whole.save_pretrained(out))
+    if ctx.is_main:
+        whole.save_pretrained(out)
+    barrier()
     cleanup_distributed()
 
 DDP all-reduces gradients, FSDP2 reduce-scatters them, and MLRAdamW steps each rank's parameters
-or shards with no further communication. ``mlr.tuning.train`` is this recipe; ``docs/distributed.md``
-has the torchrun commands and the memory each rank holds.
+or shards with no further communication. Checkpoints (:mod:`mlr.tuning.checkpoint`) go through
+``torch.distributed.checkpoint``: each rank writes its own shards, no rank gathers the model.
+``mlr.tuning.train`` is this recipe; ``docs/distributed.md`` has the torchrun commands and the
+memory each rank holds.
 """
 
 from __future__ import annotations
@@ -27,14 +30,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.optim import Optimizer
 
 from mlr.errors import MlrInputError
 from mlr.modules import decoder_layers
@@ -60,6 +61,8 @@ class DistributedContext:
 
     @property
     def is_distributed(self) -> bool:
+        """More than one rank: collectives and barriers involve the others. False for a process
+        that trains alone even where a process group exists (rank 0 aligning the cached model)."""
         return self.world_size > 1
 
 
@@ -115,14 +118,6 @@ def all_reduce_sum(value: float, ctx: DistributedContext) -> float:
                          device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(total)
     return total.item()
-
-
-def run_on_main(ctx: DistributedContext, fn: Callable[[], T]) -> T | None:
-    """Run ``fn`` (write a file, a report) on rank 0 only; every rank waits until it is done."""
-    result = fn() if ctx.is_main else None
-    if ctx.is_distributed:
-        barrier()
-    return result
 
 
 def wrap_model(
@@ -181,27 +176,3 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def save_sharded_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Optimizer) -> None:
-    """Save model and optimizer with ``torch.distributed.checkpoint``: each rank writes its own
-    shards, no rank gathers the model. Every rank must call it; ``load_sharded_checkpoint``
-    resumes."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=Path(path))
-
-
-def load_sharded_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Optimizer) -> None:
-    """Restore what ``save_sharded_checkpoint`` wrote into ``model`` and ``optimizer``, built (and
-    wrapped) as they were for saving: what is loaded is what the fresh objects hold, so set the
-    per-parameter multipliers (``set_lr_mult``) before loading too. Every rank must call it."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=Path(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
