@@ -64,7 +64,7 @@ setup(
     + [f"mlr.{p}" for p in find_packages("python/mlr")]
     + ["mlr"],
     package_dir={"mlr": "python/mlr"},
-    package_data={"mlr_kernels": ["_adamw_cuda.so"], "mlr": ["assets/*", "assets/**/*"]},
+    package_data={"mlr_kernels": ["_adamw_cuda.so"]},
     ext_modules=[cpu_extension],
     cmdclass={"build_ext": BuildWithCuda},
     python_requires=">=3.10",

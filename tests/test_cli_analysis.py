@@ -39,7 +39,6 @@ def tiny_loader(monkeypatch):
         return tiny_llama(layers=2, vocab=len(tokenizer)), tokenizer
 
     monkeypatch.setattr("mlr.analysis.session.load_model", load_model)
-    monkeypatch.setattr("mlr.analysis.config.default_model_dir", lambda: "tiny-test-model")
 
 
 def run(files, command, *extra):
@@ -169,7 +168,6 @@ def test_unrecognized_model_and_missing_model_dir(files, capsys, monkeypatch, tm
     assert "model directory not found" in capsys.readouterr().err
     monkeypatch.setattr("mlr.analysis.session.load_model",
                         lambda *a, **k: (nn.Sequential(nn.Linear(2, 2)), None))
-    monkeypatch.setattr("mlr.analysis.config.default_model_dir", lambda: "tiny-test-model")
     assert run(files, "probe") == 2
     assert "no recognizable decoder layers" in capsys.readouterr().err
 

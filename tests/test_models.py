@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from mlr.analysis.config import AnalysisConfig
 from mlr.errors import MlrInputError
-from mlr.models import build_default_model_dir, default_model_dir, format_chat, load_model
 from mlr.models import default_model as default_model_module
+from mlr.models import default_model_dir, default_model_path, format_chat, load_model
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +66,10 @@ def test_default_model_is_a_tiny_llama(default_model) -> None:
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
 
 
-def test_builds_are_deterministic(default_dir: Path, tmp_path: Path) -> None:
-    rebuilt = build_default_model_dir(tmp_path / "again")
+def test_builds_are_deterministic(default_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLR_CACHE", str(tmp_path))
+    rebuilt = default_model_dir()
+    assert rebuilt.parent == tmp_path
     assert (rebuilt / "tokenizer.json").read_bytes() == (default_dir / "tokenizer.json").read_bytes()
     first, _ = load_model(default_dir)
     second, _ = load_model(rebuilt)
@@ -74,9 +77,11 @@ def test_builds_are_deterministic(default_dir: Path, tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
-def test_building_into_an_existing_path_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(MlrInputError, match="already exists"):
-        build_default_model_dir(tmp_path)
+def test_keys_name_the_default_model_without_building_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLR_CACHE", str(tmp_path))
+    assert AnalysisConfig().probe_key()["model"] == str(default_model_path())
+    assert default_model_path().parent == tmp_path
+    assert not any(tmp_path.iterdir())
 
 
 def test_generation_stops_and_forward_runs(default_model) -> None:

@@ -53,15 +53,10 @@ def save_figure_atomic(path: str | os.PathLike, figure: Any) -> Path:
     return write_atomic(path, lambda tmp: figure.savefig(tmp, format=suffix, bbox_inches="tight"))
 
 
-def publish_directory(directory: str | os.PathLike, build: Callable[[Path], None], *,
-                      replace: bool = True) -> Path:
+def publish_directory(directory: str | os.PathLike, build: Callable[[Path], None]) -> Path:
     """Build a directory with ``build(staging)`` beside ``directory``, then rename it into place,
-    so that ``directory`` appears complete or not at all.
-
-    ``replace=True``: an existing ``directory`` is swapped for the new one. ``replace=False``: an
-    existing one wins (another process published the same content first; the new build is
-    discarded), for caches whose name is the hash of what they hold. Raises whatever ``build``
-    raises, after removing the staging directory.
+    so that ``directory`` appears complete or not at all; an existing ``directory`` is swapped for
+    the new one. Raises whatever ``build`` raises, after removing the staging directory.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -75,9 +70,6 @@ def publish_directory(directory: str | os.PathLike, build: Callable[[Path], None
             except OSError:
                 if not directory.exists():  # not a lost race with another process: a real error
                     raise
-        if not replace:
-            shutil.rmtree(staging)
-            return directory
         retired = staging.with_name(f".{directory.name}.old")
         shutil.rmtree(retired, ignore_errors=True)
         os.rename(directory, retired)

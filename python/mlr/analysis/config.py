@@ -14,7 +14,7 @@ from typing import Any
 from mlr.analysis.perturb import PERTURBATIONS
 from mlr.analysis.probe import LAYER_TOLERANCE
 from mlr.analysis.search import DEFAULT_TAU
-from mlr.models import default_model_dir
+from mlr.models import default_model_path
 from mlr.options import Bounds, at_least, check_options, option, require
 from mlr.shared_options import BATCH_SIZE, BENIGN, DEVICE, DTYPE, HARMFUL, IFT, MODEL, OUT, SEED
 
@@ -87,8 +87,8 @@ class AnalysisConfig:
 
     def probe_key(self) -> dict[str, Any]:
         """What a probe depends on. The embedded default is named by its cache directory, which
-        changes with its recipe."""
-        model = self.model if self.model is not None else str(default_model_dir())
+        changes with its recipe (named only: loading the model builds it)."""
+        model = self.model if self.model is not None else str(default_model_path())
         return {"format": FORMAT, "model": model, "dtype": self.dtype, "harmful": self.harmful,
                 "benign": self.benign, "seed": self.seed, "layer": self.layer,
                 "layer_tolerance": self.layer_tolerance}

@@ -2,7 +2,7 @@
 preset names) and the chat format."""
 
 from mlr.models.chat import CHAT_TEMPLATE, format_chat
-from mlr.models.default_model import build_default_model_dir, default_model_dir, recipe_hash
+from mlr.models.default_model import default_model_dir, default_model_path, recipe_hash
 from mlr.models.loading import DTYPES, load_model, model_dir
 from mlr.models.presets import PRESETS
 
@@ -10,8 +10,8 @@ __all__ = [
     "CHAT_TEMPLATE",
     "DTYPES",
     "PRESETS",
-    "build_default_model_dir",
     "default_model_dir",
+    "default_model_path",
     "format_chat",
     "load_model",
     "model_dir",

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from mlr.errors import MlrInputError
 from mlr.io import publish_directory, write_json_atomic
 
 MANIFEST = "mlr_cache_manifest.json"
@@ -48,18 +47,6 @@ WAIT_NOTE_S = 60.0  # a rank still waiting for rank 0 after this long says so (o
 def cache_root() -> Path:
     """``$MLR_CACHE``, else ``~/.cache/mlr`` (not created here)."""
     return Path(os.environ.get("MLR_CACHE") or Path.home() / ".cache" / "mlr").expanduser()
-
-
-def build_directory(path: str | os.PathLike, build: Callable[[Path], None]) -> Path:
-    """Build a new directory at ``path`` with ``build(staging)`` (:func:`mlr.io.publish_directory`);
-    if another process published a complete one there first, that one is kept.
-
-    Raises ``MlrInputError`` when ``path`` exists already, and whatever ``build`` raises.
-    """
-    path = Path(path)
-    if path.exists():
-        raise MlrInputError(f"cannot build into {path}: it already exists")
-    return publish_directory(path, build, replace=False)
 
 
 def cache_entry(path: str | os.PathLike, build: Callable[[Path], None], what: str,
@@ -98,7 +85,7 @@ def cache_entry(path: str | os.PathLike, build: Callable[[Path], None], what: st
                                    "was cached")
             write_json_atomic(staging / MANIFEST, _manifest(staging))
 
-        return publish_directory(path, build_checked, replace=True)
+        return publish_directory(path, build_checked)
 
 
 def entry_problem(path: str | os.PathLike) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from mlr.data.corpus import tokenizer_texts
-from mlr.models.cache import build_directory, cache_entry, cache_root
+from mlr.models.cache import cache_entry, cache_root
 from mlr.models.chat import CHAT_TEMPLATE
 from mlr.models.tokenizer import train_tokenizer
 
@@ -80,13 +79,12 @@ def _save_default_model(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_default_model_dir(path: str | os.PathLike) -> Path:
-    """Build the embedded default model and tokenizer into ``path``, which must not exist yet
-    (``MlrInputError`` otherwise); a directory another process published there meanwhile is kept."""
-    return build_directory(path, _save_default_model)
+def default_model_path() -> Path:
+    """Where the default model of this recipe is cached, built or not (nothing is built here: it
+    names the model in the keys of cached outputs; :func:`default_model_dir` builds it)."""
+    return cache_root() / f"tiny-llama-{recipe_hash()}"
 
 
 def default_model_dir() -> Path:
     """The cached default model directory, built on first use (:func:`mlr.models.cache.cache_entry`)."""
-    return cache_entry(cache_root() / f"tiny-llama-{recipe_hash()}", _save_default_model,
-                       "the embedded default model")
+    return cache_entry(default_model_path(), _save_default_model, "the embedded default model")
