@@ -54,6 +54,11 @@ class LastTokenCapture:
     capture, in the order the buffer's rows take. ``attention_mask`` is the ``[batch, seq]`` 0/1
     mask of the forward (``None``: every position is real). ``out`` optionally supplies the
     ``[len(layer_indices), batch, hidden]`` buffer to write into, e.g. to reuse it across batches.
+
+    Raises:
+        ValueError: at construction, for empty, duplicate or out-of-range ``layer_indices``, an
+            unknown ``mode`` or an ``attention_mask`` that is not 2-D; during the forward, for an
+            ``out`` that is not ``[len(layer_indices), batch, hidden]``.
     """
 
     def __init__(

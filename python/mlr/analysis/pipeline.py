@@ -68,13 +68,24 @@ class Analysis:
 
 
 def run_probe(config: AnalysisConfig) -> ProbeResult:
-    """Fit the probe afresh and write ``probe.json``."""
+    """Fit the probe afresh and write ``probe.json``.
+
+    Raises:
+        MlrInputError: as :func:`~mlr.analysis.session.open_session`: a missing, empty or
+            malformed prompt file, too few prompts, an output directory that cannot be written,
+            a model that cannot be loaded, or a ``layer`` the model does not have."""
     session = open_session(config)
     return _write_probe(config, fit_probe(session))
 
 
 def run_map(config: AnalysisConfig) -> RobustnessMap:
-    """The robustness map afresh (the probe reused when it matches), written with its plot."""
+    """The robustness map afresh (the probe reused when it matches), written with its plot.
+
+    Raises:
+        MlrInputError: as :func:`run_probe`, and for bad ``ift`` data with ``perturb`` ift-grad;
+            when the prompt sets separate perfectly at layer 0 and ``layer`` was not given (the
+            probe would read wording, not intent); or when the probe is wrong on average on the
+            held-out prompts (mean signed margin <= 0)."""
     session = open_session(config, needs_instructions=True)
     perturbation = build_perturbation(session)
     probe = obtain_probe(session)
@@ -83,7 +94,11 @@ def run_map(config: AnalysisConfig) -> RobustnessMap:
 
 def run_search(config: AnalysisConfig) -> Analysis:
     """Mods_Robust afresh (probe and map reused when they match), with its stability over
-    ``config.bootstraps`` draws of the held-out prompts, written with its plot."""
+    ``config.bootstraps`` draws of the held-out prompts, written with its plot.
+
+    Raises:
+        MlrInputError: as :func:`run_map`, and when a reused robustness map lists other modules
+            than the model has."""
     session = open_session(config, needs_instructions=True)
     perturbation = build_perturbation(session)
     probe = obtain_probe(session)

@@ -52,6 +52,9 @@ class LinearProbe:
 
 @dataclass(frozen=True)
 class LayerScore:
+    """How well a probe trained on one layer's last-token features separates the held-out
+    prompts: ``accuracy`` and ``auc`` in [0, 1], ``log_loss`` in nats."""
+
     layer: int
     accuracy: float
     auc: float
@@ -60,6 +63,9 @@ class LayerScore:
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """The probe stage's outcome (``probe.json``): every layer's held-out scores, the layer chosen
+    (0-based) and the probe trained there, whose verdict the robustness map and search perturb."""
+
     scores: list[LayerScore]
     layer: int
     probe: LinearProbe

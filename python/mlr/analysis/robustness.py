@@ -43,6 +43,10 @@ from mlr.progress import progress
 
 @dataclass(frozen=True)
 class Verdict:
+    """The frozen probe's verdict on the held-out prompts, clean or with modules perturbed:
+    accuracy in [0, 1], the mean signed margin (logit times the sign of the label) and each
+    prompt's log-loss."""
+
     accuracy: float
     margin: float  # mean signed margin
     losses: torch.Tensor  # float64 [rows]: each held-out prompt's log-loss, nats
@@ -104,6 +108,10 @@ class ProbeEvaluator:
 
 @dataclass(frozen=True)
 class ModuleScore:
+    """One module's entry in the robustness map: what perturbing it alone did to the probe's
+    verdict (retained shares are perturbed / clean, 1.0 = unaffected), averaged over seeds.
+    Modules above the probe layer cannot change its features and are not measured."""
+
     name: str
     type: str
     layer: int
@@ -126,6 +134,11 @@ def unmeasured(ref: ModuleRef) -> ModuleScore:
 
 @dataclass(frozen=True)
 class RobustnessMap:
+    """The robustness map stage's outcome (``robustness.json``): every candidate module's score,
+    the probe layer and the clean verdict they are relative to, how the modules were perturbed
+    (``perturb``, ``alpha``, ``seeds``, ``method``), what it cost (``cost``) and the options that
+    produced it (``config``)."""
+
     modules: list[ModuleScore]
     probe_layer: int
     num_layers: int

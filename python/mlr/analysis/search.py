@@ -33,6 +33,10 @@ DEFAULT_TAU = 0.9
 
 @dataclass(frozen=True)
 class CurvePoint:
+    """One step of the greedy search: the module tried (None at step 0, the clean probe), the
+    probe's verdict with it and every module accepted before perturbed together, the share of
+    module parameters they hold, and whether it was kept (score >= tau; a refused one ends it)."""
+
     step: int
     added: str | None
     type: str | None
@@ -45,6 +49,9 @@ class CurvePoint:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """The search stage's outcome (``mods_robust.json``): Mods_Robust (module names, most robust
+    first), their parameters, the curve of every step, and why the search stopped."""
+
     modules: list[str]
     param_fraction: float  # params / total_params
     curve: list[CurvePoint]

@@ -32,6 +32,9 @@ DEFAULT_BOOTSTRAPS = 20
 
 @dataclass(frozen=True)
 class Stability:
+    """How stable Mods_Robust is: the search rerun on ``bootstraps`` resamplings (with
+    replacement) of the held-out prompts, and how often each module came back."""
+
     bootstraps: int
     frequency: dict[str, float]  # module -> share of draws whose Mods_Robust holds it
     sizes: list[int]  # Mods_Robust's size in each draw

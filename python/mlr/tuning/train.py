@@ -184,8 +184,13 @@ class TrainResult:
 
 def train(config: TrainConfig, examples: list[InstructionExample] | None = None) -> TrainResult:
     """Run the recipe; ``examples`` replaces ``config.ift`` (the pipeline passes its own).
-    Raises ``MlrInputError`` for bad input (data, Mods_Robust, checkpoints, an ``out`` that cannot
-    be written: all before the model loads) and for a non-finite gradient norm."""
+
+    Raises:
+        MlrInputError: bad input, all before the model loads: instruction data, Mods_Robust, an
+            ``out`` that cannot be written or holds checkpoints without ``config.resume`` (or of
+            the old format); then a model that cannot be loaded, nothing to train (``ratio`` 0
+            and Mods_Robust empty), a checkpoint of a run with other settings or another number
+            of ranks, and a non-finite gradient norm (the run stops before that step)."""
     out = Path(config.out)
     started = time.perf_counter()
 
