@@ -354,6 +354,11 @@ class MLRAdamW(Optimizer):
         return float(group.get("lr_mult", 1.0))
 
     # ----------------------------------------------------------------------------------- step
+    # torch.compile of a training step runs this eagerly (a graph break, as at torch's own
+    # zero_grad): its host work reads and writes the optimizer's Python state, which Dynamo would
+    # trace into guards or fail to functionalize. About 1 µs per call; torch._dynamo is imported
+    # at the first call only.
+    @torch._disable_dynamo
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One AdamW step of every parameter whose ``.grad`` is not None, as

@@ -395,3 +395,28 @@ def test_nan_gradient_without_a_scaler_propagates_like_torch():
         opt.step()
     for p, q in zip(m_ours.parameters(), m_ref.parameters()):
         assert torch.isnan(p).all() == torch.isnan(q).all()
+
+
+def test_a_compiled_training_step_stops_at_the_optimizer_and_matches_eager():
+    """torch.compile of forward, backward and step: Dynamo leaves ``step()`` to run eagerly (one
+    graph break, as at torch's own ``zero_grad``), so it neither traces the host-side bookkeeping
+    (a fresh optimizer's packing fails to functionalize) nor changes the numbers."""
+    def run(compiled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        opt = MLRAdamW(model.parameters(), lr=1e-2, backend="reference")
+        x = torch.randn(4, 8)
+
+        def train_step() -> None:
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+
+        step = torch.compile(train_step, backend="aot_eager") if compiled else train_step
+        for _ in range(3):
+            step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    torch._dynamo.reset()
+    for got, want in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(got, want)
