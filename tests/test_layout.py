@@ -1,5 +1,6 @@
 """The import graph of ``mlr`` and ``mlr_kernels``: no cycle, the commands imported only by the CLI,
-and imports at the top of each file except optional heavy dependencies."""
+``mlr run`` on top of the stages it joins, and imports at the top of each file except optional heavy
+dependencies."""
 
 from __future__ import annotations
 
@@ -93,6 +94,31 @@ def test_only_the_cli_imports_the_commands():
     offenders = sorted(module for module, targets in internal_graph().items()
                        if not module.startswith(("mlr.commands", "mlr.cli"))
                        and any(t.startswith("mlr.commands") for t in targets))
+    assert offenders == []
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_only_the_commands_import_the_run_package():
+    # mlr.run joins the stages; a stage or helper that reached up into it would tie them together.
+    offenders = sorted(module for module, targets in internal_graph().items()
+                       if not within(module, "mlr.run") and not within(module, "mlr.commands")
+                       and any(within(t, "mlr.run") for t in targets))
+    assert offenders == []
+
+
+def test_only_the_run_package_imports_analysis_tuning_and_evaluation_together():
+    # The stages meet in mlr.run, in the order of its pipeline, and nowhere else.
+    stages = ("mlr.analysis", "mlr.tuning", "mlr.evaluation")
+
+    def joins_the_stages(module: str, targets: set[str]) -> bool:
+        return all(any(within(t, stage) and not within(module, stage) for t in targets)
+                   for stage in stages)
+
+    offenders = sorted(module for module, targets in internal_graph().items()
+                       if not within(module, "mlr.run") and joins_the_stages(module, targets))
     assert offenders == []
 
 

@@ -11,8 +11,9 @@ import pytest
 from chat_models import one_thread, tiny_chat_model_dir  # noqa: F401 (one_thread: an autouse fixture)
 from mlr import cli
 from mlr.evaluation.report import ARMS
-from mlr.run import RunConfig, resolve_defaults
-from mlr.run_presets import SMOLLM2
+from mlr.run.config import RunConfig
+from mlr.run.pipeline import resolve_defaults
+from mlr.run.presets import SMOLLM2
 from mlr.tuning.align import AlignSettings, align_model, aligned_dir
 
 

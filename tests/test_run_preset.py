@@ -10,8 +10,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import mlr.run_arms
-import mlr.run_presets
+import mlr.run.arms
+import mlr.run.presets
 import mlr.tuning.align
 import pytest
 from chat_models import one_thread  # noqa: F401 (an autouse fixture)
@@ -19,7 +19,7 @@ from gguf_files import tiny_llama, write_llama_gguf
 from mlr import cli
 from mlr.evaluation.report import ARMS
 from mlr.models.presets import PRESETS
-from mlr.run_presets import SMOLLM2
+from mlr.run.presets import SMOLLM2
 
 
 @pytest.fixture
@@ -34,8 +34,8 @@ def fake_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_llama_gguf(package / PRESETS[SMOLLM2].filename, tiny_llama(tied=True))
     monkeypatch.delitem(sys.modules, PRESETS[SMOLLM2].module, raising=False)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setattr(mlr.run_presets, "SMOLLM2_QUICK",
-                        replace(mlr.run_presets.SMOLLM2_QUICK, max_length=256))
+    monkeypatch.setattr(mlr.run.presets, "SMOLLM2_QUICK",
+                        replace(mlr.run.presets.SMOLLM2_QUICK, max_length=256))
     return package
 
 
@@ -58,6 +58,6 @@ def test_the_preset_runs_every_stage_quickly(tmp_path, fake_preset, monkeypatch)
         raise AssertionError("trained again")
 
     monkeypatch.setattr(mlr.tuning.align, "train", no_training)
-    monkeypatch.setattr(mlr.run_arms, "train", no_training)
+    monkeypatch.setattr(mlr.run.arms, "train", no_training)
     assert cli.main(["run", "--model", SMOLLM2, "--quick", "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["arms"] == report["arms"]

@@ -1,5 +1,4 @@
-"""``RunConfig``: every option of ``mlr run``, in one place that ``mlr.run`` and ``mlr.run_arms``
-both read (the pipeline, and its fine-tuning arms)."""
+"""``RunConfig``: every option of ``mlr run``, in one place that each of its steps reads."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from mlr.options import (
     require_at_least,
     require_master_weights_fit,
 )
-from mlr.run_presets import SMOLLM2, default_note
+from mlr.run.presets import SMOLLM2, default_note
 from mlr.tuning.align import AlignSettings
 from mlr.tuning.ml_lr import check_ratio
 from mlr.tuning.peers import parse_layer_block
@@ -108,7 +107,7 @@ class RunConfig:
     keep_models: bool = option(False, "keep every arm's fine-tuned weights in "
                                "arms/ARM/seed-N/model (about 4 bytes per parameter each); without "
                                "it each is deleted once evaluated")
-    # Set from the model's RunDefaults (mlr.run_presets), not options:
+    # Set from the model's RunDefaults (mlr.run.presets), not options:
     eval_limit: int | None = None  # evaluate only the first N prompts / 2N instructions of each set
     probe_prompts: int | None = None  # the probe on N + N prompts of the embedded train split
     probe_depth: float | None = None  # without --layer: the probe layer at this fraction of depth

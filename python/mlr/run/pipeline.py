@@ -1,9 +1,10 @@
-"""``mlr run``: the ML-LR method end to end.
+"""``mlr run``'s steps, in their order:
 
-1. data: the benign fine-tuning set and the fixed held-out evaluation set;
+1. data (``mlr.run.data``): the benign fine-tuning set, the fixed held-out evaluation set and the
+   probe's prompts;
 2. the aligned model: the embedded default or a preset such as ``smollm2-135m-instruct``,
    safety-aligned (``mlr.tuning.align``, cached), or ``--model`` as it is; the per-model settings
-   (learning rate, steps, evaluation sizes, ``--quick``) are in ``mlr.run_presets``;
+   (learning rate, steps, evaluation sizes, ``--quick``) are in ``mlr.run.presets``;
 3. analysis on the aligned model: probe, robustness map, Mods_Robust search
    (``mlr.analysis.pipeline.run_search``; outputs in ``out``);
 4. benign fine-tuning in seven arms with the same data, steps and seeds: vanilla (ratio 1), ML-LR
@@ -11,7 +12,7 @@
    everything), the control ``uniform_lr`` that tells ML-LR from simply training slower (every
    module at base × ``ratio``), and the peer defenses ``sppft`` (the safety layers frozen) and
    ``safeinstr`` (refusal examples mixed into the data); each seed resumable from its
-   checkpoints, in worker processes (``mlr.run_arms``);
+   checkpoints, in worker processes (``mlr.run.arms``);
 5. evaluation of the aligned model and of every arm and seed, all with the same prompts and judge;
 6. the report (``mlr.evaluation.report``).
 
@@ -21,9 +22,7 @@ for SmolLM2) unless ``keep_models``; a killed ``mlr run`` continues where it was
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,30 +32,27 @@ import torch
 import transformers
 
 from mlr.analysis.pipeline import SEARCH_FILE, run_search
-from mlr.data.corpus import benign_prompts, harmful_prompts
-from mlr.data.ift import InstructionExample, example_from_record
-from mlr.data.prompts import load_instruction_data
 from mlr.data.security_data import load_security_data
 from mlr.environment import environment
-from mlr.evaluation.evaluate import EvalSet, load_eval_set, warn_if_few_prompts
+from mlr.evaluation.evaluate import warn_if_few_prompts
 from mlr.evaluation.report import summarize_arm, write_report
-from mlr.io import read_json, write_text_atomic
+from mlr.io import read_json
 from mlr.models import model_dir
 from mlr.options import require
 from mlr.output_dir import check_output_dir
-from mlr.run_arms import arm_jobs, evaluate_aligned, run_arm_jobs, say
-from mlr.run_config import EMBEDDED_NAME, HELDOUT_FRACTION, MAX_HELDOUT, RunConfig
-from mlr.run_presets import OPTION_FIELDS, run_defaults
+from mlr.run.arms import ArmContext, arm_jobs, evaluate_aligned, run_arm_jobs, say
+from mlr.run.config import EMBEDDED_NAME, RunConfig
+from mlr.run.data import probe_prompt_files, run_data
+from mlr.run.presets import OPTION_FIELDS, run_defaults
 from mlr.text import plural
 from mlr.tuning.align import align_model
 from mlr.tuning.peers import scaled_safety_layers
 from mlr.tuning.phases import default_swat_warmup
-from mlr.tuning.sft import load_training_examples
 
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
     """``config`` with every setting the user left ``None`` taken from its model's table
-    (``mlr.run_presets``); with ``quick``, the table's smoke-test settings replace the user's.
+    (``mlr.run.presets``); with ``quick``, the table's smoke-test settings replace the user's.
     Raises ``MlrInputError`` for a SWAT warm-up longer than the run."""
     table = run_defaults(config.model, config.quick)
     chosen = {name: getattr(table, name) if config.quick or getattr(config, name) is None
@@ -71,6 +67,19 @@ def resolve_defaults(config: RunConfig) -> RunConfig:
     require(resolved.swat_warmup_steps <= resolved.steps, f"--swat-warmup-steps must be in "
             f"0..{resolved.steps} (--steps), got {resolved.swat_warmup_steps}")
     return resolved
+
+
+def _with_threads_and_jobs(config: RunConfig) -> RunConfig:
+    """Apply ``config.threads`` (None: torch's choice) and resolve the default ``jobs``: one per
+    CPU core / threads on the CPU, else 1."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    jobs = config.jobs
+    if jobs is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cpu = torch.device(config.device).type == "cpu"
+        jobs = max(1, (cores or 1) // torch.get_num_threads()) if cpu else 1
+    return replace(config, threads=torch.get_num_threads(), jobs=jobs)
 
 
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
@@ -114,12 +123,11 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     # 4 and 5. Fine-tune each arm over the seeds; evaluate every model the same way.
     seeds = list(range(config.seeds))
     tick = time.perf_counter()
-    arms = {"aligned": [evaluate_aligned(config, base, out / "arms" / "aligned", eval_set,
-                                          probe)]}
+    context = ArmContext(config, base, train_examples, eval_set, probe)
+    arms = {"aligned": [evaluate_aligned(context)]}
     arm_seeds = {"aligned": [0]}
     jobs = [replace(arm, seed=seed) for arm in arm_jobs(config, mods_robust) for seed in seeds]
-    for job, metrics in zip(jobs, run_arm_jobs(config, base, jobs, out, train_examples, eval_set,
-                                               probe)):
+    for job, metrics in zip(jobs, run_arm_jobs(context, jobs)):
         arms.setdefault(job.arm, []).append(metrics)
         arm_seeds.setdefault(job.arm, []).append(job.seed)
     seconds["fine_tune_and_evaluate"] = time.perf_counter() - tick
@@ -138,17 +146,12 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
                         setup, env, time.perf_counter() - started)
 
 
-def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:
-    """The MLRAdamW kernel of each bucket (``MLRAdamW.backends``) over the fine-tuning runs in
-    ``run_dirs``, as their train.json files recorded it (kernels that differ between runs are
-    joined by commas); None when none recorded one."""
-    found: dict[str, set[str]] = {}
-    for run_dir in run_dirs:
-        summary = run_dir / "train.json"
-        recorded = read_json(summary, "train summary").get("backends") if summary.is_file() else None
-        for bucket, name in (recorded or {}).items():
-            found.setdefault(bucket, set()).add(name)
-    return {bucket: ", ".join(sorted(names)) for bucket, names in sorted(found.items())} or None
+def probe_layer(config: RunConfig, model: str | None) -> int | None:
+    """``--layer``, else the layer at ``probe_depth`` of ``model``'s depth, else None (the best)."""
+    if config.layer is not None or config.probe_depth is None:
+        return config.layer
+    layers = transformers.AutoConfig.from_pretrained(model_dir(model)).num_hidden_layers
+    return round(config.probe_depth * (layers - 1))
 
 
 def with_sppft_layers(config: RunConfig, model: str | None) -> RunConfig:
@@ -160,59 +163,14 @@ def with_sppft_layers(config: RunConfig, model: str | None) -> RunConfig:
     return replace(config, sppft_layers=scaled_safety_layers(layers))
 
 
-def probe_layer(config: RunConfig, model: str | None) -> int | None:
-    """``--layer``, else the layer at ``probe_depth`` of ``model``'s depth, else None (the best)."""
-    if config.layer is not None or config.probe_depth is None:
-        return config.layer
-    layers = transformers.AutoConfig.from_pretrained(model_dir(model)).num_hidden_layers
-    return round(config.probe_depth * (layers - 1))
-
-
-def probe_prompt_files(config: RunConfig, out: Path) -> tuple[str | None, str | None]:
-    """The probe's harmful and benign prompt files: the user's, or (with ``probe_prompts`` N and
-    no files) the first N of each class of the embedded training split written into
-    ``out/probe_prompts/`` (the analysis splits them afresh), or None: the embedded set."""
-    if config.probe_prompts is None or config.harmful is not None or config.benign is not None:
-        return config.harmful, config.benign
-    folder = out / "probe_prompts"
-    paths = []
-    for name, prompts in (("harmful", harmful_prompts("train")), ("benign", benign_prompts("train"))):
-        lines = "".join(json.dumps({"prompt": p}) + "\n" for p in prompts[:config.probe_prompts])
-        paths.append(str(write_text_atomic(folder / f"{name}.jsonl", lines)))
-    return paths[0], paths[1]
-
-
-def _with_threads_and_jobs(config: RunConfig) -> RunConfig:
-    """Apply ``config.threads`` (None: torch's choice) and resolve the default ``jobs``: one per
-    CPU core / threads on the CPU, else 1."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    jobs = config.jobs
-    if jobs is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        cpu = torch.device(config.device).type == "cpu"
-        jobs = max(1, (cores or 1) // torch.get_num_threads()) if cpu else 1
-    return replace(config, threads=torch.get_num_threads(), jobs=jobs)
-
-
-def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSet]:
-    """The fine-tuning examples (None: the embedded set) and the evaluation set. An ``--ift``
-    file without ``--heldout`` gives a fixed share of its examples to evaluation."""
-    eval_set = load_eval_set(config.harmful, config.benign, config.heldout)
-    train_examples = None
-    if config.ift is not None:
-        if config.heldout is not None:
-            train_examples = load_training_examples(config.ift)
-        else:
-            records = load_instruction_data(config.ift)
-            random.Random(0).shuffle(records)
-            held = min(MAX_HELDOUT, max(1, round(len(records) * HELDOUT_FRACTION)))
-            examples = [example_from_record(r, f"{config.ift} example") for r in records]
-            train_examples = examples[held:]
-            eval_set = replace(eval_set, instructions=examples[:held],
-                               tasks=[r.get("task") for r in records[:held]])
-    if config.eval_limit is not None:
-        eval_set = eval_set.limited(config.eval_limit)
-    return train_examples, eval_set
-
-
+def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:
+    """The MLRAdamW kernel of each bucket (``MLRAdamW.backends``) over the fine-tuning runs in
+    ``run_dirs``, as their train.json files recorded it (kernels that differ between runs are
+    joined by commas); None when none recorded one."""
+    found: dict[str, set[str]] = {}
+    for run_dir in run_dirs:
+        summary = run_dir / "train.json"
+        recorded = read_json(summary, "train summary").get("backends") if summary.is_file() else None
+        for bucket, name in (recorded or {}).items():
+            found.setdefault(bucket, set()).add(name)
+    return {bucket: ", ".join(sorted(names)) for bucket, names in sorted(found.items())} or None
