@@ -270,7 +270,7 @@ def main() -> None:
     base = str(align_model(config.alignment, args.model)) if config.alignment else args.model
     mods_robust = args.analysis / "mods_robust.json"
     probe = ProbeResult.from_json(json.loads((args.analysis / "probe.json").read_text()))
-    examples, eval_set = run_data(config)
+    data = run_data(config)
     args.out.mkdir(parents=True, exist_ok=True)
 
     names = sorted(ref.name for ref in decoder_modules(load_model(base)[0]))
@@ -285,7 +285,8 @@ def main() -> None:
     arms += [(name, 1.0, None) for name in RUN_POINTS if name in reused]
     jobs = [ArmJob(name, ratio, robust, seed) for name, ratio, robust in arms
             for seed in range(args.seeds) if name not in reused]
-    context = ArmContext(replace(config, out=str(args.out)), base, examples, eval_set, probe)
+    context = ArmContext(replace(config, out=str(args.out)), base, data.train_examples,
+                         data.eval_set, probe)
     results = run_arm_jobs(context, jobs)
     for name, ratio, robust in arms:
         if name in reused:

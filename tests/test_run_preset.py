@@ -17,6 +17,8 @@ import pytest
 from chat_models import one_thread  # noqa: F401 (an autouse fixture)
 from gguf_files import tiny_llama, write_llama_gguf
 from mlr import cli
+from mlr.data.corpus import benign_prompts, harmful_prompts
+from mlr.data.security_data import split_prompts
 from mlr.evaluation.report import ARMS
 from mlr.models.presets import PRESETS
 from mlr.run.presets import SMOLLM2
@@ -47,9 +49,11 @@ def test_the_preset_runs_every_stage_quickly(tmp_path, fake_preset, monkeypatch)
     assert all(arm["seeds"] == [0] for arm in report["arms"].values())
     setup = report["setup"]
     assert setup["alignment"]["steps"] == 4 and setup["lr"] == 2e-5 and setup["steps"] == 2
-    assert json.loads((out / "probe.json").read_text())["layer"] == 0  # 28 % of 2 layers
-    probe_prompts = (out / "probe_prompts" / "harmful.jsonl").read_text().splitlines()
-    assert len(probe_prompts) == 32
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["layer"] == 0  # 28 % of 2 layers
+    fitted_on = split_prompts(harmful_prompts("train")[:32], benign_prompts("train")[:32])
+    assert probe["config"]["prompts"] == fitted_on.digest()  # handed to the analysis as loaded,
+    assert not (out / "probe_prompts").exists()  # not written out to be read back
     swat = json.loads((out / "arms" / "swat" / "seed-0" / "train.json").read_text())["config"]
     assert (swat["schedule"], swat["swat_warmup_steps"], swat["max_length"]) == ("swat", 1, 256)
     assert "| `swat` (" in (out / "report.md").read_text()

@@ -26,8 +26,8 @@ from mlr.tuning.align import AlignSettings
 from mlr.tuning.ml_lr import check_ratio
 from mlr.tuning.peers import parse_layer_block
 
-HELDOUT_FRACTION = 0.05  # of an --ift file, when no --heldout file is given
-MAX_HELDOUT = 200
+INSTRUCTION_HELDOUT_FRACTION = 0.05  # of an --ift file held out for evaluation without --heldout
+MAX_HELDOUT_INSTRUCTIONS = 200
 EMBEDDED_NAME = "embedded default (aligned)"  # report.json's setup.model with no --model
 
 
@@ -47,8 +47,8 @@ class RunConfig:
                              "JSON/JSONL", metavar="FILE", none="the embedded fine-tuning tasks")
     heldout: str | None = option(None, "held-out instructions for loss and accuracy",
                                  metavar="FILE",
-                                 none=f"the embedded held-out tasks, or {HELDOUT_FRACTION:.0%} "
-                                 "of --ift")
+                                 none="the embedded held-out tasks, or "
+                                 f"{INSTRUCTION_HELDOUT_FRACTION:.0%} of --ift")
     seeds: int | None = option(None, "fine-tuning seeds per arm", metavar="N",
                                none=default_note("seeds"))
     steps: int | None = option(None, "fine-tuning steps", none=default_note("steps"))
@@ -136,11 +136,10 @@ class RunConfig:
                 "--jobs above 1 runs several fine-tunings side by side on the CPU; "
                 f"on {self.device} use --jobs 1")
 
-    def analysis(self, model: str, harmful: str | None, benign: str | None,
-                 layer: int | None) -> AnalysisConfig:
-        """The analysis stages' config: ``model`` (the aligned one), the probe's prompt files
-        and layer, outputs in ``out``."""
-        return AnalysisConfig(model=model, harmful=harmful, benign=benign, ift=self.ift,
-                              layer=layer, budget=self.budget, perturb=self.perturb,
+    def analysis(self, model: str) -> AnalysisConfig:
+        """The analysis stages' config: ``model`` (the aligned one), outputs in ``out``. The
+        probe's prompts go to the analysis loaded (``mlr.run.data``), not as files."""
+        return AnalysisConfig(model=model, ift=self.ift,
+                              layer=self.layer, budget=self.budget, perturb=self.perturb,
                               alpha=self.alpha, tau=self.tau, seeds=self.analysis_seeds,
                               dtype=self.dtype, device=self.device, out=self.out)

@@ -29,20 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 from mlr.analysis.pipeline import SEARCH_FILE, run_search
-from mlr.data.security_data import load_security_data
 from mlr.environment import environment
 from mlr.evaluation.evaluate import warn_if_few_prompts
 from mlr.evaluation.report import summarize_arm, write_report
 from mlr.io import read_json
-from mlr.models import model_dir
 from mlr.options import require
 from mlr.output_dir import check_output_dir
 from mlr.run.arms import ArmContext, arm_jobs, evaluate_aligned, run_arm_jobs, say
 from mlr.run.config import EMBEDDED_NAME, RunConfig
-from mlr.run.data import probe_prompt_files, run_data
+from mlr.run.data import run_data
 from mlr.run.presets import OPTION_FIELDS, run_defaults
 from mlr.text import plural
 from mlr.tuning.align import align_model
@@ -93,8 +90,8 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
 
     # 1. Data: what the arms fine-tune on, what every model is evaluated on, and the probe's split
     #    (bad input fails here, before anything is trained).
-    train_examples, eval_set = run_data(config)
-    load_security_data(config.harmful, config.benign)
+    data = run_data(config)
+    eval_set = data.eval_set
     warn_if_few_prompts(eval_set)
     check_output_dir(out)
 
@@ -111,19 +108,18 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     # 3. Analysis: probe.json, robustness.json, mods_robust.json (+ plots) in ``out``.
     tick = time.perf_counter()
     say("probe, robustness map and Mods_Robust search")
-    analysis = run_search(config.analysis(base, *probe_prompt_files(config, out),
-                                          probe_layer(config, base)))
+    analysis = run_search(config.analysis(base), data.probe_prompts, config.probe_depth)
     probe = analysis.probe
     say(f"Mods_Robust: {plural(len(analysis.search.modules), 'module')}, "
         f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
     seconds["analysis"] = time.perf_counter() - tick
     mods_robust = out / SEARCH_FILE
-    config = with_sppft_layers(config, base)
+    config = with_sppft_layers(config, analysis.robustness.num_layers)
 
     # 4 and 5. Fine-tune each arm over the seeds; evaluate every model the same way.
     seeds = list(range(config.seeds))
     tick = time.perf_counter()
-    context = ArmContext(config, base, train_examples, eval_set, probe)
+    context = ArmContext(config, base, data.train_examples, eval_set, probe)
     arms = {"aligned": [evaluate_aligned(context)]}
     arm_seeds = {"aligned": [0]}
     jobs = [replace(arm, seed=seed) for arm in arm_jobs(config, mods_robust) for seed in seeds]
@@ -146,21 +142,12 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
                         setup, env, time.perf_counter() - started)
 
 
-def probe_layer(config: RunConfig, model: str | None) -> int | None:
-    """``--layer``, else the layer at ``probe_depth`` of ``model``'s depth, else None (the best)."""
-    if config.layer is not None or config.probe_depth is None:
-        return config.layer
-    layers = transformers.AutoConfig.from_pretrained(model_dir(model)).num_hidden_layers
-    return round(config.probe_depth * (layers - 1))
-
-
-def with_sppft_layers(config: RunConfig, model: str | None) -> RunConfig:
-    """``config`` with ``sppft_layers`` resolved: the user's, else SPPFT's block scaled to
-    ``model``'s depth (``mlr.tuning.peers.scaled_safety_layers``)."""
+def with_sppft_layers(config: RunConfig, num_layers: int) -> RunConfig:
+    """``config`` with ``sppft_layers`` resolved: the user's, else SPPFT's block scaled to the
+    aligned model's ``num_layers`` decoder layers (``mlr.tuning.peers.scaled_safety_layers``)."""
     if config.sppft_layers is not None or not config.peers:
         return config
-    layers = transformers.AutoConfig.from_pretrained(model_dir(model)).num_hidden_layers
-    return replace(config, sppft_layers=scaled_safety_layers(layers))
+    return replace(config, sppft_layers=scaled_safety_layers(num_layers))
 
 
 def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:
