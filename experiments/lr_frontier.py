@@ -53,8 +53,10 @@ from mlr.evaluation.report import summarize_arm
 from mlr.io import save_figure_atomic, write_json_atomic
 from mlr.models import load_model
 from mlr.modules import decoder_modules
-from mlr.run import EMBEDDED_NAME, RunConfig, resolve_defaults, run_data
-from mlr.run_arms import ArmJob, run_arm_jobs
+from mlr.run.arms import ArmContext, ArmJob, run_arm_jobs
+from mlr.run.config import EMBEDDED_NAME, RunConfig
+from mlr.run.data import run_data
+from mlr.run.pipeline import resolve_defaults
 from mlr.tuning.align import align_model
 from mlr.tuning.ml_lr import read_mods_robust
 
@@ -268,7 +270,7 @@ def main() -> None:
     base = str(align_model(config.alignment, args.model)) if config.alignment else args.model
     mods_robust = args.analysis / "mods_robust.json"
     probe = ProbeResult.from_json(json.loads((args.analysis / "probe.json").read_text()))
-    examples, eval_set = run_data(config)
+    data = run_data(config)
     args.out.mkdir(parents=True, exist_ok=True)
 
     names = sorted(ref.name for ref in decoder_modules(load_model(base)[0]))
@@ -283,8 +285,9 @@ def main() -> None:
     arms += [(name, 1.0, None) for name in RUN_POINTS if name in reused]
     jobs = [ArmJob(name, ratio, robust, seed) for name, ratio, robust in arms
             for seed in range(args.seeds) if name not in reused]
-    results = run_arm_jobs(replace(config, out=str(args.out)), base, jobs, args.out, examples,
-                           eval_set, probe)
+    context = ArmContext(replace(config, out=str(args.out)), base, data.train_examples,
+                         data.eval_set, probe)
+    results = run_arm_jobs(context, jobs)
     for name, ratio, robust in arms:
         if name in reused:
             print(f"{name}: the mlr run's arm, reused")

@@ -48,7 +48,7 @@ def no_model_loads(monkeypatch):
         raise AssertionError("a model was loaded before --out was checked")
 
     monkeypatch.setattr("mlr.models.loading.model_dir", refuse)
-    monkeypatch.setattr("mlr.run.align_model", refuse)
+    monkeypatch.setattr("mlr.run.pipeline.align_model", refuse)
 
 
 def unwritable_outs(tmp_path: Path) -> dict[str, str]:

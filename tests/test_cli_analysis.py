@@ -86,6 +86,25 @@ def test_probe_analyze_search_write_their_outputs(files, tiny_loader, capsys, mo
     assert json.loads((out / "mods_robust.json").read_text())["param_fraction"] <= 0.1
 
 
+def test_the_probe_and_map_are_reused_by_the_prompts_content_not_their_path(files, tiny_loader,
+                                                                            monkeypatch):
+    search = ("search", "--layer", "1", "--seeds", "1", "--bootstraps", "0")
+    assert run(files, *search) == 0
+    (files / "elsewhere").mkdir()
+    moved = files / "elsewhere" / "harmful.jsonl"  # the same prompts, another path and format
+    moved.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in HARMFUL))
+
+    def no_recompute(*args):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(pipeline, "fit_probe", no_recompute)
+    monkeypatch.setattr(pipeline, "compute_map", no_recompute)
+    assert run(files, *search, "--harmful", str(moved)) == 0
+    moved.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in HARMFUL[1:]))
+    with pytest.raises(AssertionError, match="recomputed"):  # other prompts: fitted afresh
+        run(files, *search, "--harmful", str(moved))
+
+
 def test_ift_grad_analysis(files, tiny_loader):
     assert run(files, "analyze", "--perturb", "ift-grad", "--ift", str(files / "ift.json"),
                "--analysis-seeds", "1", "--alpha", "0.2", "--layer", "1") == 0

@@ -1,6 +1,6 @@
 """The import graph of ``mlr`` and ``mlr_kernels``: no cycle, the commands imported only by the CLI,
-``mlr.data`` below everything else, the three stage folders side by side, and imports at the top of
-each file except optional heavy dependencies."""
+``mlr.data`` below everything else, the three stage folders side by side, ``mlr run`` on top of
+the stages it joins, and imports at the top of each file except optional heavy dependencies."""
 
 from __future__ import annotations
 
@@ -123,6 +123,27 @@ def test_the_stages_do_not_import_each_other():
         (module, target) for module, targets in internal_graph().items() for target in targets
         if stage_of(module) and stage_of(target) not in (None, stage_of(module))
         and (stage_of(module), target) not in ACROSS_STAGES)
+    assert offenders == []
+
+
+def test_only_the_commands_import_the_run_package():
+    # mlr.run joins the stages; a stage or helper that reached up into it would tie them together.
+    offenders = sorted(module for module, targets in internal_graph().items()
+                       if not in_package(module, "mlr.run") and not in_package(module, "mlr.commands")
+                       and any(in_package(t, "mlr.run") for t in targets))
+    assert offenders == []
+
+
+def test_only_the_run_package_imports_analysis_tuning_and_evaluation_together():
+    # The stages meet in mlr.run, in the order of its pipeline, and nowhere else.
+    stages = ("mlr.analysis", "mlr.tuning", "mlr.evaluation")
+
+    def joins_the_stages(module: str, targets: set[str]) -> bool:
+        return all(any(in_package(t, stage) and not in_package(module, stage) for t in targets)
+                   for stage in stages)
+
+    offenders = sorted(module for module, targets in internal_graph().items()
+                       if not in_package(module, "mlr.run") and joins_the_stages(module, targets))
     assert offenders == []
 
 

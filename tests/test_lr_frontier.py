@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from mlr.analysis.robustness import ModuleScore, RobustnessMap
-from mlr.run import RunConfig, resolve_defaults
+from mlr.run.config import RunConfig
+from mlr.run.pipeline import resolve_defaults
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "lr_frontier.py"
 

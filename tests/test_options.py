@@ -13,7 +13,7 @@ from mlr.analysis.config import AnalysisConfig
 from mlr.errors import MlrInputError
 from mlr.evaluation.evaluate import EvalConfig
 from mlr.options import from_options
-from mlr.run_config import RunConfig
+from mlr.run.config import RunConfig
 from mlr.tuning.train import TrainConfig
 
 CONFIGS = (RunConfig, TrainConfig, EvalConfig, AnalysisConfig)

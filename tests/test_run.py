@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 import shutil
 
+import mlr.data.security_data
+import mlr.run.data
 import mlr.tuning.align
 import pytest
 from chat_models import one_thread, tiny_chat_model_dir  # noqa: F401 (one_thread: an autouse fixture)
 from mlr import cli
+from mlr.data.prompts import load_prompts
+from mlr.data.security_data import load_security_data
 from mlr.evaluation.report import ARMS
-from mlr.run import RunConfig, resolve_defaults
-from mlr.run_presets import SMOLLM2
+from mlr.run.config import RunConfig
+from mlr.run.pipeline import resolve_defaults
+from mlr.run.presets import SMOLLM2
 from mlr.tuning.align import AlignSettings, align_model, aligned_dir
 
 
@@ -88,11 +93,14 @@ def test_quick_run_writes_the_report_and_reuses_finished_work(tmp_path):
     assert not list(out.glob("arms/*/*/model"))  # deleted once evaluated
     assert json.loads((out / "report.json").read_text())["arms"] == report["arms"]
 
-    # Evaluations made the same way stand without their models: nothing is trained or evaluated.
+    # Evaluations made the same way stand without their models: nothing is trained or evaluated,
+    # and the probe and the map, keyed by the prompts' content, are reused too.
     trained, evaluated = mtimes(out, "arms/*/*/train.json"), mtimes(out, "arms/*/*/eval.json")
+    analysed = mtimes(out, "probe.json") | mtimes(out, "robustness.json")
     assert run_cli("--quick", "--out", str(out)) == 0
     assert mtimes(out, "arms/*/*/train.json") == trained
     assert mtimes(out, "arms/*/*/eval.json") == evaluated
+    assert mtimes(out, "probe.json") | mtimes(out, "robustness.json") == analysed
 
 
 def test_parallel_jobs_give_the_results_of_one_job_at_a_time(tmp_path):
@@ -116,6 +124,23 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, args):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlr: error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_each_prompt_file_is_read_once_and_its_prompts_handed_on(tmp_path, monkeypatch):
+    harmful = tmp_path / "harmful.txt"
+    harmful.write_text("\n".join(f"how to hurt person {i}" for i in range(12)))
+    reads = []
+
+    def counted(source):
+        reads.append(source)
+        return load_prompts(source)
+
+    monkeypatch.setattr(mlr.run.data, "load_prompts", counted)
+    monkeypatch.setattr(mlr.data.security_data, "load_prompts", counted)
+    data = mlr.run.data.run_data(resolve_defaults(RunConfig(harmful=str(harmful), quick=True)))
+    assert reads == [str(harmful)]
+    assert data.eval_set.harmful == load_prompts(str(harmful))
+    assert data.probe_prompts.digest() == load_security_data(str(harmful), None).digest()
 
 
 def test_each_model_gets_its_own_defaults_and_the_users_values_win():

@@ -10,16 +10,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import mlr.run_arms
-import mlr.run_presets
+import mlr.run.arms
+import mlr.run.presets
 import mlr.tuning.align
 import pytest
 from chat_models import one_thread  # noqa: F401 (an autouse fixture)
 from gguf_files import tiny_llama, write_llama_gguf
 from mlr import cli
+from mlr.data.corpus import benign_prompts, harmful_prompts
+from mlr.data.security_data import split_prompts
 from mlr.evaluation.report import ARMS
 from mlr.models.presets import PRESETS
-from mlr.run_presets import SMOLLM2
+from mlr.run.presets import SMOLLM2
 
 
 @pytest.fixture
@@ -34,8 +36,8 @@ def fake_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_llama_gguf(package / PRESETS[SMOLLM2].filename, tiny_llama(tied=True))
     monkeypatch.delitem(sys.modules, PRESETS[SMOLLM2].module, raising=False)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setattr(mlr.run_presets, "SMOLLM2_QUICK",
-                        replace(mlr.run_presets.SMOLLM2_QUICK, max_length=256))
+    monkeypatch.setattr(mlr.run.presets, "SMOLLM2_QUICK",
+                        replace(mlr.run.presets.SMOLLM2_QUICK, max_length=256))
     return package
 
 
@@ -47,9 +49,11 @@ def test_the_preset_runs_every_stage_quickly(tmp_path, fake_preset, monkeypatch)
     assert all(arm["seeds"] == [0] for arm in report["arms"].values())
     setup = report["setup"]
     assert setup["alignment"]["steps"] == 4 and setup["lr"] == 2e-5 and setup["steps"] == 2
-    assert json.loads((out / "probe.json").read_text())["layer"] == 0  # 28 % of 2 layers
-    probe_prompts = (out / "probe_prompts" / "harmful.jsonl").read_text().splitlines()
-    assert len(probe_prompts) == 32
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["layer"] == 0  # 28 % of 2 layers
+    fitted_on = split_prompts(harmful_prompts("train")[:32], benign_prompts("train")[:32])
+    assert probe["config"]["prompts"] == fitted_on.digest()  # handed to the analysis as loaded,
+    assert not (out / "probe_prompts").exists()  # not written out to be read back
     swat = json.loads((out / "arms" / "swat" / "seed-0" / "train.json").read_text())["config"]
     assert (swat["schedule"], swat["swat_warmup_steps"], swat["max_length"]) == ("swat", 1, 256)
     assert "| `swat` (" in (out / "report.md").read_text()
@@ -58,6 +62,6 @@ def test_the_preset_runs_every_stage_quickly(tmp_path, fake_preset, monkeypatch)
         raise AssertionError("trained again")
 
     monkeypatch.setattr(mlr.tuning.align, "train", no_training)
-    monkeypatch.setattr(mlr.run_arms, "train", no_training)
+    monkeypatch.setattr(mlr.run.arms, "train", no_training)
     assert cli.main(["run", "--model", SMOLLM2, "--quick", "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["arms"] == report["arms"]

@@ -2,8 +2,9 @@
 
 ``mlr probe``, ``mlr analyze`` and ``mlr search`` each take a subset of these fields as options
 (``PROBE_OPTIONS`` ⊂ ``MAP_OPTIONS`` ⊂ ``SEARCH_OPTIONS``); ``mlr run`` fills one from its own
-config. The ``*_key`` methods say what each output depends on: an output in ``out`` is reused only
-when it was made with the same key (``mlr.io.reusable``).
+config. The ``*_key`` methods say what each output depends on, the probe's prompts by their
+content: an output in ``out`` is reused only when it was made with the same key
+(``mlr.io.reusable``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from mlr.analysis.perturb import PERTURBATIONS
 from mlr.analysis.probe import LAYER_TOLERANCE
 from mlr.analysis.search import DEFAULT_TAU
+from mlr.data.security_data import SecurityData
 from mlr.models import default_model_path
 from mlr.options import Bounds, at_least, check_options, option, require
 from mlr.shared_options import BATCH_SIZE, BENIGN, DEVICE, DTYPE, HARMFUL, IFT, MODEL, OUT, SEED
@@ -85,22 +87,23 @@ class AnalysisConfig:
     def perturbation_seeds(self) -> list[int]:
         return [self.seed + k for k in range(self.analysis_seeds)]
 
-    def probe_key(self) -> dict[str, Any]:
-        """What a probe depends on. The embedded default is named by its cache directory, which
-        changes with its recipe (named only: loading the model builds it)."""
+    def probe_key(self, prompts: SecurityData) -> dict[str, Any]:
+        """What a probe fitted on ``prompts`` depends on: their digest, not the files they came
+        from, so the same prompts under another path reuse it. The embedded default is named by
+        its cache directory, which changes with its recipe (named only: loading the model builds it)."""
         model = self.model if self.model is not None else str(default_model_path())
-        return {"format": FORMAT, "model": model, "dtype": self.dtype, "harmful": self.harmful,
-                "benign": self.benign, "seed": self.seed, "layer": self.layer,
+        return {"format": FORMAT, "model": model, "dtype": self.dtype,
+                "prompts": prompts.digest(), "seed": self.seed, "layer": self.layer,
                 "layer_tolerance": self.layer_tolerance}
 
-    def map_key(self) -> dict[str, Any]:
-        """What a robustness map depends on."""
-        return {**self.probe_key(), "method": self.method, "perturb": self.perturb,
+    def map_key(self, prompts: SecurityData) -> dict[str, Any]:
+        """What a robustness map on ``prompts`` depends on."""
+        return {**self.probe_key(prompts), "method": self.method, "perturb": self.perturb,
                 "alpha": self.alpha, "seeds": self.analysis_seeds,  # the key earlier maps have
                 "ift": self.ift if self.perturb == "ift-grad" else None,
                 "heldout_limit": self.heldout_limit}
 
-    def search_key(self) -> dict[str, Any]:
-        """What a Mods_Robust search (and its stability) depends on."""
-        return {**self.map_key(), "tau": self.tau, "budget": self.budget,
+    def search_key(self, prompts: SecurityData) -> dict[str, Any]:
+        """What a Mods_Robust search (and its stability) on ``prompts`` depends on."""
+        return {**self.map_key(prompts), "tau": self.tau, "budget": self.budget,
                 "bootstraps": self.bootstraps}

@@ -42,6 +42,7 @@ from mlr.analysis.robustness import ModuleScore, ProbeEvaluator, RobustnessMap, 
 from mlr.analysis.search import SearchResult, grow_robust_set, rank_modules
 from mlr.analysis.session import Session, open_session
 from mlr.analysis.stability import Stability, search_stability
+from mlr.data.security_data import SecurityData
 from mlr.errors import MlrInputError
 from mlr.features import capture_features, forward
 from mlr.instruction_loss import encode_examples, make_batch
@@ -75,7 +76,7 @@ def run_probe(config: AnalysisConfig) -> ProbeResult:
             malformed prompt file, too few prompts, an output directory that cannot be written,
             a model that cannot be loaded, or a ``layer`` the model does not have."""
     session = open_session(config)
-    return _write_probe(config, fit_probe(session))
+    return _write_probe(session, fit_probe(session))
 
 
 def run_map(config: AnalysisConfig) -> RobustnessMap:
@@ -92,14 +93,18 @@ def run_map(config: AnalysisConfig) -> RobustnessMap:
     return _write_map(config, compute_map(session, probe, perturbation))
 
 
-def run_search(config: AnalysisConfig) -> Analysis:
+def run_search(config: AnalysisConfig, prompts: SecurityData | None = None,
+               probe_depth: float | None = None) -> Analysis:
     """Mods_Robust afresh (probe and map reused when they match), with its stability over
-    ``config.bootstraps`` draws of the held-out prompts, written with its plot.
+    ``config.bootstraps`` draws of the held-out prompts, written with its plot. ``prompts`` and
+    ``probe_depth``: the probe's data already loaded and its layer as a fraction of the depth
+    (``open_session``).
 
     Raises:
         MlrInputError: as :func:`run_map`, and when a reused robustness map lists other modules
             than the model has."""
-    session = open_session(config, needs_instructions=True)
+    session = open_session(config, needs_instructions=True, prompts=prompts, probe_depth=probe_depth)
+    config = session.config
     perturbation = build_perturbation(session)
     probe = obtain_probe(session)
     rmap = obtain_map(session, probe, perturbation)
@@ -110,7 +115,7 @@ def run_search(config: AnalysisConfig) -> Analysis:
         stability = search_stability(evaluator, session.refs, rmap.modules, perturbation,
                                      config.perturbation_seeds, result, config.bootstraps,
                                      config.seed)
-    saved = result.to_json(config.search_key())
+    saved = result.to_json(config.search_key(session.data))
     saved["stability"] = None if stability is None else stability.to_json()
     write_json_atomic(Path(config.out) / SEARCH_FILE, saved)
     plot_search(result, Path(config.out) / SEARCH_PLOT_FILE)
@@ -132,14 +137,17 @@ def fit_probe(session: Session) -> ProbeResult:
 
 def obtain_probe(session: Session) -> ProbeResult:
     """``probe.json`` from ``out`` when made with these options, else a new fit (written)."""
-    saved = reusable(Path(session.config.out) / PROBE_FILE, session.config.probe_key())
+    config = session.config
+    saved = reusable(Path(config.out) / PROBE_FILE, config.probe_key(session.data))
     if saved is not None:
         return ProbeResult.from_json(saved)
-    return _write_probe(session.config, fit_probe(session))
+    return _write_probe(session, fit_probe(session))
 
 
-def _write_probe(config: AnalysisConfig, result: ProbeResult) -> ProbeResult:
-    write_json_atomic(Path(config.out) / PROBE_FILE, result.to_json(config.probe_key()))
+def _write_probe(session: Session, result: ProbeResult) -> ProbeResult:
+    config = session.config
+    key = config.probe_key(session.data)
+    write_json_atomic(Path(config.out) / PROBE_FILE, result.to_json(key))
     return result
 
 
@@ -227,15 +235,16 @@ def compute_map(session: Session, probe: ProbeResult, perturbation: Perturbation
     return RobustnessMap(modules, probe.layer, session.num_layers, config.perturb, config.alpha,
                          seeds, evaluator.clean.accuracy, evaluator.clean.margin,
                          evaluator.clean.log_loss, evaluator.replay.rows, config.method, cost,
-                         config.map_key(), comparison)
+                         config.map_key(session.data), comparison)
 
 
 def obtain_map(session: Session, probe: ProbeResult, perturbation: Perturbation) -> RobustnessMap:
     """``robustness.json`` from ``out`` when made with these options, else a new map (written)."""
-    saved = reusable(Path(session.config.out) / MAP_FILE, session.config.map_key())
+    config = session.config
+    saved = reusable(Path(config.out) / MAP_FILE, config.map_key(session.data))
     if saved is not None:
         return RobustnessMap.from_json(saved)
-    return _write_map(session.config, compute_map(session, probe, perturbation))
+    return _write_map(config, compute_map(session, probe, perturbation))
 
 
 def _write_map(config: AnalysisConfig, rmap: RobustnessMap) -> RobustnessMap:

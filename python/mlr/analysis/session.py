@@ -4,7 +4,7 @@ that a bad input fails before the model loads."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -46,17 +46,24 @@ class Session:
                             self.pad_id, self.config.device)
 
 
-def open_session(config: AnalysisConfig, *, needs_instructions: bool = False) -> Session:
+def open_session(config: AnalysisConfig, *, needs_instructions: bool = False,
+                 prompts: SecurityData | None = None,
+                 probe_depth: float | None = None) -> Session:
     """Read and check the data (warning when the held-out split is small) and that ``config.out``
-    can be written, then load the model and check ``config.layer`` against it. ``needs_instructions``:
-    the stages will build the perturbation (the map and the search), so ``--perturb ift-grad`` data
-    is read too.
+    can be written, then load the model and check ``config.layer`` against it.
+    ``needs_instructions``: the stages will build the perturbation (the map and the search), so
+    ``--perturb ift-grad`` data is read too. ``prompts``: the probe's data already loaded (``mlr
+    run``), in place of reading ``config.harmful`` and ``config.benign``. ``probe_depth``: without
+    ``config.layer``, the probe layer at this fraction of the loaded model's depth; the session's
+    config names that layer.
 
     Raises ``MlrInputError`` for a missing, empty or malformed file, too few prompts, an output
     directory that cannot be written, a model directory that is not one, or a layer the model does
     not have.
     """
-    data = load_security_data(config.harmful, config.benign, config.seed)
+    data = prompts
+    if data is None:
+        data = load_security_data(config.harmful, config.benign, config.seed)
     counts = data.heldout_counts()
     warn(few_prompts_note("the probe's held-out accuracy", sum(counts.values()),
                           f"{counts['harmful']} harmful, {counts['benign']} benign"))
@@ -66,6 +73,8 @@ def open_session(config: AnalysisConfig, *, needs_instructions: bool = False) ->
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
     model.eval()
     num_layers = len(decoder_layers(model))
+    if config.layer is None and probe_depth is not None:
+        config = replace(config, layer=round(probe_depth * (num_layers - 1)))
     if config.layer is not None and config.layer >= num_layers:
         raise MlrInputError(f"--layer {config.layer} is out of range: the model has {num_layers} "
                             f"decoder layers (0..{num_layers - 1})")

@@ -16,7 +16,8 @@ from mlr.evaluation.arms_plot import SMOKE_TEST
 from mlr.evaluation.intervals import Difference
 from mlr.evaluation.report import mean_and_interval
 from mlr.options import add_options, from_options
-from mlr.run import RunConfig, run_pipeline
+from mlr.run.config import RunConfig
+from mlr.run.pipeline import run_pipeline
 
 NAME = "run"
 HELP = "the whole method: align, analyze, fine-tune five arms, evaluate, report"

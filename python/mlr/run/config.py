@@ -1,5 +1,4 @@
-"""``RunConfig``: every option of ``mlr run``, in one place that ``mlr.run`` and ``mlr.run_arms``
-both read (the pipeline, and its fine-tuning arms)."""
+"""``RunConfig``: every option of ``mlr run``, in one place that each of its steps reads."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from mlr.analysis.config import AnalysisConfig
 from mlr.analysis.probe import LAYER_TOLERANCE
 from mlr.evaluation.evaluate import EvalConfig
 from mlr.options import at_least, check_options, option, require, same_option
-from mlr.run_presets import SMOLLM2, default_note
+from mlr.run.presets import SMOLLM2, default_note
 from mlr.shared_options import (
     BENIGN,
     DEVICE,
@@ -29,8 +28,8 @@ from mlr.tuning.align import AlignSettings
 from mlr.tuning.peers import parse_layer_block
 from mlr.tuning.train import TrainConfig
 
-HELDOUT_FRACTION = 0.05  # of an --ift file, when no --heldout file is given
-MAX_HELDOUT = 200
+INSTRUCTION_HELDOUT_FRACTION = 0.05  # of an --ift file held out for evaluation without --heldout
+MAX_HELDOUT_INSTRUCTIONS = 200
 EMBEDDED_NAME = "embedded default (aligned)"  # report.json's setup.model with no --model
 
 
@@ -49,9 +48,9 @@ class RunConfig:
     harmful: str | None = HARMFUL.field()
     benign: str | None = BENIGN.field()
     ift: str | None = IFT.field()
-    heldout: str | None = same_option(EvalConfig, "heldout",
-                                      none=f"the embedded held-out tasks, or {HELDOUT_FRACTION:.0%} "
-                                      "of --ift")
+    heldout: str | None = same_option(
+        EvalConfig, "heldout",
+        none=f"the embedded held-out tasks, or {INSTRUCTION_HELDOUT_FRACTION:.0%} of --ift")
     seeds: int | None = option(None, "fine-tuning seeds per arm", metavar="N",
                                none=default_note("seeds"), bounds=at_least(1))
     steps: int | None = _preset(TrainConfig, "steps")
@@ -99,7 +98,7 @@ class RunConfig:
     keep_models: bool = option(False, "keep every arm's fine-tuned weights in "
                                "arms/ARM/seed-N/model (about 4 bytes per parameter each); without "
                                "it each is deleted once evaluated")
-    # Set from the model's RunDefaults (mlr.run_presets), not options:
+    # Set from the model's RunDefaults (mlr.run.presets), not options:
     eval_limit: int | None = None  # evaluate only the first N prompts / 2N instructions of each set
     probe_prompts: int | None = None  # the probe on N + N prompts of the embedded train split
     probe_depth: float | None = None  # without --layer: the probe layer at this fraction of depth
@@ -116,11 +115,10 @@ class RunConfig:
                 "--jobs above 1 runs several fine-tunings side by side on the CPU; "
                 f"on {self.device} use --jobs 1")
 
-    def analysis(self, model: str, harmful: str | None, benign: str | None,
-                 layer: int | None) -> AnalysisConfig:
-        """The analysis stages' config: ``model`` (the aligned one), the probe's prompt files
-        and layer, outputs in ``out``."""
-        return AnalysisConfig(model=model, harmful=harmful, benign=benign, ift=self.ift,
-                              layer=layer, budget=self.budget, perturb=self.perturb,
+    def analysis(self, model: str) -> AnalysisConfig:
+        """The analysis stages' config: ``model`` (the aligned one), outputs in ``out``. The
+        probe's prompts go to the analysis loaded (``mlr.run.data``), not as files."""
+        return AnalysisConfig(model=model, ift=self.ift,
+                              layer=self.layer, budget=self.budget, perturb=self.perturb,
                               alpha=self.alpha, tau=self.tau, analysis_seeds=self.analysis_seeds,
                               dtype=self.dtype, device=self.device, out=self.out)

@@ -1,9 +1,10 @@
-"""``mlr run``: the ML-LR method end to end.
+"""``mlr run``'s steps, in their order:
 
-1. data: the benign fine-tuning set and the fixed held-out evaluation set;
+1. data (``mlr.run.data``): the benign fine-tuning set, the fixed held-out evaluation set and the
+   probe's prompts;
 2. the aligned model: the embedded default or a preset such as ``smollm2-135m-instruct``,
    safety-aligned (``mlr.tuning.align``, cached), or ``--model`` as it is; the per-model settings
-   (learning rate, steps, evaluation sizes, ``--quick``) are in ``mlr.run_presets``;
+   (learning rate, steps, evaluation sizes, ``--quick``) are in ``mlr.run.presets``;
 3. analysis on the aligned model: probe, robustness map, Mods_Robust search
    (``mlr.analysis.pipeline.run_search``; outputs in ``out``);
 4. benign fine-tuning in seven arms with the same data, steps and seeds: vanilla (ratio 1), ML-LR
@@ -11,7 +12,7 @@
    everything), the control ``uniform_lr`` that tells ML-LR from simply training slower (every
    module at base × ``ratio``), and the peer defenses ``sppft`` (the safety layers frozen) and
    ``safeinstr`` (refusal examples mixed into the data); each seed resumable from its
-   checkpoints, in worker processes (``mlr.run_arms``);
+   checkpoints, in worker processes (``mlr.run.arms``);
 5. evaluation of the aligned model and of every arm and seed, all with the same prompts and judge;
 6. the report (``mlr.evaluation.report``).
 
@@ -21,36 +22,25 @@ for SmolLM2) unless ``keep_models``; a killed ``mlr run`` continues where it was
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 from mlr.analysis.pipeline import SEARCH_FILE, run_search
-from mlr.data.corpus import benign_prompts, harmful_prompts
-from mlr.data.instructions import (
-    InstructionExample,
-    examples_from_records,
-    load_instruction_records,
-    load_instructions,
-)
-from mlr.data.security_data import load_security_data
 from mlr.environment import environment
-from mlr.evaluation.evaluate import EvalSet, load_eval_set, warn_if_few_prompts
+from mlr.evaluation.evaluate import warn_if_few_prompts
 from mlr.evaluation.report import summarize_arm, write_report
-from mlr.io import read_json, write_text_atomic
-from mlr.models import model_dir
+from mlr.io import read_json
 from mlr.options import require
 from mlr.output_dir import check_output_dir
-from mlr.run_arms import arm_jobs, evaluate_aligned, run_arm_jobs, say
-from mlr.run_config import EMBEDDED_NAME, HELDOUT_FRACTION, MAX_HELDOUT, RunConfig
-from mlr.run_presets import OPTION_FIELDS, run_defaults
+from mlr.run.arms import ArmContext, arm_jobs, evaluate_aligned, run_arm_jobs, say
+from mlr.run.config import EMBEDDED_NAME, RunConfig
+from mlr.run.data import run_data
+from mlr.run.presets import OPTION_FIELDS, run_defaults
 from mlr.text import plural
 from mlr.tuning.align import align_model
 from mlr.tuning.peers import scaled_safety_layers
@@ -59,7 +49,7 @@ from mlr.tuning.phases import default_swat_warmup
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
     """``config`` with every setting the user left ``None`` taken from its model's table
-    (``mlr.run_presets``); with ``quick``, the table's smoke-test settings replace the user's.
+    (``mlr.run.presets``); with ``quick``, the table's smoke-test settings replace the user's.
     Raises ``MlrInputError`` for a SWAT warm-up longer than the run."""
     table = run_defaults(config.model, config.quick)
     chosen = {name: getattr(table, name) if config.quick or getattr(config, name) is None
@@ -76,6 +66,19 @@ def resolve_defaults(config: RunConfig) -> RunConfig:
     return resolved
 
 
+def _with_threads_and_jobs(config: RunConfig) -> RunConfig:
+    """Apply ``config.threads`` (None: torch's choice) and resolve the default ``jobs``: one per
+    CPU core / threads on the CPU, else 1."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    jobs = config.jobs
+    if jobs is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cpu = torch.device(config.device).type == "cpu"
+        jobs = max(1, (cores or 1) // torch.get_num_threads()) if cpu else 1
+    return replace(config, threads=torch.get_num_threads(), jobs=jobs)
+
+
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
     """Run the method end to end into ``config.out``; returns the report (as in report.json).
     Sets torch's CPU thread count (``config.threads``). Raises ``MlrInputError`` for bad input
@@ -87,8 +90,8 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
 
     # 1. Data: what the arms fine-tune on, what every model is evaluated on, and the probe's split
     #    (bad input fails here, before anything is trained).
-    train_examples, eval_set = run_data(config)
-    load_security_data(config.harmful, config.benign)
+    data = run_data(config)
+    eval_set = data.eval_set
     warn_if_few_prompts(eval_set)
     check_output_dir(out)
 
@@ -105,24 +108,22 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     # 3. Analysis: probe.json, robustness.json, mods_robust.json (+ plots) in ``out``.
     tick = time.perf_counter()
     say("probe, robustness map and Mods_Robust search")
-    analysis = run_search(config.analysis(base, *probe_prompt_files(config, out),
-                                          probe_layer(config, base)))
+    analysis = run_search(config.analysis(base), data.probe_prompts, config.probe_depth)
     probe = analysis.probe
     say(f"Mods_Robust: {plural(len(analysis.search.modules), 'module')}, "
         f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")
     seconds["analysis"] = time.perf_counter() - tick
     mods_robust = out / SEARCH_FILE
-    config = with_sppft_layers(config, base)
+    config = with_sppft_layers(config, analysis.robustness.num_layers)
 
     # 4 and 5. Fine-tune each arm over the seeds; evaluate every model the same way.
     seeds = list(range(config.seeds))
     tick = time.perf_counter()
-    arms = {"aligned": [evaluate_aligned(config, base, out / "arms" / "aligned", eval_set,
-                                          probe)]}
+    context = ArmContext(config, base, data.train_examples, eval_set, probe)
+    arms = {"aligned": [evaluate_aligned(context)]}
     arm_seeds = {"aligned": [0]}
     jobs = [replace(arm, seed=seed) for arm in arm_jobs(config, mods_robust) for seed in seeds]
-    for job, metrics in zip(jobs, run_arm_jobs(config, base, jobs, out, train_examples, eval_set,
-                                               probe)):
+    for job, metrics in zip(jobs, run_arm_jobs(context, jobs)):
         arms.setdefault(job.arm, []).append(metrics)
         arm_seeds.setdefault(job.arm, []).append(job.seed)
     seconds["fine_tune_and_evaluate"] = time.perf_counter() - tick
@@ -141,6 +142,14 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
                         setup, env, time.perf_counter() - started)
 
 
+def with_sppft_layers(config: RunConfig, num_layers: int) -> RunConfig:
+    """``config`` with ``sppft_layers`` resolved: the user's, else SPPFT's block scaled to the
+    aligned model's ``num_layers`` decoder layers (``mlr.tuning.peers.scaled_safety_layers``)."""
+    if config.sppft_layers is not None or not config.peers:
+        return config
+    return replace(config, sppft_layers=scaled_safety_layers(num_layers))
+
+
 def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:
     """The MLRAdamW kernel of each bucket (``MLRAdamW.backends``) over the fine-tuning runs in
     ``run_dirs``, as their train.json files recorded it (kernels that differ between runs are
@@ -152,70 +161,3 @@ def kernel_backends(run_dirs: list[Path]) -> dict[str, str] | None:
         for bucket, name in (recorded or {}).items():
             found.setdefault(bucket, set()).add(name)
     return {bucket: ", ".join(sorted(names)) for bucket, names in sorted(found.items())} or None
-
-
-def with_sppft_layers(config: RunConfig, model: str | None) -> RunConfig:
-    """``config`` with ``sppft_layers`` resolved: the user's, else SPPFT's block scaled to
-    ``model``'s depth (``mlr.tuning.peers.scaled_safety_layers``)."""
-    if config.sppft_layers is not None or not config.peers:
-        return config
-    layers = transformers.AutoConfig.from_pretrained(model_dir(model)).num_hidden_layers
-    return replace(config, sppft_layers=scaled_safety_layers(layers))
-
-
-def probe_layer(config: RunConfig, model: str | None) -> int | None:
-    """``--layer``, else the layer at ``probe_depth`` of ``model``'s depth, else None (the best)."""
-    if config.layer is not None or config.probe_depth is None:
-        return config.layer
-    layers = transformers.AutoConfig.from_pretrained(model_dir(model)).num_hidden_layers
-    return round(config.probe_depth * (layers - 1))
-
-
-def probe_prompt_files(config: RunConfig, out: Path) -> tuple[str | None, str | None]:
-    """The probe's harmful and benign prompt files: the user's, or (with ``probe_prompts`` N and
-    no files) the first N of each class of the embedded training split written into
-    ``out/probe_prompts/`` (the analysis splits them afresh), or None: the embedded set."""
-    if config.probe_prompts is None or config.harmful is not None or config.benign is not None:
-        return config.harmful, config.benign
-    folder = out / "probe_prompts"
-    paths = []
-    for name, prompts in (("harmful", harmful_prompts("train")), ("benign", benign_prompts("train"))):
-        lines = "".join(json.dumps({"prompt": p}) + "\n" for p in prompts[:config.probe_prompts])
-        paths.append(str(write_text_atomic(folder / f"{name}.jsonl", lines)))
-    return paths[0], paths[1]
-
-
-def _with_threads_and_jobs(config: RunConfig) -> RunConfig:
-    """Apply ``config.threads`` (None: torch's choice) and resolve the default ``jobs``: one per
-    CPU core / threads on the CPU, else 1."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    jobs = config.jobs
-    if jobs is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        cpu = torch.device(config.device).type == "cpu"
-        jobs = max(1, (cores or 1) // torch.get_num_threads()) if cpu else 1
-    return replace(config, threads=torch.get_num_threads(), jobs=jobs)
-
-
-def run_data(config: RunConfig) -> tuple[list[InstructionExample] | None, EvalSet]:
-    """The fine-tuning examples (None: the embedded set) and the evaluation set. An ``--ift``
-    file without ``--heldout`` gives a fixed share of its examples to evaluation."""
-    eval_set = load_eval_set(config.harmful, config.benign, config.heldout)
-    train_examples = None
-    if config.ift is not None:
-        if config.heldout is not None:
-            train_examples = load_instructions(config.ift)
-        else:
-            records = load_instruction_records(config.ift)
-            random.Random(0).shuffle(records)
-            held = min(MAX_HELDOUT, max(1, round(len(records) * HELDOUT_FRACTION)))
-            examples = examples_from_records(records, config.ift)
-            train_examples = examples[held:]
-            eval_set = replace(eval_set, instructions=examples[:held],
-                               tasks=[r.get("task") for r in records[:held]])
-    if config.eval_limit is not None:
-        eval_set = eval_set.limited(config.eval_limit)
-    return train_examples, eval_set
-
-

@@ -1,5 +1,6 @@
-"""The fine-tuning arms of ``mlr run``: one job per arm and seed, fine-tuned and evaluated, in
-worker processes side by side on the CPU.
+"""Steps 4 and 5 of ``mlr run``: the arms. One job per fine-tuning arm and seed, fine-tuned and
+evaluated in worker processes side by side on the CPU, and the aligned model evaluated the same way
+(the ``aligned`` arm). ``experiments/lr_frontier.py`` runs its own arms through ``run_arm_jobs``.
 
 An arm and seed whose evaluation in ``out`` was made with the same settings (the training's
 fingerprint among them) is neither trained nor evaluated again, and one that finished training is
@@ -9,7 +10,6 @@ deleted once evaluated unless ``keep_models``; an evaluation reused needs no wei
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import multiprocessing
@@ -38,7 +38,7 @@ from mlr.evaluation.evaluate import (
 from mlr.io import reusable
 from mlr.models import load_model
 from mlr.progress import disable_progress
-from mlr.run_config import RunConfig
+from mlr.run.config import RunConfig
 from mlr.tuning.train import TrainConfig, expected_fingerprint, train
 
 
@@ -78,24 +78,39 @@ class ArmJob:
         return out / "arms" / self.arm / f"seed-{self.seed}"
 
 
-def run_arm_jobs(config: RunConfig, base: str, jobs: list[ArmJob], out: Path,
-                 examples: list[InstructionExample] | None, eval_set: EvalSet,
-                 probe: ProbeResult) -> list[dict[str, Any]]:
-    """Fine-tune and evaluate every job; their metrics, in order. With ``config.jobs`` > 1 the jobs
-    run in that many worker processes, each with this process's torch thread count: every job is
-    seeded and single-process, so the results are those of running them one after another."""
-    work = functools.partial(_train_and_evaluate, config, base, out, examples, eval_set, probe)
-    workers = min(config.jobs, len(jobs))
+@dataclass(frozen=True)
+class ArmContext:
+    """What every arm and seed of a run shares: its settings (each job's folder under
+    ``config.out``), the aligned model the arms start from (None: the embedded default), the
+    fine-tuning examples (None: the embedded set), the evaluation set and the frozen probe."""
+
+    config: RunConfig
+    base: str | None
+    examples: list[InstructionExample] | None
+    eval_set: EvalSet
+    probe: ProbeResult
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
+def run_arm_jobs(context: ArmContext, jobs: list[ArmJob]) -> list[dict[str, Any]]:
+    """Fine-tune and evaluate every job; their metrics, in order. With ``context.config.jobs`` > 1
+    the jobs run in that many worker processes, each with this process's torch thread count: every
+    job is seeded and single-process, so the results are those of running them one after another.
+    Raises the first error of a failed job."""
+    workers = min(context.config.jobs, len(jobs))
     if workers <= 1:
         results = []
         for job in jobs:
             say(f"{job.arm} ({_describe(job)}), seed {job.seed}: fine-tune and evaluate")
-            results.append(work(job))
+            results.append(_train_and_evaluate(context, job))
         return results
     say(f"{len(jobs)} fine-tuning runs in {workers} worker processes")
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(torch.get_num_threads(),)) as pool:
-        futures = {pool.submit(work, job): job for job in jobs}
+        futures = {pool.submit(_train_and_evaluate, context, job): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
             future.result()  # a failed job stops the run here, with its own error
@@ -117,30 +132,27 @@ def _init_worker(threads: int) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _train_and_evaluate(config: RunConfig, base: str, out: Path,
-                        examples: list[InstructionExample] | None, eval_set: EvalSet,
-                        probe: ProbeResult, job: ArmJob) -> dict[str, Any]:
+def _train_and_evaluate(context: ArmContext, job: ArmJob) -> dict[str, Any]:
     """Fine-tune and evaluate one arm and seed; its metrics with each prompt's outcome. An
     evaluation made with the same settings and training fingerprint is reused without training
     (its model may be gone); a finished training is not run again (``train`` resumes). The model
-    is deleted once evaluated unless ``config.keep_models``."""
-    run_dir = job.run_dir(out)
-    train_config = _train_config(config, base, job, run_dir)
+    is deleted once evaluated unless ``keep_models``."""
+    run_dir = job.run_dir(context.out)
+    train_config = _train_config(context.config, context.base, job, run_dir)
     model = run_dir / "model"
-    key = _eval_key(config, str(model), eval_set, probe,
-                    expected_fingerprint(train_config, examples))
+    key = _eval_key(context, str(model), expected_fingerprint(train_config, context.examples))
     metrics = _saved_metrics(run_dir, key)
     if metrics is None:
-        train(train_config, examples=examples)
+        train(train_config, examples=context.examples)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        metrics = _evaluate(config, key, run_dir, eval_set, probe)
-    if not config.keep_models:
+        metrics = _evaluate(context, key, run_dir)
+    if not context.config.keep_models:
         shutil.rmtree(model, ignore_errors=True)
     return {**metrics, **read_outcomes(run_dir)}
 
 
-
-def _train_config(config: RunConfig, base: str, job: ArmJob, run_dir: Path) -> TrainConfig:
+def _train_config(config: RunConfig, base: str | None, job: ArmJob,
+                  run_dir: Path) -> TrainConfig:
     """The training of one arm and seed into ``run_dir``, resuming from its checkpoints."""
     swat = job.schedule == "swat"
     return TrainConfig(
@@ -154,23 +166,24 @@ def _train_config(config: RunConfig, base: str, job: ArmJob, run_dir: Path) -> T
         master_weights=config.master_weights, device=config.device, progress=not config.quick)
 
 
-def evaluate_aligned(config: RunConfig, base: str | None, run_dir: Path, eval_set: EvalSet,
-                      probe: ProbeResult) -> dict[str, Any]:
-    """The aligned model's metrics (reused when made the same way) with each prompt's outcome."""
-    key = _eval_key(config, base, eval_set, probe, None)
+def evaluate_aligned(context: ArmContext) -> dict[str, Any]:
+    """The aligned model's metrics (reused when made the same way) with each prompt's outcome,
+    in ``out/arms/aligned``."""
+    run_dir = context.out / "arms" / "aligned"
+    key = _eval_key(context, context.base, None)
     metrics = _saved_metrics(run_dir, key)
     if metrics is None:
-        metrics = _evaluate(config, key, run_dir, eval_set, probe)
+        metrics = _evaluate(context, key, run_dir)
     return {**metrics, **read_outcomes(run_dir)}
 
 
-def _eval_key(config: RunConfig, model: str | None, eval_set: EvalSet, probe: ProbeResult,
-              trained: dict | None) -> dict[str, Any]:
+def _eval_key(context: ArmContext, model: str | None, trained: dict | None) -> dict[str, Any]:
     """What an evaluation depends on: the model's path, the prompts, the probe, the answers'
     length, what the evaluation computes (its judge and scores) and, for a fine-tuned model, its
     training's fingerprint (``trained``)."""
-    return {"model": model, "eval_set": _digest(eval_set), "probe": probe.to_json({}),
-            "max_new_tokens": config.max_new_tokens, "trained": trained,
+    return {"model": model, "eval_set": _digest(context.eval_set),
+            "probe": context.probe.to_json({}), "max_new_tokens": context.config.max_new_tokens,
+            "trained": trained,
             "evaluation": EVALUATION_VERSION}
 
 
@@ -183,18 +196,17 @@ def _saved_metrics(run_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return saved["metrics"]
 
 
-def _evaluate(config: RunConfig, key: dict[str, Any], run_dir: Path, eval_set: EvalSet,
-              probe: ProbeResult) -> dict[str, Any]:
+def _evaluate(context: ArmContext, key: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Evaluate the model at ``key["model"]`` and write eval.json (with ``key``) and
     answers.jsonl into ``run_dir``; its metrics."""
     tick = time.perf_counter()
+    config = context.config
     model, tokenizer = load_model(key["model"], config.dtype, config.device)
-    metrics, answers = evaluate(model, tokenizer, eval_set, probe=probe,
+    metrics, answers = evaluate(model, tokenizer, context.eval_set, probe=context.probe,
                                 max_new_tokens=config.max_new_tokens)
     write_evaluation(run_dir, {"key": key, "metrics": metrics,
                                "seconds": time.perf_counter() - tick}, answers)
     return metrics
-
 
 
 def _digest(eval_set: EvalSet) -> str:
