@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from mlr.analysis.config import AnalysisConfig
+from mlr.data.security_data import load_security_data
 from mlr.errors import MlrInputError
 from mlr.models import default_model as default_model_module
 from mlr.models import default_model_dir, default_model_path, format_chat, load_model
@@ -79,7 +80,8 @@ def test_builds_are_deterministic(default_dir: Path, tmp_path: Path, monkeypatch
 
 def test_keys_name_the_default_model_without_building_it(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLR_CACHE", str(tmp_path))
-    assert AnalysisConfig().probe_key()["model"] == str(default_model_path())
+    prompts = load_security_data(None, None)  # the embedded set: no model needed
+    assert AnalysisConfig().probe_key(prompts)["model"] == str(default_model_path())
     assert default_model_path().parent == tmp_path
     assert not any(tmp_path.iterdir())
 
