@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from mlr.data.instructions import fine_tuning_examples
 from mlr.environment import environment
-from mlr.evaluation.intervals import ci95_half_width
+from mlr.evaluation.intervals import ci95_half_width, paired_difference
 from mlr.instruction_loss import (
     batches_in_order,
     encode_examples,
@@ -158,10 +158,10 @@ def markdown_table(paths: list[Path]) -> str:
         if name == reference or reference not in arms:
             difference = "(reference)" if name == reference else "—"
         else:
-            pairs = zip(arm["heldout_loss"]["values"], arms[reference]["heldout_loss"]["values"])
-            differences = [a - b for a, b in pairs]
-            difference = _show({"mean": statistics.mean(differences), "ci95": ci95_half_width(differences)},
-                               signed=True)
+            paired = paired_difference(arm["heldout_loss"]["values"],
+                                       arms[reference]["heldout_loss"]["values"])
+            half_width = None if paired.high is None else paired.high - paired.mean
+            difference = _show({"mean": paired.mean, "ci95": half_width}, signed=True)
         lines.append(f"| {name} | {_show(arm['train_loss'])} | {_show(arm['heldout_loss'])} | {difference} |")
     return "\n".join(lines)
 

@@ -136,11 +136,9 @@ def test_only_the_commands_import_the_run_package():
 
 def test_only_the_run_package_imports_analysis_tuning_and_evaluation_together():
     # The stages meet in mlr.run, in the order of its pipeline, and nowhere else.
-    stages = ("mlr.analysis", "mlr.tuning", "mlr.evaluation")
-
     def joins_the_stages(module: str, targets: set[str]) -> bool:
         return all(any(in_package(t, stage) and not in_package(module, stage) for t in targets)
-                   for stage in stages)
+                   for stage in STAGES)
 
     offenders = sorted(module for module, targets in internal_graph().items()
                        if not in_package(module, "mlr.run") and joins_the_stages(module, targets))

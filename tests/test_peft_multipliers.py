@@ -35,6 +35,13 @@ def test_adapters_take_their_base_modules_multiplier():
     assert sum(m == 1.0 for m in multipliers.values()) == 4  # A and B of the two robust modules
 
 
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5])
+def test_a_ratio_outside_0_1_is_refused(ratio):
+    """The Python API checks ML-LR's ratio as the CLI's configs do (one declared range)."""
+    with pytest.raises(MlrInputError, match=r"ratio .* must be in \[0, 1\]"):
+        module_lr_multipliers(tiny_llama(layers=2), ROBUST, ratio=ratio)
+
 def test_adapters_follow_glob_patterns_on_base_module_names():
     multipliers = pattern_lr_multipliers(_lora_llama(), {"model.layers.*.self_attn.v_proj": 0.5,
                                                          "model.layers.1.*": 2.0}, default=0.1)

@@ -140,7 +140,7 @@ def test_each_prompt_file_is_read_once_and_its_prompts_handed_on(tmp_path, monke
     data = mlr.run.data.run_data(resolve_defaults(RunConfig(harmful=str(harmful), quick=True)))
     assert reads == [str(harmful)]
     assert data.eval_set.harmful == load_prompts(str(harmful))
-    assert data.probe_prompts.digest() == load_security_data(str(harmful), None).digest()
+    assert data.probe_split.digest() == load_security_data(str(harmful), None).digest()
 
 
 def test_each_model_gets_its_own_defaults_and_the_users_values_win():

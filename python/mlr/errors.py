@@ -18,5 +18,5 @@ def first_line(error: BaseException) -> str:
 def one_line(error: BaseException) -> str:
     """``error``'s type name and the first line of its message (the type name alone when it has
     none), for a cause whose type says as much as its message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    name, line = type(error).__name__, first_line(error)
+    return name if line == name else f"{name}: {line}"

@@ -14,8 +14,8 @@ import torch
 from mlr.models import DTYPES
 from mlr.options import Option, at_least, require
 
-# The canonical names of mlr.models' dtype table (it also takes aliases such as bf16).
-DTYPE_CHOICES = tuple(name for name, dtype in DTYPES.items() if dtype is getattr(torch, name, None))
+# mlr.models' dtype table: torch's names and their aliases (bf16, fp16, fp32), as load_model takes.
+DTYPE_CHOICES = tuple(DTYPES)
 # --optimizer-state: the dtype MLRAdamW keeps AdamW's moments in (its ``state_dtype``).
 OPTIMIZER_STATES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -53,6 +53,6 @@ MASTER_WEIGHTS = Option(True, "step bfloat16/float16 weights without float32 mas
 
 def require_master_weights_fit(master_weights: bool, dtype: str) -> None:
     """Raise ``MlrInputError`` for ``--no-master-weights`` with float32 weights."""
-    require(master_weights or dtype in ("bfloat16", "float16"),
+    require(master_weights or DTYPES[dtype] in (torch.bfloat16, torch.float16),
             "--no-master-weights needs --dtype bfloat16 or float16 (float32 weights are their own "
             "master)")

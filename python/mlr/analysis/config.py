@@ -99,7 +99,7 @@ class AnalysisConfig:
     def map_key(self, prompts: SecurityData) -> dict[str, Any]:
         """What a robustness map on ``prompts`` depends on."""
         return {**self.probe_key(prompts), "method": self.method, "perturb": self.perturb,
-                "alpha": self.alpha, "seeds": self.analysis_seeds,  # the key earlier maps have
+                "alpha": self.alpha, "analysis_seeds": self.analysis_seeds,
                 "ift": self.ift if self.perturb == "ift-grad" else None,
                 "heldout_limit": self.heldout_limit}
 

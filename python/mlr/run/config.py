@@ -35,7 +35,7 @@ EMBEDDED_NAME = "embedded default (aligned)"  # report.json's setup.model with n
 
 def _preset(config: type, name: str) -> Any:
     """The option ``config`` declares as ``name``, defaulting to the model's preset (``None``
-    until ``mlr.run.resolve_defaults``)."""
+    until ``mlr.run.pipeline.resolve_defaults``)."""
     return same_option(config, name, None, none=default_note(name))
 
 

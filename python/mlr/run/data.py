@@ -1,6 +1,7 @@
 """Step 1 of ``mlr run``: the data every later step reads, each file read once and checked before
 anything is aligned or trained: the fine-tuning examples, the evaluation set every model is scored
-on, and the probe's prompts, handed to the analysis as they are."""
+on, and the probe's prompts, handed to the analysis as they are. (With ``--perturb ift-grad`` the
+analysis reads the ``--ift`` file once more for its instruction gradients.)"""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class RunData:
 
     train_examples: list[InstructionExample] | None
     eval_set: EvalSet
-    probe_prompts: SecurityData
+    probe_split: SecurityData
 
 
 def run_data(config: RunConfig) -> RunData:
@@ -55,10 +56,10 @@ def run_data(config: RunConfig) -> RunData:
                                instructions=[example for example, _ in held_out])
     if config.eval_limit is not None:
         eval_set = eval_set.limited(config.eval_limit)
-    return RunData(train_examples, eval_set, probe_prompts(config, harmful, benign))
+    return RunData(train_examples, eval_set, probe_split(config, harmful, benign))
 
 
-def probe_prompts(config: RunConfig, harmful: list[str] | None,
+def probe_split(config: RunConfig, harmful: list[str] | None,
                   benign: list[str] | None) -> SecurityData:
     """The probe's split of the user's prompts; or, with ``probe_prompts`` N and no files, of the
     first N of each class of the embedded training split (split afresh, as a file's would be);

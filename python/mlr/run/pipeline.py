@@ -108,7 +108,7 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
     # 3. Analysis: probe.json, robustness.json, mods_robust.json (+ plots) in ``out``.
     tick = time.perf_counter()
     say("probe, robustness map and Mods_Robust search")
-    analysis = run_search(config.analysis(base), data.probe_prompts, config.probe_depth)
+    analysis = run_search(config.analysis(base), data.probe_split, config.probe_depth)
     probe = analysis.probe
     say(f"Mods_Robust: {plural(len(analysis.search.modules), 'module')}, "
         f"{analysis.search.param_fraction:.1%} of module parameters (probe layer {probe.layer})")

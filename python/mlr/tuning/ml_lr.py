@@ -20,6 +20,10 @@ from torch import nn
 from mlr.errors import MlrInputError
 from mlr.io import read_json
 from mlr.modules import canonical_module_name, decoder_modules
+from mlr.options import Bounds
+
+# ML-LR's ratio: 1 is vanilla fine-tuning, 0 freezes every module outside Mods_Robust.
+RATIO_BOUNDS = Bounds(0, 1)
 
 
 def read_mods_robust(path: str | os.PathLike) -> list[str]:
@@ -34,11 +38,13 @@ def read_mods_robust(path: str | os.PathLike) -> list[str]:
 def module_lr_multipliers(model: nn.Module, robust_modules: Sequence[str],
                           ratio: float) -> dict[str, float]:
     """{trainable parameter name: lr multiplier}: 1.0 for Mods_Robust, ``ratio`` for the rest
-    (ML-LR's ratio is in [0, 1], which the configs check: 1 is vanilla fine-tuning, 0 freezes
-    every module outside Mods_Robust).
+    (:data:`RATIO_BOUNDS`).
 
-    Raises ``MlrInputError`` for a robust module the model does not have.
+    Raises ``MlrInputError`` for a ratio outside [0, 1] or a robust module the model does not have.
     """
+    problem = RATIO_BOUNDS.problem(ratio)
+    if problem is not None:
+        raise MlrInputError(f"ratio {ratio:g} {problem}")
     refs = decoder_modules(model)
     unknown = sorted(set(robust_modules) - {ref.name for ref in refs})
     if unknown:

@@ -77,7 +77,7 @@ from mlr.tuning.distributed import (
 )
 from mlr.tuning.lora import add_lora, merged
 from mlr.tuning.metrics_log import MetricsLog
-from mlr.tuning.ml_lr import read_mods_robust
+from mlr.tuning.ml_lr import RATIO_BOUNDS, read_mods_robust
 from mlr.tuning.peers import layer_parameter_names, mix_safety, parse_layer_block
 from mlr.tuning.phases import (
     SCHEDULES,
@@ -101,7 +101,7 @@ class TrainConfig:
     mods_robust: str | None = option(None, "mods_robust.json from `mlr search`", metavar="FILE",
                                      none="no robust module: every module at --lr x --ratio")
     ratio: float = option(1.0, "LR multiplier of every module outside Mods_Robust (1: vanilla "
-                          "fine-tuning, 0: freeze all but Mods_Robust)", bounds=Bounds(0, 1))
+                          "fine-tuning, 0: freeze all but Mods_Robust)", bounds=RATIO_BOUNDS)
     schedule: str = option("ml-lr", "ml-lr: the rest at --lr x --ratio throughout; swat: "
                            "Mods_Robust alone for --swat-warmup-steps, then everything at --lr",
                            choices=SCHEDULES)
@@ -345,6 +345,7 @@ def expected_fingerprint(config: TrainConfig,
 def _fingerprint(config: TrainConfig, encoded: list[tuple[list[int], list[int]]]) -> dict:
     """The settings and the exact data of the run, to refuse resuming a different run."""
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    settings["data"] = settings.pop("ift")  # the key of checkpoints made before --data became --ift
     data = hashlib.sha256(json.dumps(encoded).encode()).hexdigest()
     return {**settings, "data_sha256": data}
 
