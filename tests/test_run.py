@@ -152,7 +152,8 @@ def test_each_model_gets_its_own_defaults_and_the_users_values_win():
     smol = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, swat_warmup_steps=5))
     assert (smol.lr, smol.steps, smol.batch_size, smol.max_length, smol.seeds) == \
         (2e-5, 60, 8, 96, 2)
-    assert smol.alignment.lr == 2e-5 and smol.eval_limit == 48 and smol.swat_warmup_steps == 5
+    assert smol.alignment == AlignSettings(steps=360, lr=1e-4, batch_size=8, max_length=96, alarming=True)
+    assert smol.eval_limit == 48 and smol.swat_warmup_steps == 5
     quick = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, quick=True))
     assert quick.steps == 2 and quick.probe_prompts == 32 and quick.probe_depth == 0.28
     assert embedded.threads == smol.threads == 1

@@ -6,7 +6,8 @@
   Measured on the project's 2-core CPU (issue 11): at lr 1e-3 the loss diverges within three
   steps; 40 steps at lr 2e-5, batch 8, max length 96 align it (refusals of 48 harmful requests
   2 → 41), and 40 benign fine-tuning steps bring them back to 7. So: full fine-tuning at 2e-5,
-  40 steps, batch 8, 96 tokens, two seeds; alignment of the same size; evaluation on the first 48
+  40 steps, batch 8, 96 tokens, two seeds; an alignment of 360 steps at lr 1e-4 (two passes, with
+  alarming-but-safe requests, so that it refuses harm and not words); evaluation on the first 48
   held-out harmful and benign prompts and 96 held-out instructions (decoding is the expensive part
   on a CPU); analysis with one perturbation seed (the score is continuous enough), noise α 0.5.
 - **Any other ``--model``**: the embedded default's fine-tuning settings, no alignment (a model
@@ -60,8 +61,11 @@ EMBEDDED_QUICK = replace(EMBEDDED, seeds=2, steps=6, batch_size=8, analysis_seed
                          eval_limit=12, max_new_tokens=8, save_every=3, alignment=QUICK_ALIGNMENT)
 SMOLLM2_FULL = RunDefaults(seeds=2, steps=40, lr=2e-5, batch_size=8, max_length=96, alpha=0.5,
                            analysis_seeds=1, max_new_tokens=32, save_every=20, eval_limit=48,
-                           alignment=AlignSettings(steps=40, lr=2e-5, batch_size=8,
-                                                   max_length=96))
+                           # Two passes over the alignment data, its alarming-but-safe requests
+                           # with helpful answers included: refuses 48/48 held-out harmful
+                           # requests, 0/48 twins, 10/48 alarming-but-safe (docs/ml_lr.md).
+                           alignment=AlignSettings(steps=360, lr=1e-4, batch_size=8,
+                                                   max_length=96, alarming=True))
 SMOLLM2_QUICK = replace(SMOLLM2_FULL, seeds=1, steps=2, batch_size=4, max_length=64,
                         max_new_tokens=8, save_every=0, eval_limit=8, probe_prompts=32,
                         probe_depth=0.28,
