@@ -151,7 +151,7 @@ def test_each_model_gets_its_own_defaults_and_the_users_values_win():
     assert embedded.alignment == AlignSettings() and embedded.swat_warmup_steps == 50
     smol = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, swat_warmup_steps=5))
     assert (smol.lr, smol.steps, smol.batch_size, smol.max_length, smol.seeds) == \
-        (2e-5, 60, 8, 96, 2)
+        (3e-4, 60, 8, 96, 3)
     assert smol.alignment == AlignSettings(steps=360, lr=1e-4, batch_size=8, max_length=96, alarming=True)
     assert smol.eval_limit == 48 and smol.swat_warmup_steps == 5
     quick = resolve_defaults(RunConfig(model=SMOLLM2, steps=60, quick=True))

@@ -4,12 +4,12 @@
   own, so its alignment is long (800 steps) and its learning rate high (1e-3).
 - **``smollm2-135m-instruct``**: a real pretrained chat model (134.5 M parameters, 30 layers).
   Measured on the project's 2-core CPU (issue 11): at lr 1e-3 the loss diverges within three
-  steps; 40 steps at lr 2e-5, batch 8, max length 96 align it (refusals of 48 harmful requests
-  2 → 41), and 40 benign fine-tuning steps bring them back to 7. So: full fine-tuning at 2e-5,
-  40 steps, batch 8, 96 tokens, two seeds; an alignment of 360 steps at lr 1e-4 (two passes, with
-  alarming-but-safe requests, so that it refuses harm and not words); evaluation on the first 48
-  held-out harmful and benign prompts and 96 held-out instructions (decoding is the expensive part
-  on a CPU); analysis with one perturbation seed (the score is continuous enough), noise α 0.5.
+  steps. An alignment of 360 steps at lr 1e-4 (two passes, with alarming-but-safe requests, so
+  that it refuses harm and not words; issue 20) withstands 40 benign steps at lr 2e-5 or 1e-4
+  (teacher-forced refusal score of the held-out harmful prompts 0.995 → 0.991, 0.961) and erodes
+  at 3e-4 (→ 0.562). So: full fine-tuning at 3e-4, 40 steps, batch 8, 96 tokens, three seeds;
+  evaluation on the first 48 held-out harmful and benign prompts and 96 held-out instructions
+  (decoding is the expensive part on a CPU); analysis with one perturbation seed (the score is continuous enough), noise α 0.5.
 - **Any other ``--model``**: the embedded default's fine-tuning settings, no alignment (a model
   of the user's own is taken to be aligned already, as Llama-2-chat is), torch's choice of CPU
   threads.
@@ -59,8 +59,10 @@ EMBEDDED = RunDefaults(seeds=5, steps=200, lr=1e-3, batch_size=16, max_length=51
                        alignment=AlignSettings())
 EMBEDDED_QUICK = replace(EMBEDDED, seeds=2, steps=6, batch_size=8, analysis_seeds=1,
                          eval_limit=12, max_new_tokens=8, save_every=3, alignment=QUICK_ALIGNMENT)
-SMOLLM2_FULL = RunDefaults(seeds=2, steps=40, lr=2e-5, batch_size=8, max_length=96, alpha=0.5,
+SMOLLM2_FULL = RunDefaults(seeds=3, steps=40, lr=3e-4, batch_size=8, max_length=96, alpha=0.5,
                            analysis_seeds=1, max_new_tokens=32, save_every=20, eval_limit=48,
+                           # lr 3e-4: this alignment keeps refusing after 40 benign steps at 2e-5
+                           # or 1e-4 (refusal score 0.99, 0.96); at 3e-4 it erodes to 0.56.
                            # Two passes over the alignment data, its alarming-but-safe requests
                            # with helpful answers included: refuses 48/48 held-out harmful
                            # requests, 0/48 twins, 10/48 alarming-but-safe (docs/ml_lr.md).
