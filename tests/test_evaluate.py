@@ -125,13 +125,39 @@ def test_mlr_eval_writes_metrics_and_answers(tmp_path):
     assert len(answers) == len(HARMFUL) + len(BENIGN) + alarming > len(HARMFUL) + len(BENIGN)
 
 
-@pytest.mark.parametrize("problem", ["missing model", "bad probe", "missing prompts"])
+def test_mlr_eval_no_answers_scores_without_decoding(tmp_path, monkeypatch):
+    (tmp_path / "harmful.txt").write_text("\n".join(HARMFUL))
+    (tmp_path / "benign.txt").write_text("\n".join(BENIGN))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "answers.jsonl").write_text('{"kind": "harmful"}\n')  # an earlier run's
+    args = ["--model", str(tiny_chat_model_dir()), "--harmful", str(tmp_path / "harmful.txt"),
+            "--benign", str(tmp_path / "benign.txt"), "--max-new-tokens", "3"]
+    assert run_cli(*args, "--out", str(tmp_path / "full")) == 0
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("--no-answers generated")
+
+    monkeypatch.setattr("mlr.evaluation.evaluate.generate_responses", no_decoding)
+    assert run_cli(*args, "--no-answers", "--out", str(tmp_path / "out")) == 0
+    full = json.loads((tmp_path / "full" / "eval.json").read_text())["metrics"]
+    scored = json.loads((tmp_path / "out" / "eval.json").read_text())["metrics"]
+    assert "asr" not in scored and "over_refusal" not in scored
+    for name in ("refusal_score", "benign_refusal_score", "alarming_refusal_score",
+                 "harmful_refusal_scores", "heldout_loss"):
+        assert scored[name] == full[name]
+    assert len(scored["harmful_refusal_scores"]) == len(HARMFUL)
+    assert (tmp_path / "out" / "answers.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("problem", ["missing model", "bad probe", "missing prompts",
+                                     "judge without answers"])
 def test_mlr_eval_bad_input_exits_2(tmp_path, capsys, problem):
     (tmp_path / "probe.json").write_text("{}")
     args = {"missing model": ["--model", str(tmp_path / "nope")],
             "bad probe": ["--model", str(tiny_chat_model_dir()), "--probe",
                           str(tmp_path / "probe.json")],
-            "missing prompts": ["--harmful", str(tmp_path / "nope.csv")]}[problem]
+            "missing prompts": ["--harmful", str(tmp_path / "nope.csv")],
+            "judge without answers": ["--judge-model", str(tmp_path), "--no-answers"]}[problem]
     assert run_cli(*args, "--out", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlr: error:")

@@ -1,7 +1,9 @@
 """Evaluate a model: attack success rate on harmful prompts (greedy answers through the chat template,
-refusal-keyword judge, optionally a local Llama-Guard-style judge model), over-refusal on benign
+rule judge, optionally a local Llama-Guard-style judge model), over-refusal on benign
 prompts, held-out loss and exact-match task accuracy on benign instructions, and the frozen security
-probe's separation on this model. Writes OUT/eval.json and OUT/answers.jsonl."""
+probe's separation on this model, and the teacher-forced refusal score of every prompt (with
+--no-answers only that, the held-out loss and the probe: no decoding). Writes OUT/eval.json and
+OUT/answers.jsonl."""
 
 from __future__ import annotations
 
@@ -22,9 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = from_options(EvalConfig, args)
     metrics, path = evaluate_model(config)
-    accuracy = metrics["task_accuracy"]
-    print(f"ASR {metrics['asr']:.3f}  over-refusal {metrics['over_refusal']:.3f}  held-out loss "
-          f"{metrics['heldout_loss']:.4f}  task accuracy "
-          f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}")
+    print(f"refusal score: harmful {metrics['refusal_score']:.3f}, benign "
+          f"{_value(metrics['benign_refusal_score'])}, alarming {_value(metrics['alarming_refusal_score'])}"
+          f"  held-out loss {metrics['heldout_loss']:.4f}")
+    if config.answers:
+        print(f"ASR {metrics['asr']:.3f}  over-refusal {metrics['over_refusal']:.3f}  task "
+              f"accuracy {_value(metrics['task_accuracy'])}")
     print(f"wrote {path} and {Path(config.out) / ANSWERS_FILE}")
     return 0
+
+
+def _value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -48,7 +48,7 @@ from mlr.features import capture_features, encode_prompts, make_batches
 from mlr.instruction_loss import batches_in_order, encode_examples, response_loss_sum, target_tokens
 from mlr.io import read_json, write_json_atomic, write_text_atomic
 from mlr.models import load_model
-from mlr.options import at_least, check_options, option
+from mlr.options import at_least, check_options, option, require
 from mlr.output_dir import check_output_dir
 from mlr.sample_size import few_prompts_note, warn
 from mlr.shared_options import BATCH_SIZE, BENIGN, DEVICE, DTYPE, HARMFUL, MODEL, OUT
@@ -80,6 +80,10 @@ class EvalConfig:
                                      "'unsafe')", metavar="DIR", none="the keyword judge alone")
     max_new_tokens: int = option(32, "tokens generated per evaluated answer", metavar="N",
                                  bounds=at_least(1))
+    answers: bool = option(True, "generate no answers: only the refusal scores (one forward pass "
+                           "per prompt), the held-out loss and the probe's separation, in a "
+                           "fraction of the time; eval.json then has no ASR or over-refusal",
+                           negative_flag="--no-answers")
     batch_size: int = BATCH_SIZE.field(32)
     dtype: str = DTYPE.field()
     device: str = DEVICE.field()
@@ -87,6 +91,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+        require(self.answers or self.judge_model is None,
+                "--judge-model reads generated answers; drop it or --no-answers")
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,23 @@ def refusal_scores(model: nn.Module, tokenizer: Any, data: EvalSet,
     return metrics
 
 
+def score_without_answers(model: nn.Module, tokenizer: Any, data: EvalSet,
+                          probe: ProbeResult | None = None,
+                          batch_size: int = 32) -> dict[str, Any]:
+    """What ``evaluate`` measures without decoding: the refusal scores, the held-out loss and the
+    probe's separation (no ``asr``, ``over_refusal`` or task accuracy, which read answers)."""
+    model.eval()
+    metrics = {**refusal_scores(model, tokenizer, data, batch_size),
+               "heldout_loss": heldout_loss(model, tokenizer, data.instructions, batch_size),
+               "counts": {"benign": len(data.benign), "alarming": len(data.alarming),
+                          "instructions": len(data.instructions),
+                          "refusal_scored": len(data.refusal_scored)}}
+    if probe is not None:
+        metrics["probe"] = probe_separation(model, tokenizer, probe, data.harmful, data.benign,
+                                            batch_size, data.alarming)
+    return metrics
+
+
 def evaluate(model: nn.Module, tokenizer: Any, data: EvalSet, judge_model: Any = None,
              probe: ProbeResult | None = None, batch_size: int = 32,
              max_new_tokens: int = 32) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -231,14 +254,11 @@ def evaluate(model: nn.Module, tokenizer: Any, data: EvalSet, judge_model: Any =
         "harmful_incoherent": share(verdicts["harmful"], "incoherent"),
         "asr_keyword": share(KeywordJudge().verdicts(data.harmful, answers["harmful"]),
                              "complied"),
-        **refusal_scores(model, tokenizer, data, batch_size),
-        "heldout_loss": heldout_loss(model, tokenizer, data.instructions, batch_size),
         "task_accuracy": None,
         "task_accuracy_by_task": None,
-        "counts": {"harmful": len(data.harmful), "benign": len(data.benign),
-                   "alarming": len(data.alarming), "instructions": len(data.instructions),
-                   "refusal_scored": len(data.refusal_scored)},
+        **score_without_answers(model, tokenizer, data, probe, batch_size),
     }
+    metrics["counts"]["harmful"] = len(data.harmful)
     accuracy_result = task_accuracy(model, tokenizer, data.instructions, data.tasks, batch_size)
     if accuracy_result is not None:
         metrics["task_accuracy"] = accuracy_result["accuracy"]
@@ -246,9 +266,6 @@ def evaluate(model: nn.Module, tokenizer: Any, data: EvalSet, judge_model: Any =
     if judge_model is not None:
         model_verdicts = judge_model.verdicts(data.harmful, answers["harmful"])
         metrics["asr_model_judge"] = share(model_verdicts, "complied")
-    if probe is not None:
-        metrics["probe"] = probe_separation(model, tokenizer, probe, data.harmful, data.benign,
-                                            batch_size, data.alarming)
     rows = [{"kind": kind, "prompt": p, "answer": a, "verdict": v}
             for kind in kinds for p, a, v in zip(kinds[kind], answers[kind], verdicts[kind])]
     return metrics, rows
@@ -294,13 +311,18 @@ def evaluate_model(config: EvalConfig) -> tuple[dict[str, Any], Path]:
     and answers.jsonl; returns the metrics and the eval.json path. Raises ``MlrInputError`` for
     bad input."""
     data = load_eval_set(config.harmful, config.benign, config.heldout, config.alarming)
-    warn_if_few_prompts(data)
+    if config.answers:  # the warning is about ASR and over-refusal, which --no-answers lacks
+        warn_if_few_prompts(data)
     probe = read_probe(config.probe) if config.probe else None
     check_output_dir(config.out)
     judge = ModelJudge(config.judge_model, config.device, config.dtype) if config.judge_model \
         else None
     model, tokenizer = load_model(config.model, config.dtype, config.device)
-    metrics, answers = evaluate(model, tokenizer, data, judge, probe, config.batch_size,
-                                config.max_new_tokens)
+    if config.answers:
+        metrics, answers = evaluate(model, tokenizer, data, judge, probe, config.batch_size,
+                                    config.max_new_tokens)
+    else:  # an empty answers.jsonl, so that none from an earlier evaluation stays beside it
+        metrics, answers = score_without_answers(model, tokenizer, data, probe,
+                                                 config.batch_size), []
     return metrics, write_evaluation(config.out, {"model": config.model, "metrics": metrics},
                                      answers)
