@@ -103,4 +103,4 @@ def agreement_lines(agreement: dict[str, Any] | None) -> list[str]:
     return [f"**Refusal score against the generated answers.** Spearman's rank correlation of the "
             f"refusal score with ASR is {rho(agreement['spearman_models'])} over the "
             f"{agreement['models']} fine-tuned models{over_arms} (−1: the same order, reversed)"
-            f"{with_rate}. An ASR near 0 everywhere leaves little order to agree with.", ""]
+            f"{with_rate}. Where every ASR is near 0, ASR has little order to agree with.", ""]
