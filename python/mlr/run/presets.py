@@ -7,7 +7,9 @@
   steps. An alignment of 360 steps at lr 1e-4 (two passes, with alarming-but-safe requests, so
   that it refuses harm and not words; issue 20) withstands 40 benign steps at lr 2e-5 or 1e-4
   (teacher-forced refusal score of the held-out harmful prompts 0.995 → 0.991, 0.961) and erodes
-  at 3e-4 (→ 0.562). So: full fine-tuning at 3e-4, 40 steps, batch 8, 96 tokens, three seeds;
+  at 3e-4 (→ 0.562), a rate that overshoots (held-out loss 0.71 against 0.49 at 1e-4) but the
+  one here with erosion for a defense to prevent (docs/ml_lr.md, "How hard the sound alignment
+  erodes"). So: full fine-tuning at 3e-4, 40 steps, batch 8, 96 tokens, three seeds;
   evaluation on the first 48 held-out harmful and benign prompts and 96 held-out instructions
   (decoding is the expensive part on a CPU); analysis with one perturbation seed (the score is continuous enough), noise α 0.5.
 - **Any other ``--model``**: the embedded default's fine-tuning settings, no alignment (a model
@@ -61,8 +63,6 @@ EMBEDDED_QUICK = replace(EMBEDDED, seeds=2, steps=6, batch_size=8, analysis_seed
                          eval_limit=12, max_new_tokens=8, save_every=3, alignment=QUICK_ALIGNMENT)
 SMOLLM2_FULL = RunDefaults(seeds=3, steps=40, lr=3e-4, batch_size=8, max_length=96, alpha=0.5,
                            analysis_seeds=1, max_new_tokens=32, save_every=20, eval_limit=48,
-                           # lr 3e-4: this alignment keeps refusing after 40 benign steps at 2e-5
-                           # or 1e-4 (refusal score 0.99, 0.96); at 3e-4 it erodes to 0.56.
                            # Two passes over the alignment data, its alarming-but-safe requests
                            # with helpful answers included: refuses 48/48 held-out harmful
                            # requests, 0/48 twins, 10/48 alarming-but-safe (docs/ml_lr.md).
