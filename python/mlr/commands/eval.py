@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
     config = from_options(EvalConfig, args)
     metrics, path = evaluate_model(config)
     print(f"refusal score: harmful {metrics['refusal_score']:.3f}, benign "
-          f"{_value(metrics['benign_refusal_score'])}, alarming {_value(metrics['alarming_refusal_score'])}"
-          f"  held-out loss {metrics['heldout_loss']:.4f}")
+          f"{_value(metrics['benign_refusal_score'])}, alarming "
+          f"{_value(metrics['alarming_refusal_score'])}  held-out loss "
+          f"{metrics['heldout_loss']:.4f}")
     if config.answers:
         print(f"ASR {metrics['asr']:.3f}  over-refusal {metrics['over_refusal']:.3f}  task "
               f"accuracy {_value(metrics['task_accuracy'])}")

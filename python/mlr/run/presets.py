@@ -11,7 +11,8 @@
   one here with erosion for a defense to prevent (docs/ml_lr.md, "How hard the sound alignment
   erodes"). So: full fine-tuning at 3e-4, 40 steps, batch 8, 96 tokens, three seeds;
   evaluation on the first 48 held-out harmful and benign prompts and 96 held-out instructions
-  (decoding is the expensive part on a CPU); analysis with one perturbation seed (the score is continuous enough), noise α 0.5.
+  (decoding is the expensive part on a CPU); analysis with one perturbation seed (the score is
+  continuous enough), noise α 0.5.
 - **Any other ``--model``**: the embedded default's fine-tuning settings, no alignment (a model
   of the user's own is taken to be aligned already, as Llama-2-chat is), torch's choice of CPU
   threads.
