@@ -48,7 +48,7 @@ def test_the_preset_runs_every_stage_quickly(tmp_path, fake_preset, monkeypatch)
     assert set(report["arms"]) == set(ARMS)
     assert all(arm["seeds"] == [0] for arm in report["arms"].values())
     setup = report["setup"]
-    assert setup["alignment"]["steps"] == 4 and setup["lr"] == 2e-5 and setup["steps"] == 2
+    assert setup["alignment"]["steps"] == 4 and setup["lr"] == 3e-4 and setup["steps"] == 2
     probe = json.loads((out / "probe.json").read_text())
     assert probe["layer"] == 0  # 28 % of 2 layers
     fitted_on = split_prompts(harmful_prompts("train")[:32], benign_prompts("train")[:32])
