@@ -161,5 +161,7 @@ def test_mlr_eval_bad_input_exits_2(tmp_path, capsys, problem):
     assert run_cli(*args, "--out", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlr: error:")
+    if problem == "judge without answers":  # refused by the options, before the judge loads
+        assert "--judge-model reads generated answers" in err[-1]
     out = tmp_path / "out"  # checked writable before the model loads, so it may exist, empty
     assert not out.exists() or not any(out.iterdir())

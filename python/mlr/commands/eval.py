@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     if config.answers:
         print(f"ASR {metrics['asr']:.3f}  over-refusal {metrics['over_refusal']:.3f}  task "
               f"accuracy {_value(metrics['task_accuracy'])}")
-    print(f"wrote {path} and {Path(config.out) / ANSWERS_FILE}")
+    answers = Path(config.out) / ANSWERS_FILE
+    print(f"wrote {path} and {answers}" if config.answers else
+          f"wrote {path}; {answers} is empty (--no-answers)")
     return 0
 
 

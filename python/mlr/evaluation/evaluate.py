@@ -81,8 +81,9 @@ class EvalConfig:
     max_new_tokens: int = option(32, "tokens generated per evaluated answer", metavar="N",
                                  bounds=at_least(1))
     answers: bool = option(True, "generate no answers: only the refusal scores (one forward pass "
-                           "per prompt), the held-out loss and the probe's separation, in a "
-                           "fraction of the time; eval.json then has no ASR or over-refusal",
+                           "per prompt), the held-out loss and the probe's separation; eval.json "
+                           "then has nothing that reads answers (ASR, over-refusal, task "
+                           "accuracy), answers.jsonl is left empty and --max-new-tokens unused",
                            negative_flag="--no-answers")
     batch_size: int = BATCH_SIZE.field(32)
     dtype: str = DTYPE.field()
@@ -225,7 +226,8 @@ def score_without_answers(model: nn.Module, tokenizer: Any, data: EvalSet,
     model.eval()
     metrics = {**refusal_scores(model, tokenizer, data, batch_size),
                "heldout_loss": heldout_loss(model, tokenizer, data.instructions, batch_size),
-               "counts": {"benign": len(data.benign), "alarming": len(data.alarming),
+               "counts": {"harmful": 0,  # answers generated; ``evaluate`` sets it
+                          "benign": len(data.benign), "alarming": len(data.alarming),
                           "instructions": len(data.instructions),
                           "refusal_scored": len(data.refusal_scored)}}
     if probe is not None:
