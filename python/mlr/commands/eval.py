@@ -28,12 +28,13 @@ def run(args: argparse.Namespace) -> int:
           f"{_value(metrics['benign_refusal_score'])}, alarming "
           f"{_value(metrics['alarming_refusal_score'])}  held-out loss "
           f"{metrics['heldout_loss']:.4f}")
+    answers = Path(config.out) / ANSWERS_FILE
     if config.answers:
         print(f"ASR {metrics['asr']:.3f}  over-refusal {metrics['over_refusal']:.3f}  task "
               f"accuracy {_value(metrics['task_accuracy'])}")
-    answers = Path(config.out) / ANSWERS_FILE
-    print(f"wrote {path} and {answers}" if config.answers else
-          f"wrote {path}; {answers} is empty (--no-answers)")
+        print(f"wrote {path} and {answers}")
+    else:
+        print(f"wrote {path}; {answers} is empty (--no-answers)")
     return 0
 
 
