@@ -5,6 +5,11 @@ into a plain shared library (``mlr_kernels/_adamw_cuda.so``) whenever nvcc is on
 loaded lazily through ctypes only when a CUDA tensor needs it. Neither needs torch headers: the
 kernels take raw pointers that the Python layer validates first, so ``pip install .`` never pulls
 a second torch into an isolated build environment.
+
+One small extension does need them: ``mlr_kernels._host`` (``csrc/host_reads.cpp``), the optimizer's
+per-step reads of parameters and gradients in C++. It is built only when torch is importable at
+build time, that is under ``pip install --no-build-isolation`` (as scripts/install.sh does), against
+that torch; without it the same reads run in Python (mlr_kernels/host_reads.py), slower per step.
 """
 
 import os
@@ -14,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -56,6 +61,30 @@ cpu_extension = Pybind11Extension(
     extra_link_args=["-fopenmp"],
 )
 
+
+
+def host_reads_extensions() -> list:
+    """``mlr_kernels._host``, when torch's headers are at hand (see the module docstring)."""
+    try:
+        import torch
+        from torch.utils.cpp_extension import include_paths, library_paths
+    except ImportError:
+        print("mlr-kernels: torch is not importable at build time (an isolated build); the optimizer's "
+              "host reads stay in Python. For the C++ ones: pip install --no-build-isolation .")
+        return []
+    return [Extension(  # plain CPython API: torch's headers bring their own pybind11
+        "mlr_kernels._host",
+        sources=["csrc/host_reads.cpp"],
+        language="c++",
+        include_dirs=include_paths(),
+        library_dirs=library_paths(),
+        libraries=["c10", "torch", "torch_cpu", "torch_python"],
+        define_macros=[("MLR_TORCH_VERSION", f'"{torch.__version__}"'),
+                       ("_GLIBCXX_USE_CXX11_ABI", str(int(torch._C._GLIBCXX_USE_CXX11_ABI)))],
+        extra_compile_args=["-std=c++17", "-O2"],
+    )]
+
+
 setup(
     name="mlr-kernels",
     version="0.1.0",
@@ -65,7 +94,7 @@ setup(
     + ["mlr"],
     package_dir={"mlr": "python/mlr"},
     package_data={"mlr_kernels": ["_adamw_cuda.so"]},
-    ext_modules=[cpu_extension],
+    ext_modules=[cpu_extension, *host_reads_extensions()],
     cmdclass={"build_ext": BuildWithCuda},
     python_requires=">=3.10",
     install_requires=[

@@ -22,14 +22,16 @@ the table gives medians. Per variant:
   written), and a copy of 28 bytes per element;
 * the speed-up over torch fused with the same groups, and GPU launches per step;
 * for MLRAdamW, the per-step contract check's host time per parameter, with the gradients
-  unchanged and with every gradient a new tensor (torch's default ``zero_grad()``).
+  unchanged and with every gradient a new tensor (torch's default ``zero_grad()``), with the
+  parameters read in C++ and in Python (mlr_kernels/host_reads.py; ``host_reads`` in the header
+  says which one the timed steps used).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import operator
+import os
 import statistics
 import sys
 import time
@@ -52,6 +54,7 @@ from timing import (  # noqa: E402
 from workloads import CPU_WORKLOADS, GPU_WORKLOADS, Workload, make_params  # noqa: E402
 
 from mlr_kernels import MLRAdamW  # noqa: E402
+from mlr_kernels.host_reads import HOST_READ_PATHS, HOST_READS_ENV  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CEILING_BYTES_PER_ELEMENT = 28
@@ -124,38 +127,36 @@ def build_variants(workload: Workload, device: str, dtype: torch.dtype, backends
     return variants
 
 
-def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> tuple[float, float, float]:
+def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> dict[str, tuple[float, float]]:
     """Median host time of what a step does before its launches (``MLRAdamW._prepare``: the
     contract check and the host copy of the hyper table, a new lr in every group as a scheduler
-    writes it), in µs per parameter: with the gradients unchanged since the last step, and with
+    writes it), in µs per parameter, with the gradients unchanged since the last step and with
     every ``.grad`` a new tensor at a new address, as after torch's default ``zero_grad()`` and a
-    backward; and, third, the floor of any check that keeps MLRAdamW's contract: the four reads
-    per parameter it cannot skip (each gradient, its address and its layout, the parameter's
-    address), in C loops. Each is timed right after a step, as in training, when the step has
-    pushed the parameters' Python and C++ objects out of the caches. Timed as this thread's CPU
-    time (``time.thread_time``), which the other processes of a shared machine do not inflate."""
+    backward; for each way the build can read the parameters (``"c++"``, ``"python"``:
+    mlr_kernels/host_reads.py). Each is timed right after a step, as in training, when the step
+    has pushed the parameters' Python and C++ objects out of the caches. Timed as this thread's
+    CPU time (``time.thread_time``), which the other processes of a shared machine do not
+    inflate."""
     params = [p for g in opt.param_groups for p in g["params"]]
     spare = [[p.grad, p.grad.clone()] for p in params]
-
-    def floor() -> None:
-        grads = list(map(operator.attrgetter("grad"), params))
-        list(map(torch.Tensor.data_ptr, grads))
-        all(map(torch.Tensor.is_contiguous, grads))
-        list(map(torch.Tensor.data_ptr, params))
-
-    unchanged, replaced, floors = [], [], []
+    times = {(path, new): [] for path in HOST_READ_PATHS for new in (False, True)}
+    replaced = 0
     for k in range(rounds):
-        for times in (unchanged, replaced, floors):
-            if times is replaced:
+        for path, new in times:
+            os.environ[HOST_READS_ENV] = path
+            if new:
+                replaced += 1
                 for p, grads in zip(params, spare):
-                    p.grad = grads[k % 2]
+                    p.grad = grads[replaced % 2]
             for group in opt.param_groups:  # a scheduler's step
                 group["lr"] = 1e-3 / (1 + k)
             start = time.thread_time()
-            floor() if times is floors else opt._prepare()
-            times.append(time.thread_time() - start)
+            opt._prepare()
+            times[path, new].append(time.thread_time() - start)
             opt.step()  # the uploads and launches, untimed: the next round starts from a step
-    return tuple(statistics.median(t) * 1e6 / len(params) for t in (unchanged, replaced, floors))
+    os.environ.pop(HOST_READS_ENV)
+    return {path: tuple(statistics.median(times[path, new]) * 1e6 / len(params) for new in (False, True))
+            for path in HOST_READ_PATHS}
 
 
 def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[str], rounds: int,
@@ -194,8 +195,7 @@ def measure(workload: Workload, device: str, dtype: torch.dtype, backends: list[
         if timer.cuda and v.grouping == GROUPINGS[0]:  # the profiler costs seconds: once per optimizer
             row["launches_per_step"] = launches_per_step(v.step)
         if v.optimizer is not None:
-            (row["check_us_per_param_same_grads"], row["check_us_per_param_new_grads"],
-             row["read_floor_us_per_param"]) = host_check_us_per_param(v.optimizer)
+            row["check_us_per_param"] = host_check_us_per_param(v.optimizer)
         rows.append(row)
     return rows
 
@@ -207,12 +207,11 @@ def print_table(rows: list[dict]) -> None:
           f"copy {first['copy_ceiling_gbs']:.1f} GB/s")
     print(f"  {'variant':38s} {'groups':>6s} {'state B':>7s} {'moved B':>7s} {'device ms':>9s} "
           f"{'host ms':>8s} {'GB/s':>7s} {'% 4r3w':>7s} {'% copy':>7s} {'vs fused':>8s} {'launches':>8s}  "
-          "check µs/param (same / new grads)")
+          "check µs/param, same / new grads, by reads")
     for r in rows:
         launches = str(r.get("launches_per_step", "-"))
-        check = (f"  {r['check_us_per_param_same_grads']:.2f} / {r['check_us_per_param_new_grads']:.2f}"
-                 f" (floor {r['read_floor_us_per_param']:.2f})"
-                 if "check_us_per_param_same_grads" in r else "")
+        check = "".join(f"  {path} {same:.2f} / {new:.2f}"
+                        for path, (same, new) in r.get("check_us_per_param", {}).items())
         bound = " host-bound" if r["host_bound"] else ""
         print(f"  {r['variant']:38s} {r['groups']:6d} {r['state_bytes_per_param']:7d} "
               f"{r['bytes_per_param']:7d} {r['device_ms']:9.3f} "

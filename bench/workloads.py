@@ -52,15 +52,19 @@ def lora(factors: int, rank: int = 16, width: int = 4096) -> Workload:
     return Workload(f"lora-{factors}x{rank}x{width}", groups)
 
 
-def small_tensors(count: int, size: int = 4096) -> Workload:
-    """Thousands of small tensors, one group each (the worst case for per-group launches)."""
-    return Workload(f"small-{count}x{size}", tuple((f"t{i}", ((size,),)) for i in range(count)))
+def small_tensors(count: int, size: int = 4096, per_group: int = 1) -> Workload:
+    """Thousands of small tensors, ``per_group`` in each group (one: the worst case for per-group
+    launches and for the per-step check's reads of group values)."""
+    name = f"small-{count}x{size}" + (f"-groups-of-{per_group}" if per_group > 1 else "")
+    return Workload(name, tuple((f"t{i}", ((size,),) * per_group) for i in range(0, count, per_group)))
 
 
 CPU_WORKLOADS = {
     "llama": llama(layers=8, hidden=768, intermediate=2048, vocab=16000),  # ~81M parameters
     "lora": lora(448),  # 448 factors of 16x4096, 224 groups
     "small": small_tensors(2000),  # 2000 tensors of 4096 elements
+    # Issue 18's setting for the per-step check's host time: 2000 small tensors, a group per two.
+    "small-pairs": small_tensors(2000, per_group=2),
 }
 
 GPU_WORKLOADS = {

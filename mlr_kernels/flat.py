@@ -59,7 +59,7 @@ import operator
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from itertools import compress, repeat
+from itertools import compress
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -67,6 +67,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from mlr_kernels.dtensor import dtensor_like, local_tensor, sharding_key
+from mlr_kernels.host_reads import read_params, reads_of
 from mlr_kernels.rounding import stream_of
 from mlr_kernels.segments import (
     ACTIVE,
@@ -92,7 +93,6 @@ _FLAT_KEYS = frozenset(key for key, _ in FLAT_STATE)
 PLAIN_NUMBERS = frozenset({float, int, bool})
 _grad_of = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
-_is_contiguous = torch.Tensor.is_contiguous
 _stride = torch.Tensor.stride
 _numel = torch.Tensor.numel
 _dtype_and_device = operator.attrgetter("dtype", "device")
@@ -471,27 +471,28 @@ class FlatBucket:
         """
         if entries_changed or self._storage_users() != self._users_seen:
             self._follow_state(state, entries_changed, extra_state)
-        params = self.params
         local = self._local_params()
-        data_ptrs = list(map(_data_ptr, local))
+        if self.sharding is None:
+            data_ptrs, grads, live, grad_ptrs = read_params(local)
+        else:
+            data_ptrs, grads, live, grad_ptrs = reads_of(
+                list(map(_data_ptr, local)),
+                [None if g is None else local_tensor(g) for g in map(_grad_of, self.params)])
         if data_ptrs != self._data_ptrs:
             self._adopt_params(local, data_ptrs)
-        grads = list(map(_grad_of, params))
-        if self.sharding is not None:
-            grads = [None if g is None else local_tensor(g) for g in grads]
-        live = list(map(operator.is_not, grads, repeat(None)))
-        everywhere = all(live)
-        present = grads if everywhere else list(compress(grads, live))
-        try:
-            in_layout = (all(map(_is_contiguous, present)) if self._all_contiguous
-                         else list(map(_stride, present)) == list(compress(self.strides, live)))
-        except RuntimeError:  # a sparse tensor has no strides
-            in_layout = False
+        if self._all_contiguous:
+            in_layout = grad_ptrs is not None
+        else:
+            try:
+                in_layout = (list(map(_stride, compress(grads, live)))
+                             == list(compress(self.strides, live)))
+            except RuntimeError:  # a sparse tensor has no strides
+                in_layout = False
         seen = grads  # what user code holds; the kernel reads copies of those not in layout
         if not in_layout:
             grads = list(map(self._grad_in_layout, range(len(grads)), grads))
-        grad_ptrs = (list(map(_data_ptr, grads)) if everywhere
-                     else [0 if g is None else g.data_ptr() for g in grads])
+        if not in_layout or grad_ptrs is None:
+            grad_ptrs = [0 if g is None else g.data_ptr() for g in grads]
         if grad_ptrs != self._grad_ptrs:  # moved gradients: the kernel will trust their size and dtype
             grad_ids = list(map(id, seen))
             self._check_moved_grads(seen, grad_ids, grad_ptrs)

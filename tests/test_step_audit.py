@@ -21,6 +21,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mlr_kernels import MLRAdamW, flat, segments
 from tests.optim_cases import forward, make_model
 
+# Every test runs with the per-step reads in C++ and in Python (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_host_read_path")
+
 # Operators that only make views (no data moves), and the profiler's marks around every
 # optimizer step (host only).
 NO_DEVICE_WORK = {"slice", "select", "view", "alias", "as_strided", "t", "detach", "reshape", "expand",

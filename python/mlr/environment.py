@@ -4,7 +4,8 @@ kernel and the machine that produced it.
 ``environment()`` gives the Python and library versions, the MLRAdamW kernel each bucket of the
 run's optimizers resolved to (``MLRAdamW.backends``, as the run recorded them), the SIMD level the
 C++ CPU kernel runs at (``mlr_kernels.backends.cpu.simd_level()``, which honours
-``$MLR_CPU_SIMD``), the CPU model, the thread and core counts, and the device.
+``$MLR_CPU_SIMD``), whether the optimizer's per-step reads run in C++ or Python
+(``mlr_kernels.host_reads.host_reads()``), the CPU model, the thread and core counts, and the device.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from mlr_kernels.backends import cpu as cpu_kernel
+from mlr_kernels.host_reads import host_reads
 
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy")
 CPUINFO = Path("/proc/cpuinfo")
@@ -33,6 +35,7 @@ def environment(device: str, kernel_backends: Mapping[str, str] | None = None) -
         **{name: importlib.import_module(name).__version__ for name in PACKAGES},
         "kernel_backends": None if kernel_backends is None else dict(kernel_backends),
         "simd_level": simd_level(),
+        "host_reads": host_reads(),
         "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -77,6 +80,7 @@ def describe(env: Mapping[str, Any]) -> str:
                else ", ".join(f"{bucket}: {name}" for bucket, name in backends.items()))
     return (f"Python {env['python']}, "
             + ", ".join(f"{name} {env[name]}" for name in PACKAGES)
-            + f"; MLRAdamW kernel {kernels}, CPU SIMD level {env['simd_level'] or 'n/a'}; "
+            + f"; MLRAdamW kernel {kernels}, CPU SIMD level {env['simd_level'] or 'n/a'}, "
+            f"host reads in {env.get('host_reads', 'n/a')}; "
             f"CPU {env['cpu']} ({env['cpu_count']} logical CPUs), {env['torch_threads']} torch "
             f"thread(s) per process; device {env['device']}.")

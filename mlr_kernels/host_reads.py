@@ -1,0 +1,110 @@
+"""The per-parameter reads of the optimizer's per-step check, in C++ where the build allows.
+
+At every step :meth:`FlatBucket.sync <mlr_kernels.flat.FlatBucket.sync>` reads, for each parameter,
+its address, its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
+which address. In Python each read is a call into torch of 70-90 ns, 0.3-0.4 µs per parameter in
+all: most of a step's host time with thousands of small parameters. ``mlr_kernels._host``
+(``csrc/host_reads.cpp``) makes the same reads in one C++ loop, 20-40 ns per parameter. It is
+built against torch's headers, so only where torch is importable at build time (``pip install
+--no-build-isolation``, as scripts/install.sh does), and it is used only by the torch version it was
+built for. Everywhere else, and for whatever it does not read itself, the reads run in Python
+here; both give the same :class:`ParamReads` (tests/test_host_reads.py).
+
+``MLR_HOST_READS=python`` forces the Python reads (to compare the two), ``MLR_HOST_READS=c++``
+the C++ ones (an error where they cannot run: scripts/test.sh sets it, so that CI checks the build).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+import warnings
+from itertools import compress, repeat
+from typing import NamedTuple
+
+import torch
+
+try:
+    from mlr_kernels import _host
+except ImportError:  # not built (an isolated build), or built against another torch's libraries
+    _host = None
+
+HOST_READS_ENV = "MLR_HOST_READS"
+# Types whose .grad and data_ptr() no Python code overrides (through __torch_function__): the C++
+# reads take only these, and leave tensors of any other type to the Python reads.
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_grad_of = operator.attrgetter("grad")
+_data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+
+
+class ParamReads(NamedTuple):
+    """What one step reads of a bucket's parameters (lists in segment order)."""
+
+    data_ptrs: list[int]  # each parameter's data_ptr()
+    grads: list[torch.Tensor | None]  # each parameter's .grad
+    live: list[bool]  # .grad is not None
+    # Each gradient's data_ptr() (0 for None), when every gradient there is is dense and
+    # contiguous; else None, and the caller reads the addresses of the copies it makes.
+    grad_ptrs: list[int] | None
+
+
+@functools.cache
+def _native_reason() -> str | None:
+    """Why the C++ reads cannot be used (None: they can)."""
+    if _host is None:
+        return "mlr_kernels._host is not built (torch was not importable when the package was built)"
+    if _host.TORCH_VERSION != torch.__version__:
+        message = (f"mlr_kernels._host was built for torch {_host.TORCH_VERSION} but torch "
+                   f"{torch.__version__} is running; the optimizer reads its parameters in Python "
+                   "(slower per step) until it is rebuilt: pip install --no-build-isolation -e .")
+        warnings.warn(message, stacklevel=3)
+        return message
+    return None
+
+
+def host_reads() -> str:
+    """Which reads :func:`read_params` makes now: ``"c++"`` or ``"python"``. ``$MLR_HOST_READS``:
+    ``auto`` (default: C++ where built for this torch), ``c++`` (required) or ``python``.
+
+    Raises:
+        ValueError: another value of ``$MLR_HOST_READS``.
+        RuntimeError: ``MLR_HOST_READS=c++`` where the C++ reads cannot run (saying why)."""
+    choice = os.environ.get(HOST_READS_ENV, "auto")
+    if choice not in ("auto", "c++", "python"):
+        raise ValueError(f"{HOST_READS_ENV}={choice!r} is unknown; use auto, c++ or python")
+    reason = None if choice == "python" else _native_reason()
+    if choice == "c++" and reason is not None:
+        raise RuntimeError(f"{HOST_READS_ENV}=c++, but {reason}")
+    return "python" if choice == "python" or reason is not None else "c++"
+
+
+# The reads this build can make (for tests and benchmarks to run each).
+HOST_READ_PATHS = ("c++", "python") if _native_reason() is None else ("python",)
+
+
+def read_params(params: list[torch.Tensor]) -> ParamReads:
+    """The reads of ``params`` (plain tensors, not DTensors): in C++ when :func:`host_reads`
+    says so, no torch function mode is active (a mode may change what a read returns) and every
+    tensor is a plain one; else in Python."""
+    if host_reads() == "c++" and not torch._C._is_torch_function_mode_enabled():
+        reads = _host.read(params, _PLAIN_TYPES)
+        if reads is not None:
+            return ParamReads(*reads)
+    return reads_of(list(map(_data_ptr, params)), list(map(_grad_of, params)))
+
+
+def reads_of(data_ptrs: list[int], grads: list[torch.Tensor | None]) -> ParamReads:
+    """:class:`ParamReads` from the parameters' addresses and gradients, read by the caller."""
+    live = list(map(operator.is_not, grads, repeat(None)))
+    everywhere = all(live)
+    try:
+        dense = all(map(_is_contiguous, grads if everywhere else compress(grads, live)))
+    except RuntimeError:  # a sparse tensor has no strides
+        dense = False
+    if not dense:
+        return ParamReads(data_ptrs, grads, live, None)
+    grad_ptrs = (list(map(_data_ptr, grads)) if everywhere
+                 else [0 if g is None else g.data_ptr() for g in grads])
+    return ParamReads(data_ptrs, grads, live, grad_ptrs)
