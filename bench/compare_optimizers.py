@@ -143,7 +143,9 @@ def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> dict[str, tuple[
     replaced = 0
     for k in range(rounds):
         for path, new in times:
-            os.environ[HOST_READS_ENV] = path
+            if os.environ.get(HOST_READS_ENV) != path:  # a step with these reads first: what they
+                os.environ[HOST_READS_ENV] = path       # keep of a step is what the next compares
+                opt.step()
             if new:
                 replaced += 1
                 for p, grads in zip(params, spare):

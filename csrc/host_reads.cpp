@@ -10,6 +10,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <cstdint>
+#include <cstring>
 
 #ifndef MLR_TORCH_VERSION
 #error "setup.py defines MLR_TORCH_VERSION: the torch version these headers come from"
@@ -29,34 +30,96 @@ struct Owned {
   }
 };
 
-// read(params, plain_types) -> (data_ptrs, grads, live, grad_ptrs) or None.
+// A buffer view (of a bytearray), released with it.
+struct Buffer {
+  Py_buffer view{};
+  bool get(PyObject* o, int flags) { return PyObject_GetBuffer(o, &view, flags) == 0; }
+  ~Buffer() {
+    if (view.obj) PyBuffer_Release(&view);
+  }
+};
+
+bool is_plain(PyObject* o, PyObject* plain_types) {
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(plain_types); ++k) {
+    if (reinterpret_cast<PyObject*>(Py_TYPE(o)) == PyTuple_GET_ITEM(plain_types, k)) return true;
+  }
+  return false;
+}
+
+// Whether read() reads a tensor itself: a parameter of a plain type, with storage, whose gradient is
+// None or a strided, contiguous tensor with storage. Else the Python reads do.
+bool readable(PyObject* p, PyObject* plain_types) {
+  if (!is_plain(p, plain_types)) return false;
+  const at::Tensor& param = THPVariable_Unpack(p);
+  if (!param.has_storage()) return false;
+  const at::Tensor& grad = param.grad();
+  return !grad.defined() ||
+         (grad.layout() == c10::kStrided && grad.has_storage() && grad.is_contiguous());
+}
+
+// The addresses read() keeps of parameter ``p`` (readable): its own, and its gradient's or -1 for
+// None (no tensor's address; 0 is an empty tensor's).
+void addresses(PyObject* p, int64_t* out) {
+  const at::Tensor& param = THPVariable_Unpack(p);
+  const at::Tensor& grad = param.grad();
+  out[0] = reinterpret_cast<int64_t>(param.const_data_ptr());
+  out[1] = grad.defined() ? reinterpret_cast<int64_t>(grad.const_data_ptr()) : -1;
+}
+
+// read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs) or None.
 //
 // params: a list of tensors. plain_types: a tuple of the types whose attributes no Python code
 // overrides (torch.Tensor, torch.nn.Parameter): a parameter or gradient of another type could
 // define .grad or data_ptr() through __torch_function__, so it is left to the Python reads.
-// Returns None (and the caller reads in Python, which also raises the right errors) unless every
-// parameter is of a plain type and has storage, and every gradient is None or a plain, strided,
-// contiguous tensor with storage. Never raises for a tensor; TypeError for a non-list argument.
+// pending: None, or a writable buffer of 16 bytes per parameter into which each parameter's
+// addresses are written as two int64 (its own, its gradient's or -1); seen: None, or what pending
+// held after the last check the caller completed.
+//
+// Returns None (the caller reads in Python, which also raises the right errors) unless every
+// parameter is readable (see readable()). Else True when pending now equals seen: every
+// parameter and gradient is where the last check found it, and nothing is built, the steady
+// state of a training loop. Else the four lists, as the Python reads make them (0 for the address
+// of a missing gradient), and pending filled. The first pass compares addresses only, up to the
+// first that moved (the first, when zero_grad() re-allocated every gradient), and the second
+// builds the lists: no parameter is read twice from memory unless the steady state broke at it.
+//
+// Raises TypeError for arguments of other types, ValueError for a pending of another size.
 PyObject* read(PyObject*, PyObject* args) {
-  PyObject* params;
-  PyObject* plain_types;
-  if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &params, &PyTuple_Type, &plain_types)) {
+  PyObject *params, *plain_types, *seen_object, *pending_object;
+  if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &params, &PyTuple_Type, &plain_types,
+                        &seen_object, &pending_object)) {
     return nullptr;
   }
-  auto plain = [plain_types](PyObject* o) {
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(plain_types); ++k) {
-      if (reinterpret_cast<PyObject*>(Py_TYPE(o)) == PyTuple_GET_ITEM(plain_types, k)) return true;
-    }
-    return false;
-  };
   const Py_ssize_t n = PyList_GET_SIZE(params);
+  const Py_ssize_t size = 2 * n * static_cast<Py_ssize_t>(sizeof(int64_t));
+  Buffer seen, pending;
+  if (pending_object != Py_None) {
+    if (!pending.get(pending_object, PyBUF_WRITABLE)) return nullptr;
+    if (pending.view.len != size) {
+      PyErr_SetString(PyExc_ValueError, "pending holds 16 bytes per parameter");
+      return nullptr;
+    }
+    if (seen_object != Py_None && !seen.get(seen_object, PyBUF_SIMPLE)) return nullptr;
+  }
+  int64_t* now = pending.view.obj ? static_cast<int64_t*>(pending.view.buf) : nullptr;
+  if (now && seen.view.obj && seen.view.len == size) {  // up to the first parameter that moved
+    const int64_t* before = static_cast<const int64_t*>(seen.view.buf);
+    Py_ssize_t i = 0;
+    for (; i < n; ++i) {
+      PyObject* p = PyList_GET_ITEM(params, i);
+      if (!readable(p, plain_types)) Py_RETURN_NONE;
+      addresses(p, now + 2 * i);
+      if (now[2 * i] != before[2 * i] || now[2 * i + 1] != before[2 * i + 1]) break;
+    }
+    if (i == n) Py_RETURN_TRUE;
+  }
   Owned data_ptrs(PyList_New(n)), grads(PyList_New(n)), live(PyList_New(n)), grad_ptrs(PyList_New(n));
   if (!data_ptrs.object || !grads.object || !live.object || !grad_ptrs.object) return nullptr;
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* p = PyList_GET_ITEM(params, i);
-    if (!plain(p)) Py_RETURN_NONE;
+    if (!readable(p, plain_types)) Py_RETURN_NONE;
+    if (now) addresses(p, now + 2 * i);
     const at::Tensor& param = THPVariable_Unpack(p);
-    if (!param.has_storage()) Py_RETURN_NONE;
     PyObject* data_ptr = PyLong_FromVoidPtr(const_cast<void*>(param.const_data_ptr()));
     if (!data_ptr) return nullptr;
     PyList_SET_ITEM(data_ptrs.object, i, data_ptr);
@@ -64,10 +127,9 @@ PyObject* read(PyObject*, PyObject* args) {
     PyObject* grad_object = Py_None;
     std::uintptr_t grad_ptr = 0;
     if (grad.defined()) {
-      if (grad.layout() != c10::kStrided || !grad.has_storage() || !grad.is_contiguous()) Py_RETURN_NONE;
       grad_object = THPVariable_Wrap(grad);  // the gradient's Python object (made if it has none)
       if (!grad_object) return nullptr;
-      if (!plain(grad_object)) {
+      if (!is_plain(grad_object, plain_types)) {
         Py_DECREF(grad_object);
         Py_RETURN_NONE;
       }
@@ -86,10 +148,77 @@ PyObject* read(PyObject*, PyObject* args) {
   return PyTuple_Pack(4, data_ptrs.object, grads.object, live.object, grad_ptrs.object);
 }
 
+// same_group_values(groups, keys, optional_keys, seen) -> bool.
+//
+// groups: a list of dicts (the param groups); keys: a tuple of str; optional_keys: a tuple of
+// (key, default) pairs; seen: what MLRAdamW's Python reads gave at the last step, a tuple of the
+// list of every group's values of ``keys`` (one tuple per group) and, per optional key, the list
+// of every group's ``group.get(key, default)``. True when every group holds the same values now
+// (each the same object or ==), without building those lists again; False where a value differs,
+// a key or group is missing or added, or seen has another shape (the caller then reads in Python,
+// which raises what is to be raised). Only for values that cannot change in place: == is asked of
+// floats, ints, bools and tuples of them (the caller reads tensors and lists in Python). Raises
+// TypeError for arguments of other types, and what a value's == raises.
+PyObject* same_group_values(PyObject*, PyObject* args) {
+  PyObject *groups, *keys, *optional_keys, *seen;
+  if (!PyArg_ParseTuple(args, "O!O!O!O!", &PyList_Type, &groups, &PyTuple_Type, &keys, &PyTuple_Type,
+                        &optional_keys, &PyTuple_Type, &seen)) {
+    return nullptr;
+  }
+  const Py_ssize_t n = PyList_GET_SIZE(groups), num_keys = PyTuple_GET_SIZE(keys);
+  const Py_ssize_t num_optional = PyTuple_GET_SIZE(optional_keys);
+  for (Py_ssize_t k = 0; k < num_optional; ++k) {
+    PyObject* pair = PyTuple_GET_ITEM(optional_keys, k);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+      PyErr_SetString(PyExc_TypeError, "optional_keys holds (key, default) pairs");
+      return nullptr;
+    }
+  }
+  if (PyTuple_GET_SIZE(seen) != 1 + num_optional) Py_RETURN_FALSE;
+  for (Py_ssize_t k = 0; k <= num_optional; ++k) {
+    PyObject* column = PyTuple_GET_ITEM(seen, k);
+    if (!PyList_Check(column) || PyList_GET_SIZE(column) != n) Py_RETURN_FALSE;
+  }
+  // 1 when equal, 0 when not, -1 on an error (raised).
+  auto same = [](PyObject* now, PyObject* before) {
+    return now == before ? 1 : PyObject_RichCompareBool(now, before, Py_EQ);
+  };
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* group = PyList_GET_ITEM(groups, i);
+    PyObject* row = PyList_GET_ITEM(PyTuple_GET_ITEM(seen, 0), i);
+    // A dict subclass may override __getitem__, which the Python reads call: left to them.
+    if (!PyDict_CheckExact(group) || !PyTuple_Check(row) || PyTuple_GET_SIZE(row) != num_keys) Py_RETURN_FALSE;
+    for (Py_ssize_t k = 0; k < num_keys; ++k) {
+      PyObject* value = PyDict_GetItemWithError(group, PyTuple_GET_ITEM(keys, k));
+      if (!value) {
+        if (PyErr_Occurred()) return nullptr;
+        Py_RETURN_FALSE;
+      }
+      const int equal = same(value, PyTuple_GET_ITEM(row, k));
+      if (equal < 0) return nullptr;
+      if (!equal) Py_RETURN_FALSE;
+    }
+    for (Py_ssize_t k = 0; k < num_optional; ++k) {
+      PyObject* pair = PyTuple_GET_ITEM(optional_keys, k);
+      PyObject* value = PyDict_GetItemWithError(group, PyTuple_GET_ITEM(pair, 0));
+      if (!value) {
+        if (PyErr_Occurred()) return nullptr;
+        value = PyTuple_GET_ITEM(pair, 1);
+      }
+      const int equal = same(value, PyList_GET_ITEM(PyTuple_GET_ITEM(seen, 1 + k), i));
+      if (equal < 0) return nullptr;
+      if (!equal) Py_RETURN_FALSE;
+    }
+  }
+  Py_RETURN_TRUE;
+}
+
 PyMethodDef methods[] = {
+    {"same_group_values", same_group_values, METH_VARARGS,
+     "same_group_values(groups, keys, optional_keys, seen) -> bool: see mlr_kernels/host_reads.py."},
     {"read", read, METH_VARARGS,
-     "read(params, plain_types) -> (data_ptrs, grads, live, grad_ptrs) or None: see "
-     "mlr_kernels/host_reads.py."},
+     "read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs) or "
+     "None: see mlr_kernels/host_reads.py."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -67,7 +67,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from mlr_kernels.dtensor import dtensor_like, local_tensor, sharding_key
-from mlr_kernels.host_reads import read_params, reads_of
+from mlr_kernels.host_reads import KeptReads, read_params, reads_of
 from mlr_kernels.rounding import stream_of
 from mlr_kernels.segments import (
     ACTIVE,
@@ -219,6 +219,8 @@ class FlatBucket:
         self._views: dict[str, set[weakref.ref]] = {attr: set() for _, attr in self._keys}
         self._watch_storages()
         self._users_seen: list[int] | None = None
+        # What the C++ reads found at the last sync, for the next one to compare with.
+        self._kept_reads = KeptReads()
         # Segments were appended since the last sync; the buffers have room to spare.
         self._appended = False
         self._spare_room = False
@@ -472,8 +474,15 @@ class FlatBucket:
         if entries_changed or self._storage_users() != self._users_seen:
             self._follow_state(state, entries_changed, extra_state)
         local = self._local_params()
+        # The steady state (nothing moved since the last sync: the table points at it all) is
+        # told apart when this sync has nothing else to do and the kernel reads only the table.
+        kept = (self._kept_reads if not (self._staged or self._spare_room or self._appended
+                                         or self.backend.READS_TENSORS) else None)
         if self.sharding is None:
-            data_ptrs, grads, live, grad_ptrs = read_params(local)
+            reads = read_params(local, kept)
+            if reads is None:
+                return
+            data_ptrs, grads, live, grad_ptrs = reads
         else:
             data_ptrs, grads, live, grad_ptrs = reads_of(
                 list(map(_data_ptr, local)),
@@ -507,6 +516,10 @@ class FlatBucket:
         if self._spare_room and not self._appended:
             self._fit()
         self._appended = False
+        if kept is not None and in_layout and not self._staged:  # the table points at the reads
+            kept.keep()
+        else:
+            self._kept_reads.forget()
 
     def _fits(self, i: int, t: torch.Tensor) -> bool:
         """``t`` lies in memory in segment ``i``'s order (so the kernel can read it in place)."""

@@ -84,15 +84,63 @@ def host_reads() -> str:
 HOST_READ_PATHS = ("c++", "python") if _native_reason() is None else ("python",)
 
 
-def read_params(params: list[torch.Tensor]) -> ParamReads:
+class KeptReads:
+    """The addresses the C++ reads found at the last completed check of one list of parameters,
+    so that the next check can tell in one pass, without building a list, that nothing moved:
+    :func:`read_params` then returns None. The owner calls :meth:`keep` once it has acted on what
+    :func:`read_params` returned (and :meth:`forget` where it cannot vouch for it)."""
+
+    def __init__(self) -> None:
+        self.seen: bytearray | None = None  # 16 bytes per parameter: its address, its gradient's
+        self.pending = bytearray()  # where the C++ reads write the addresses of this check
+        self.fresh = False  # pending holds the addresses of the reads just returned
+
+    def pending_for(self, count: int) -> bytearray:
+        if len(self.pending) != 16 * count:
+            self.pending = bytearray(16 * count)
+        return self.pending
+
+    def keep(self) -> None:
+        """What the last :func:`read_params` found is where things are (acted on)."""
+        if self.fresh:
+            self.seen, self.pending = self.pending, self.seen or bytearray()
+        else:
+            self.seen = None
+        self.fresh = False
+
+    def forget(self) -> None:
+        self.seen, self.fresh = None, False
+
+
+def read_params(params: list[torch.Tensor], kept: KeptReads | None = None) -> ParamReads | None:
     """The reads of ``params`` (plain tensors, not DTensors): in C++ when :func:`host_reads`
     says so, no torch function mode is active (a mode may change what a read returns) and every
-    tensor is a plain one; else in Python."""
+    tensor is one the C++ reads take (plain types; gradients dense and contiguous); else in
+    Python. None when ``kept`` (see :class:`KeptReads`) shows that every parameter and gradient
+    is where the last completed check found it: nothing moved, nothing to read."""
     if host_reads() == "c++" and not torch._C._is_torch_function_mode_enabled():
-        reads = _host.read(params, _PLAIN_TYPES)
+        pending = None if kept is None else kept.pending_for(len(params))
+        reads = _host.read(params, _PLAIN_TYPES, None if kept is None else kept.seen, pending)
+        if reads is True:
+            return None
         if reads is not None:
+            if kept is not None:
+                kept.fresh = True
             return ParamReads(*reads)
+    if kept is not None:
+        kept.fresh = False
     return reads_of(list(map(_data_ptr, params)), list(map(_grad_of, params)))
+
+
+def same_group_values(groups: list[dict], keys: tuple[str, ...],
+                      optional_keys: tuple[tuple[str, object], ...], seen: tuple[list, ...]) -> bool:
+    """True when the C++ reads could check that every param group in ``groups`` holds the
+    values ``seen`` holds, read in Python at an earlier step as ``(list(map(itemgetter(*keys),
+    groups)), *[list(map(dict.get, groups, repeat(key), repeat(default))) for key, default in
+    optional_keys])``; False when a value differs, or when they could not check (not built, a
+    group not a plain dict): the caller then makes the Python reads. Only for values that cannot
+    change in place (no tensors, no lists): they are compared by identity, then by ``==``."""
+    return host_reads() == "c++" and _host.same_group_values(groups, keys, optional_keys, seen)
 
 
 def reads_of(data_ptrs: list[int], grads: list[torch.Tensor | None]) -> ParamReads:

@@ -30,6 +30,7 @@ from mlr_kernels.flat import (
     SegmentValues,
     state_shape_error,
 )
+from mlr_kernels.host_reads import same_group_values
 
 # Group keys torch.optim.AdamW keeps; we keep them too so a state_dict loads either way.
 _TORCH_ADAMW_FLAGS = dict(foreach=None, capturable=False, differentiable=False, fused=None,
@@ -40,8 +41,10 @@ _TORCH_ADAMW_FLAGS = dict(foreach=None, capturable=False, differentiable=False, 
 _MLR_KEYS = ("lr_mult", "wd_mult")
 # Group values that go into the hyper table (lr is read apart: it changes every step). Read in C
 # loops (operator.itemgetter, methodcaller): with thousands of groups this is much of the host time.
-_group_values = operator.itemgetter("weight_decay", "eps", "maximize", "amsgrad", "betas")
+_GROUP_KEYS = ("weight_decay", "eps", "maximize", "amsgrad", "betas")
+_group_values = operator.itemgetter(*_GROUP_KEYS)
 _AMSGRAD = 3  # its place in _group_values
+_OPTIONAL_GROUP_KEYS = (("lr_mult", 1.0), ("wd_mult", 1.0))  # keys a group may lack, and defaults
 _lr_value = operator.itemgetter("lr")
 _params_of = operator.itemgetter("params")
 _changes_of = operator.attrgetter("changes")
@@ -405,9 +408,12 @@ class MLRAdamW(Optimizer):
         ``lr``) does. Usually one comparison of the values read in C loops with those of the last
         step; when a value is mutable in place (a ``betas`` list, a tensor), a snapshot of them.
         A switched ``amsgrad`` makes the next step re-pack (the buckets need another buffer)."""
+        if not self._groups_mutable and same_group_values(groups, _GROUP_KEYS, _OPTIONAL_GROUP_KEYS,
+                                                          self._groups_seen):
+            return self._groups_version  # checked in C++, without reading them into new lists
         current = (list(map(_group_values, groups)),  # dict.get through map: 3x a methodcaller
-                   list(map(dict.get, groups, repeat("lr_mult"), repeat(1.0))),
-                   list(map(dict.get, groups, repeat("wd_mult"), repeat(1.0))))
+                   *(list(map(dict.get, groups, repeat(key), repeat(default)))
+                     for key, default in _OPTIONAL_GROUP_KEYS))
         if not self._groups_mutable and current == self._groups_seen:
             return self._groups_version
         snapshot, self._groups_mutable = _snapshot(current)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlr_kernels import MLRAdamW, host_reads
-from mlr_kernels.host_reads import HOST_READS_ENV, ParamReads, read_params, reads_of
+from mlr_kernels.host_reads import HOST_READS_ENV, KeptReads, ParamReads, read_params, reads_of
 
 BUILT = "c++" in host_reads.HOST_READ_PATHS
 needs_cpp = pytest.mark.skipif(not BUILT, reason="mlr_kernels._host is not built for this torch")
@@ -21,7 +21,7 @@ def python_reads(params: list[torch.Tensor]) -> ParamReads:
 
 
 def cpp_reads(params: list[torch.Tensor]) -> ParamReads | None:
-    reads = host_reads._host.read(params, host_reads._PLAIN_TYPES)
+    reads = host_reads._host.read(params, host_reads._PLAIN_TYPES, None, None)
     return None if reads is None else ParamReads(*reads)
 
 
@@ -167,3 +167,179 @@ def test_a_step_makes_its_reads_in_cpp_and_matches_the_python_reads(monkeypatch)
         assert (len(calls) > 0) == (path == "c++")
         calls.clear()
     assert all(torch.equal(a, b) for a, b in zip(results["c++"], results["python"]))
+
+
+GROUP_KEYS = ("weight_decay", "betas")
+OPTIONAL = (("lr_mult", 1.0),)
+
+
+def seen_of(groups: list[dict]) -> tuple[list, list]:
+    """What the optimizer's Python reads keep of ``groups`` (see same_group_values)."""
+    return ([(g["weight_decay"], g["betas"]) for g in groups], [g.get("lr_mult", 1.0) for g in groups])
+
+
+@needs_cpp
+def test_same_group_values_compares_with_what_python_read():
+    groups = [dict(weight_decay=0.1, betas=(0.9, 0.999)),
+              dict(weight_decay=0.0, betas=(0.8, 0.99), lr_mult=2.0)]
+    seen = seen_of(groups)
+    same = host_reads._host.same_group_values
+    assert same(groups, GROUP_KEYS, OPTIONAL, seen)
+    groups[0]["weight_decay"] = float("0.1")  # another object, the same value
+    groups[1]["betas"] = (0.8, 0.99)
+    assert same(groups, GROUP_KEYS, OPTIONAL, seen)
+    for change in ({"weight_decay": 0.2}, {"betas": (0.8, 0.98)}, {"lr_mult": 1.5}):
+        changed = [dict(g) for g in groups]
+        changed[1].update(change)
+        assert not same(changed, GROUP_KEYS, OPTIONAL, seen), change
+    changed = [dict(g) for g in groups]
+    del changed[1]["lr_mult"]  # back to the default
+    assert not same(changed, GROUP_KEYS, OPTIONAL, seen)
+    groups[0]["lr_mult"] = 1.0  # the default, now set
+    assert same(groups, GROUP_KEYS, OPTIONAL, seen)
+    del groups[0]["weight_decay"]  # missing: the Python reads raise the KeyError
+    assert not same(groups, GROUP_KEYS, OPTIONAL, seen)
+
+
+@needs_cpp
+def test_same_group_values_leaves_what_it_cannot_check_to_python():
+    class Group(dict):
+        def __getitem__(self, key):
+            return 0.5 if key == "weight_decay" else super().__getitem__(key)
+
+    groups = [dict(weight_decay=0.1, betas=(0.9, 0.999))]
+    same = host_reads._host.same_group_values
+    assert same(groups, GROUP_KEYS, OPTIONAL, seen_of(groups))
+    assert not same([Group(groups[0])], GROUP_KEYS, OPTIONAL, seen_of(groups))
+    assert not same(groups + groups, GROUP_KEYS, OPTIONAL, seen_of(groups))  # a group added
+    assert not same(groups, GROUP_KEYS, OPTIONAL, seen_of(groups)[:1])
+    with pytest.raises(TypeError, match="optional_keys holds"):
+        same(groups, GROUP_KEYS, ("lr_mult",), seen_of(groups))
+
+
+@pytest.mark.parametrize("path", host_reads.HOST_READ_PATHS)
+def test_group_values_changed_between_steps_are_followed(path, monkeypatch):
+    """Each group value the hyper table holds, changed between steps to another immutable value
+    (the values the C++ check compares), steps as torch.optim.AdamW with the same values."""
+    monkeypatch.setenv(HOST_READS_ENV, path)
+    answers = []
+    if path == "c++":
+        same = host_reads._host.same_group_values
+        monkeypatch.setattr(host_reads._host, "same_group_values",
+                            lambda *args: answers.append(same(*args)) or answers[-1])
+    torch.manual_seed(0)
+    ours_params = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
+    ref_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
+    ours = MLRAdamW([dict(params=[p], betas=(0.9, 0.999)) for p in ours_params], lr=0.1)
+    ref = torch.optim.AdamW([dict(params=[p], betas=(0.9, 0.999)) for p in ref_params], lr=0.1)
+    changes = [  # (group, ours, torch's)
+        (0, {"weight_decay": 0.3}, {"weight_decay": 0.3}),
+        (1, {"betas": (0.5, 0.99)}, {"betas": (0.5, 0.99)}),
+        (0, {"eps": 1e-3}, {"eps": 1e-3}),
+        (1, {"lr_mult": 0.5}, {"lr": 0.05}),
+        (0, {"maximize": True}, {"maximize": True}),
+        (1, {"wd_mult": 4.0}, {"weight_decay": 0.04}),
+        (1, {"weight_decay": float("0.01")}, {}),  # the same value as before: nothing changes
+    ]
+    for k, (group, mine, theirs) in enumerate([(0, {}, {}), *changes]):  # a first step unchanged
+        ours.param_groups[group].update(mine)
+        ref.param_groups[group].update(theirs)
+        for p, q in zip(ours_params, ref_params):
+            p.grad = q.grad = torch.randn(5)
+        ours.step()
+        ref.step()
+        for p, q in zip(ours_params, ref_params):
+            torch.testing.assert_close(p, q, msg=lambda m, k=k: f"after change {k}: {m}")
+    if path == "c++":  # asked at every step after the first; unchanged only at the last
+        assert answers == [False] * len(changes[:-1]) + [True]
+
+
+@needs_cpp
+def test_kept_reads_tell_when_anything_moved():
+    params = mixed_params()
+    kept = KeptReads()
+    assert isinstance(read_params(params, kept), ParamReads)  # nothing kept yet
+    kept.keep()
+    assert read_params(params, kept) is None
+    params[0].grad.mul_(2)  # in place: the same address
+    assert read_params(params, kept) is None
+    for change in (lambda: setattr(params[0], "grad", torch.randn_like(params[0])),  # a new gradient
+                   lambda: setattr(params[1], "grad", torch.zeros(0)),  # an empty one, where None was
+                   lambda: setattr(params[2], "grad", None),
+                   lambda: setattr(params[4], "data", torch.randn(7))):  # a new parameter address
+        change()
+        reads = read_params(params, kept)
+        assert_same_reads(reads, python_reads(params))
+        assert read_params(params, kept) is not None  # not kept: the owner did not act on it
+        kept.keep()
+        assert read_params(params, kept) is None
+    assert read_params(params + [torch.nn.Parameter(torch.ones(1))], kept) is not None  # one added
+    kept.forget()
+    assert read_params(params, kept) is not None
+    with pytest.raises(ValueError, match="16 bytes per parameter"):
+        host_reads._host.read(params, host_reads._PLAIN_TYPES, None, bytearray(3))
+
+
+@needs_cpp
+def test_kept_reads_leave_to_python_what_read_leaves():
+    class Subclass(torch.Tensor):
+        pass
+
+    square = torch.nn.Parameter(torch.randn(4, 4))
+    square.grad = torch.randn(4, 4)
+    kept = KeptReads()
+    read_params([square], kept)
+    kept.keep()
+    square.grad = square.grad.t()  # the same address, another order
+    assert cpp_reads([square]) is None and read_params([square], kept).grad_ptrs is None
+    assert not kept.fresh
+    kept.keep()  # after Python reads: nothing to compare with
+    assert kept.seen is None
+    odd = torch.nn.Parameter(torch.randn(3)).as_subclass(Subclass).requires_grad_()
+    assert host_reads._host.read([odd], host_reads._PLAIN_TYPES, None, bytearray(16)) is None
+
+
+@pytest.mark.parametrize("path", host_reads.HOST_READ_PATHS)
+def test_the_steady_state_check_follows_what_user_code_does(path, monkeypatch):
+    """Steps where nothing moved take the C++ steady-state check (no reads into lists); every
+    change between them (a gradient written in place, re-allocated, transposed at the same address,
+    dropped; a parameter's .data replaced) steps as torch.optim.AdamW does."""
+    monkeypatch.setenv(HOST_READS_ENV, path)
+    answers = []
+    if path == "c++":  # what each step's reads answered: nothing moved (True), reads, Python's
+        read = host_reads._host.read
+        monkeypatch.setattr(host_reads._host, "read",
+                            lambda *args: answers.append(read(*args)) or answers[-1])
+    torch.manual_seed(0)
+    ours_params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(5))]
+    ref_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
+    ours = MLRAdamW(ours_params, lr=0.1)
+    ref = torch.optim.AdamW(ref_params, lr=0.1)
+    for p, q in zip(ours_params, ref_params):
+        p.grad = torch.randn(p.shape)
+        q.grad = p.grad.clone()
+
+    def both(action):
+        for params in (ours_params, ref_params):
+            action(params)
+
+    actions = [
+        lambda ps: None,  # nothing: the steady state
+        lambda ps: ps[0].grad.mul_(-2),  # in place, the same address
+        lambda ps: setattr(ps[0], "grad", ps[0].grad.t()),  # the same address, transposed
+        lambda ps: setattr(ps[0], "grad", ps[0].grad.contiguous()),  # re-allocated
+        lambda ps: None,
+        lambda ps: setattr(ps[1], "grad", None),  # dropped: not stepped
+        lambda ps: setattr(ps[1], "grad", torch.ones(5)),
+        lambda ps: setattr(ps[0], "data", ps[0].detach() + 1),  # the parameter moved
+        lambda ps: None,
+    ]
+    for k, action in enumerate(actions):
+        both(action)
+        ours.step()
+        ref.step()
+        for p, q in zip(ours_params, ref_params):
+            torch.testing.assert_close(p, q, msg=lambda m, k=k: f"after action {k}: {m}")
+    if path == "c++":  # the first step has no reads to compare with
+        kinds = ["same" if a is True else "python" if a is None else "reads" for a in answers]
+        assert kinds == ["reads", "same", "python", "reads", "same", "reads", "reads", "reads", "same"]

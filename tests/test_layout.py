@@ -33,6 +33,9 @@ def module_files() -> dict[str, Path]:
 
 
 MODULES = module_files()
+# Compiled modules (setup.py): imported as ``from mlr_kernels import _cpu``, which names them, not
+# the package.
+EXTENSIONS = {"mlr_kernels._cpu", "mlr_kernels._host"}
 
 
 def imports(path: Path, module: str) -> list[tuple[str, bool]]:
@@ -50,7 +53,7 @@ def imports(path: Path, module: str) -> list[tuple[str, bool]]:
                 package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
                 package = package[: len(package) - node.level + 1]
                 base = ".".join([*package, base] if base else package)
-            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES.keys() | EXTENSIONS else base
                      for alias in node.names]
         else:
             continue

@@ -4,6 +4,8 @@ Every backend module exposes the same names:
 
     NAME: str                               "cpu", "triton", "cuda" or "reference"
     TILE_SIZE: int                          tile length (elements) it wants from the table
+    READS_TENSORS: bool                     it reads ``table.params``/``table.grads`` (the tensors),
+                                            not only the pointer rows (the reference does)
     unavailable_reason(device) -> str|None  why it cannot run on tensors of that device (None: it can)
     adamw_step(table, master, exp_avg, exp_avg_sq, max_exp_avg_sq, tiles,
                grad_mult=None, found_inf=None) -> None

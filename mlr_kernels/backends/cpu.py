@@ -33,6 +33,8 @@ else:
     _IMPORT_ERROR = None
 
 NAME = "cpu"
+# It reads only the segment table's rows (addresses), not table.params or table.grads.
+READS_TENSORS = False
 # Elements per tile: enough that the per-tile work (a table row, two pow) vanishes, few enough that
 # the threads' shares of a step stay even (a tile is the unit they are split by). On the 2-core
 # EPYC, 16K, 64K and 256K all step a 64M fp32 buffer at 98-101% of the stream_4r3w ceiling.

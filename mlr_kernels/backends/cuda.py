@@ -21,6 +21,8 @@ from mlr_kernels.backends.checks import check_step_args, check_stream_args
 from mlr_kernels.segments import DTYPE_CODES, STATE_DTYPE_CODES, VECTOR_BYTES, SegmentTable
 
 NAME = "cuda"
+# It reads only the segment table's rows (addresses), not table.params or table.grads.
+READS_TENSORS = False
 TILE_SIZE = 1 << 14
 LIBRARY_PATH = Path(__file__).resolve().parent.parent / "_adamw_cuda.so"
 _MAX_GRID_BLOCKS = 2**31 - 1

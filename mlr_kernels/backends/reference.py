@@ -29,6 +29,9 @@ from mlr_kernels.segments import (
 )
 
 NAME = "reference"
+# It reads the tensors of table.params and table.grads, not only the pointer rows: a sync must
+# hand them over at every step.
+READS_TENSORS = True
 TILE_SIZE = 1 << 20
 
 

@@ -47,6 +47,8 @@ BLOCK = 1024
 NUM_WARPS = 8
 
 NAME = "triton"
+# It reads only the segment table's rows (addresses), not table.params or table.grads.
+READS_TENSORS = False
 
 
 def _interpreter_on() -> bool:
