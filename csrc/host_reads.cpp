@@ -213,7 +213,65 @@ PyObject* same_group_values(PyObject*, PyObject* args) {
   Py_RETURN_TRUE;
 }
 
+// write_lr_column(lrs, group_index, lr_mults, rows, column) -> bool or None.
+//
+// The LR column of the segment table's host copy: rows[s, column] = lrs[group_index[s]] *
+// lr_mults[s] for every segment s, in float64 (as numpy computes it). lrs: the groups' learning
+// rates; group_index (int64), lr_mults (float64): one per segment; rows: the C-contiguous float64
+// [segments, columns] host copy. Returns whether any value changed; None, writing nothing, when
+// a learning rate is not a plain float, int or bool (a tensor, a numpy scalar: the caller's
+// numpy or device path takes it). Raises ValueError for buffers of other sizes, IndexError for a
+// group index out of range.
+PyObject* write_lr_column(PyObject*, PyObject* args) {
+  PyObject *lrs, *group_index_object, *lr_mults_object, *rows_object;
+  int column;
+  if (!PyArg_ParseTuple(args, "O!OOOi", &PyList_Type, &lrs, &group_index_object, &lr_mults_object,
+                        &rows_object, &column)) {
+    return nullptr;
+  }
+  const Py_ssize_t num_groups = PyList_GET_SIZE(lrs);
+  for (Py_ssize_t k = 0; k < num_groups; ++k) {
+    PyObject* lr = PyList_GET_ITEM(lrs, k);
+    if (!PyFloat_CheckExact(lr) && !PyLong_CheckExact(lr) && !PyBool_Check(lr)) Py_RETURN_NONE;
+  }
+  Buffer group_index, lr_mults, rows;
+  if (!group_index.get(group_index_object, PyBUF_C_CONTIGUOUS) ||
+      !lr_mults.get(lr_mults_object, PyBUF_C_CONTIGUOUS) ||
+      !rows.get(rows_object, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)) {
+    return nullptr;
+  }
+  const Py_ssize_t n = lr_mults.view.len / static_cast<Py_ssize_t>(sizeof(double));
+  if (group_index.view.len != n * static_cast<Py_ssize_t>(sizeof(int64_t)) || rows.view.ndim != 2 ||
+      rows.view.shape[0] != n || column < 0 || column >= rows.view.shape[1] ||
+      rows.view.itemsize != static_cast<Py_ssize_t>(sizeof(double))) {
+    PyErr_SetString(PyExc_ValueError, "write_lr_column: buffers of other sizes than the segments'");
+    return nullptr;
+  }
+  const int64_t* index = static_cast<const int64_t*>(group_index.view.buf);
+  const double* mult = static_cast<const double*>(lr_mults.view.buf);
+  double* lr_of_segment = static_cast<double*>(rows.view.buf) + column;
+  const Py_ssize_t stride = rows.view.shape[1];
+  bool changed = false;
+  for (Py_ssize_t s = 0; s < n; ++s) {
+    if (index[s] < 0 || index[s] >= num_groups) {
+      PyErr_SetString(PyExc_IndexError, "write_lr_column: a group index out of range");
+      return nullptr;
+    }
+    const double lr = PyFloat_AsDouble(PyList_GET_ITEM(lrs, index[s]));  // ints and bools too
+    if (lr == -1.0 && PyErr_Occurred()) return nullptr;
+    const double value = lr * mult[s];
+    if (!(lr_of_segment[s * stride] == value)) {
+      lr_of_segment[s * stride] = value;
+      changed = true;
+    }
+  }
+  return PyBool_FromLong(changed);
+}
+
 PyMethodDef methods[] = {
+    {"write_lr_column", write_lr_column, METH_VARARGS,
+     "write_lr_column(lrs, group_index, lr_mults, rows, column) -> bool or None: see "
+     "mlr_kernels/host_reads.py."},
     {"same_group_values", same_group_values, METH_VARARGS,
      "same_group_values(groups, keys, optional_keys, seen) -> bool: see mlr_kernels/host_reads.py."},
     {"read", read, METH_VARARGS,

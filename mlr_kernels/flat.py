@@ -20,11 +20,12 @@ this module keeps it:
   each bf16/fp16 weight with its master rounded and start from the weight where they differ, so
   no write can be missed (``p.data``, a collective, another optimizer, a load), at the cost of
   reading the weight once more (2 bytes per element).
-* **One check per step** (:meth:`FlatBucket.sync`), in C loops over the parameters: the gradient
-  objects (None or not) and their addresses, the parameters' addresses, and, when the
-  optimizer's ``state`` changed, its entries; per bucket, how many tensors use each buffer's
-  memory, which changes when user code replaces a state tensor or its ``.data``. What changed is
-  handled for that segment only:
+* **One check per step** (:meth:`FlatBucket.sync`), in one C++ loop over the parameters where the
+  build has it, else in C loops (:mod:`mlr_kernels.host_reads`): the gradient objects (None or
+  not) and their addresses, the parameters' addresses (when all are where the last check left
+  them, the check ends there), and, when the optimizer's ``state`` changed, its entries; per
+  bucket, how many tensors use each buffer's memory, which changes when user code replaces a
+  state tensor or its ``.data``. What changed is handled for that segment only:
 
   ==========================================  ===============================================
   user action since the last step             what sync does (cost)
@@ -67,7 +68,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from mlr_kernels.dtensor import dtensor_like, local_tensor, sharding_key
-from mlr_kernels.host_reads import KeptReads, read_params, reads_of
+from mlr_kernels.host_reads import KeptReads, read_params, reads_of, write_lr_column
 from mlr_kernels.rounding import stream_of
 from mlr_kernels.segments import (
     ACTIVE,
@@ -635,9 +636,15 @@ class FlatBucket:
         step. Floats are combined with the multipliers on the host; tensors (any of them) on the
         device in :meth:`step`, so that a CUDA-graph capture follows a tensor learning rate filled
         in place between replays."""
+        # Plain numbers, the usual case, in C++ (numpy's calls cost more than the arithmetic).
+        changed = write_lr_column(lrs, self._group_index, self._lr_mults, self.table.hyper_rows, LR)
+        if changed is not None:
+            if changed or self._device_lrs is not None:  # else the device holds what the host does
+                self.table.mark_written()
+            self._device_lrs, self._lr_signature = None, None
         # The set of types is the fast test for plain numbers (a scheduler's numpy float takes
         # the exact isinstance test).
-        if not set(map(type, lrs)) <= PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
+        elif not set(map(type, lrs)) <= PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
             self._device_lrs, self._lr_signature = lrs, None
         elif self._lr_signature != lrs:
             group_lr = np.array(lrs, dtype=np.float64)

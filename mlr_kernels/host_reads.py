@@ -2,13 +2,18 @@
 
 At every step :meth:`FlatBucket.sync <mlr_kernels.flat.FlatBucket.sync>` reads, for each parameter,
 its address, its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
-which address. In Python each read is a call into torch of 70-90 ns, 0.3-0.4 µs per parameter in
-all: most of a step's host time with thousands of small parameters. ``mlr_kernels._host``
-(``csrc/host_reads.cpp``) makes the same reads in one C++ loop, 20-40 ns per parameter. It is
-built against torch's headers, so only where torch is importable at build time (``pip install
---no-build-isolation``, as scripts/install.sh does), and it is used only by the torch version it was
-built for. Everywhere else, and for whatever it does not read itself, the reads run in Python
-here; both give the same :class:`ParamReads` (tests/test_host_reads.py).
+which address. In Python each read is a call into torch of 70-90 ns, 0.35-0.55 µs per parameter
+in all right after a CPU step (bench/compare_optimizers.py): most of a step's host time with
+thousands of small parameters. ``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same
+reads in one C++ loop: about 20 ns per parameter with warm caches, 0.1 µs right after a CPU step
+that streamed its state through them. In the steady state of a training loop (nothing moved since
+the last check, :class:`KeptReads`) it only compares addresses and builds nothing; it also
+compares the param groups' values with those read at the last step (:func:`same_group_values`).
+
+It is built against torch's headers, so only where torch is importable at build time (``pip
+install --no-build-isolation``, as scripts/install.sh does), and it is used only by the torch
+version it was built for. Everywhere else, and for whatever it does not read itself, the reads run
+in Python here; both give the same :class:`ParamReads` (tests/test_host_reads.py).
 
 ``MLR_HOST_READS=python`` forces the Python reads (to compare the two), ``MLR_HOST_READS=c++``
 the C++ ones (an error where they cannot run: scripts/test.sh sets it, so that CI checks the build).
@@ -23,6 +28,7 @@ import warnings
 from itertools import compress, repeat
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 try:
@@ -141,6 +147,18 @@ def same_group_values(groups: list[dict], keys: tuple[str, ...],
     group not a plain dict): the caller then makes the Python reads. Only for values that cannot
     change in place (no tensors, no lists): they are compared by identity, then by ``==``."""
     return host_reads() == "c++" and _host.same_group_values(groups, keys, optional_keys, seen)
+
+
+def write_lr_column(lrs: list, group_index: np.ndarray, lr_mults: np.ndarray, rows: np.ndarray,
+                    column: int) -> bool | None:
+    """Write ``rows[:, column] = lrs[group_index] * lr_mults`` (float64: the learning rate of each
+    segment, its group's times its multiplier) in C++ without numpy's per-call overhead; return
+    whether a value changed. None, writing nothing, where the C++ reads cannot run or a learning
+    rate is not a plain float, int or bool: the caller then writes it with numpy (a numpy
+    scalar) or on the device (a tensor)."""
+    if host_reads() != "c++":
+        return None
+    return _host.write_lr_column(lrs, group_index, lr_mults, rows, column)
 
 
 def reads_of(data_ptrs: list[int], grads: list[torch.Tensor | None]) -> ParamReads:

@@ -44,7 +44,7 @@ _MLR_KEYS = ("lr_mult", "wd_mult")
 _GROUP_KEYS = ("weight_decay", "eps", "maximize", "amsgrad", "betas")
 _group_values = operator.itemgetter(*_GROUP_KEYS)
 _AMSGRAD = 3  # its place in _group_values
-_OPTIONAL_GROUP_KEYS = (("lr_mult", 1.0), ("wd_mult", 1.0))  # keys a group may lack, and defaults
+_OPTIONAL_GROUP_KEYS = tuple((key, 1.0) for key in _MLR_KEYS)  # keys a group may lack, and defaults
 _lr_value = operator.itemgetter("lr")
 _params_of = operator.itemgetter("params")
 _changes_of = operator.attrgetter("changes")
@@ -405,8 +405,9 @@ class MLRAdamW(Optimizer):
 
     def _groups_version_now(self, groups: list[dict[str, Any]]) -> int:
         """A number that changes exactly when a group value the hyper table holds (other than
-        ``lr``) does. Usually one comparison of the values read in C loops with those of the last
-        step; when a value is mutable in place (a ``betas`` list, a tensor), a snapshot of them.
+        ``lr``) does. Usually one comparison of the values with those read at the last step, in C++
+        (:func:`~mlr_kernels.host_reads.same_group_values`) or read in C loops; when a value is
+        mutable in place (a ``betas`` list, a tensor), a snapshot of them.
         A switched ``amsgrad`` makes the next step re-pack (the buckets need another buffer)."""
         if not self._groups_mutable and same_group_values(groups, _GROUP_KEYS, _OPTIONAL_GROUP_KEYS,
                                                           self._groups_seen):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -343,3 +344,24 @@ def test_the_steady_state_check_follows_what_user_code_does(path, monkeypatch):
     if path == "c++":  # the first step has no reads to compare with
         kinds = ["same" if a is True else "python" if a is None else "reads" for a in answers]
         assert kinds == ["reads", "same", "python", "reads", "same", "reads", "reads", "reads", "same"]
+
+
+@needs_cpp
+def test_the_lr_column_written_in_cpp_is_numpy_s():
+    lrs = [1e-3, 3, True, 0.1 / 3]  # float, int, bool
+    group_index = np.array([0, 1, 1, 2, 3, 0], dtype=np.int64)
+    lr_mults = np.array([1.0, 0.5, 1 / 3, 2.0, 0.7, 0.0])
+    rows = np.zeros((6, 9))
+    assert host_reads.write_lr_column(lrs, group_index, lr_mults, rows, 4) is True
+    expected = np.array(lrs, dtype=np.float64)[group_index] * lr_mults
+    assert np.array_equal(rows[:, 4], expected) and not rows[:, [0, 1, 2, 3, 5, 6, 7, 8]].any()
+    assert host_reads.write_lr_column(lrs, group_index, lr_mults, rows, 4) is False  # unchanged
+    lrs[3] = 0.2
+    assert host_reads.write_lr_column(lrs, group_index, lr_mults, rows, 4) is True
+    assert rows[4, 4] == 0.2 * 0.7
+    for other in (np.float64(0.1), torch.tensor(0.1)):  # left to numpy, or to the device
+        assert host_reads.write_lr_column([other, 1.0, 1.0, 1.0], group_index, lr_mults, rows, 4) is None
+    with pytest.raises(ValueError, match="other sizes"):
+        host_reads.write_lr_column(lrs, group_index[:5], lr_mults, rows, 4)
+    with pytest.raises(IndexError, match="out of range"):
+        host_reads.write_lr_column(lrs[:2], group_index, lr_mults, rows, 4)
