@@ -21,7 +21,7 @@ export PYTHONPATH="$PWD:$PWD/python${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED
 # name | cap in seconds | log | command. A step's log gets its output; the JSON tables are written
 # by compare_optimizers.py itself.
 PLAN=(
-  "build|90|build.log|$PY setup.py build_ext --inplace"
+  "build|90|build.log|$PY setup.py build_ext --inplace --parallel 4"
   "library|20|build.log|$PY -c 'from mlr_kernels.backends import cuda, unavailable_reason as u; import torch, triton; print(torch.cuda.get_device_name(), torch.__version__, torch.version.cuda, triton.__version__); r = {n: u(n, \"cuda\") for n in (\"cuda\", \"triton\")}; print(r); assert r[\"cuda\"] is None, r'"
   "bench-fp32|80|bench-fp32.log|$PY bench/compare_optimizers.py --device cuda --dtype fp32 --workloads llama-1b,lora,small --rounds 10 --json $OUT/compare-fp32.json"
   "bench-bf16|70|bench-bf16.log|$PY bench/compare_optimizers.py --device cuda --dtype bf16 --workloads llama-1b,lora,small --rounds 10 --json $OUT/compare-bf16.json"

@@ -512,7 +512,8 @@ class FlatBucket:
             for i in self._staged:
                 self._staged[i] = local[i] = self._in_layout(i, local[i].detach())
             data_ptrs = list(map(_data_ptr, local))
-        self.table.point_at(local, grads, data_ptrs, grad_ptrs)
+        addresses = kept.addresses() if kept is not None and in_layout and not self._staged else None
+        self.table.point_at(local, grads, data_ptrs, grad_ptrs, addresses)
         self.table.set_active(live)
         if self._spare_room and not self._appended:
             self._fit()

@@ -106,6 +106,11 @@ class KeptReads:
             self.pending = bytearray(16 * count)
         return self.pending
 
+    def addresses(self) -> np.ndarray | None:
+        """The addresses of the reads just returned, int64 ``[parameters, 2]`` (a parameter's,
+        its gradient's or -1 for None), when the C++ reads made them; else None."""
+        return np.frombuffer(self.pending, dtype=np.int64).reshape(-1, 2) if self.fresh else None
+
     def keep(self) -> None:
         """What the last :func:`read_params` found is where things are (acted on)."""
         if self.fresh:

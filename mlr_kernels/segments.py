@@ -253,19 +253,26 @@ class SegmentTable:
 
     # --------------------------------------------------------------------------- per step
     def point_at(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None],
-                 param_ptrs: Sequence[int], grad_ptrs: Sequence[int]) -> None:
+                 param_ptrs: Sequence[int], grad_ptrs: Sequence[int],
+                 addresses: np.ndarray | None = None) -> None:
         """Make every segment's row point at ``params[s]`` and ``grads[s]`` (None: no gradient),
         whose addresses are ``param_ptrs[s]`` and ``grad_ptrs[s]`` (0 for None).
 
         The caller has checked that each is a dense tensor of the table's dtype and device with
         the segment's number of elements, each gradient in its parameter's memory order: the
         kernels trust these addresses. The host copy is written only when an address changed. The
-        lists are kept as given: the caller makes new ones for every call."""
+        lists are kept as given: the caller makes new ones for every call. ``addresses``: the
+        same addresses as int64 ``[segments, 2]`` (a gradient's -1 for None), when the caller has
+        them so (the C++ reads of :mod:`mlr_kernels.host_reads`): written from there, which
+        saves converting thousands of Python ints."""
         moved = False
         for column, now, seen in ((PARAM_PTR, param_ptrs, self._param_ptrs),
                                   (GRAD_PTR, grad_ptrs, self._grad_ptrs)):
             if now != seen:
-                self.pointer_rows[:, column] = now
+                if addresses is None:
+                    self.pointer_rows[:, column] = now
+                else:
+                    np.maximum(addresses[:, column - PARAM_PTR], 0, out=self.pointer_rows[:, column])
                 moved = True
         if moved:
             self._param_ptrs, self._grad_ptrs = param_ptrs, grad_ptrs
