@@ -81,7 +81,7 @@ def host_reads_extensions() -> list:
         libraries=["c10", "torch", "torch_cpu", "torch_python"],
         define_macros=[("MLR_TORCH_VERSION", f'"{torch.__version__}"'),
                        ("_GLIBCXX_USE_CXX11_ABI", str(int(torch._C._GLIBCXX_USE_CXX11_ABI)))],
-        extra_compile_args=["-std=c++17", "-O2"],
+        extra_compile_args=["-std=c++20", "-O2"],  # as torch's own extensions
     )]
 
 

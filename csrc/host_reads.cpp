@@ -148,6 +148,16 @@ PyObject* read(PyObject*, PyObject* args) {
   return PyTuple_Pack(4, data_ptrs.object, grads.object, live.object, grad_ptrs.object);
 }
 
+// A float, int or bool, or a tuple of them: values whose == runs no Python code.
+bool plain_value(PyObject* o) {
+  if (PyFloat_CheckExact(o) || PyLong_CheckExact(o) || PyBool_Check(o)) return true;
+  if (!PyTuple_CheckExact(o)) return false;
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(o); ++k) {
+    if (!plain_value(PyTuple_GET_ITEM(o, k))) return false;
+  }
+  return true;
+}
+
 // same_group_values(groups, keys, optional_keys, seen) -> bool.
 //
 // groups: a list of dicts (the param groups); keys: a tuple of str; optional_keys: a tuple of
@@ -179,9 +189,12 @@ PyObject* same_group_values(PyObject*, PyObject* args) {
     PyObject* column = PyTuple_GET_ITEM(seen, k);
     if (!PyList_Check(column) || PyList_GET_SIZE(column) != n) Py_RETURN_FALSE;
   }
-  // 1 when equal, 0 when not, -1 on an error (raised).
+  // 1 when equal, 0 when not (or not both plain values: == of another type could run Python code
+  // that changes the groups under this loop), -1 on an error (raised).
   auto same = [](PyObject* now, PyObject* before) {
-    return now == before ? 1 : PyObject_RichCompareBool(now, before, Py_EQ);
+    if (now == before) return 1;
+    if (!plain_value(now) || !plain_value(before)) return 0;
+    return PyObject_RichCompareBool(now, before, Py_EQ);
   };
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* group = PyList_GET_ITEM(groups, i);

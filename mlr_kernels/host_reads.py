@@ -31,10 +31,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+_IMPORT_ERROR = ""
 try:
     from mlr_kernels import _host
-except ImportError:  # not built (an isolated build), or built against another torch's libraries
+except ImportError as error:  # not built (an isolated build), or built against another torch's libraries
     _host = None
+    _IMPORT_ERROR = str(error)
 
 HOST_READS_ENV = "MLR_HOST_READS"
 # Types whose .grad and data_ptr() no Python code overrides (through __torch_function__): the C++
@@ -60,7 +62,8 @@ class ParamReads(NamedTuple):
 def _native_reason() -> str | None:
     """Why the C++ reads cannot be used (None: they can)."""
     if _host is None:
-        return "mlr_kernels._host is not built (torch was not importable when the package was built)"
+        return ("mlr_kernels._host cannot be imported (not built where torch was not importable at "
+                f"build time: {_IMPORT_ERROR})")
     if _host.TORCH_VERSION != torch.__version__:
         message = (f"mlr_kernels._host was built for torch {_host.TORCH_VERSION} but torch "
                    f"{torch.__version__} is running; the optimizer reads its parameters in Python "
@@ -93,8 +96,9 @@ HOST_READ_PATHS = ("c++", "python") if _native_reason() is None else ("python",)
 class KeptReads:
     """The addresses the C++ reads found at the last completed check of one list of parameters,
     so that the next check can tell in one pass, without building a list, that nothing moved:
-    :func:`read_params` then returns None. The owner calls :meth:`keep` once it has acted on what
-    :func:`read_params` returned (and :meth:`forget` where it cannot vouch for it)."""
+    :func:`read_params` then returns None. Whenever it returns reads instead, what was kept is
+    dropped (a check that then raises leaves nothing to compare with); the owner calls
+    :meth:`keep` once it has acted on them (and :meth:`forget` where it cannot vouch for them)."""
 
     def __init__(self) -> None:
         self.seen: bytearray | None = None  # 16 bytes per parameter: its address, its gradient's
@@ -135,11 +139,11 @@ def read_params(params: list[torch.Tensor], kept: KeptReads | None = None) -> Pa
         if reads is True:
             return None
         if reads is not None:
-            if kept is not None:
-                kept.fresh = True
+            if kept is not None:  # nothing to compare with until the owner has acted on these reads
+                kept.seen, kept.fresh = None, True
             return ParamReads(*reads)
     if kept is not None:
-        kept.fresh = False
+        kept.seen, kept.fresh = None, False
     return reads_of(list(map(_data_ptr, params)), list(map(_grad_of, params)))
 
 

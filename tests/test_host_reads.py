@@ -139,7 +139,7 @@ def test_c_plus_plus_reads_required_where_not_built(monkeypatch):
     host_reads._native_reason.cache_clear()
     try:
         monkeypatch.setenv(HOST_READS_ENV, "c++")
-        with pytest.raises(RuntimeError, match="mlr_kernels._host is not built"):
+        with pytest.raises(RuntimeError, match="mlr_kernels._host cannot be imported"):
             host_reads.host_reads()
         monkeypatch.setenv(HOST_READS_ENV, "auto")
         assert host_reads.host_reads() == "python"
@@ -365,3 +365,50 @@ def test_the_lr_column_written_in_cpp_is_numpy_s():
         host_reads.write_lr_column(lrs, group_index[:5], lr_mults, rows, 4)
     with pytest.raises(IndexError, match="out of range"):
         host_reads.write_lr_column(lrs[:2], group_index, lr_mults, rows, 4)
+
+
+@needs_cpp
+def test_same_group_values_runs_no_python_eq():
+    """A value whose == is Python code (which could edit the groups under the C++ loop) counts as
+    changed: the Python reads compare it."""
+    class Value(float):
+        def __eq__(self, other):
+            calls.append(other)
+            return True
+
+        __hash__ = float.__hash__
+
+    calls = []
+    groups = [dict(weight_decay=0.1, betas=(0.9, 0.999))]
+    seen = seen_of(groups)
+    groups[0]["weight_decay"] = Value(0.1)
+    assert not host_reads._host.same_group_values(groups, GROUP_KEYS, OPTIONAL, seen) and calls == []
+
+
+@needs_cpp
+def test_reads_that_raised_are_not_compared_with(monkeypatch):
+    """A check that raised after the reads (a sparse gradient) leaves nothing kept: reverting to
+    the addresses of before is checked again, as the Python reads would (tied parameters)."""
+    monkeypatch.setenv(HOST_READS_ENV, "c++")
+    N = 1 << 20  # several tiles per segment: one launch over both tied segments would race
+    a, b = torch.nn.Parameter(torch.ones(N)), torch.nn.Parameter(torch.ones(N))
+    b.data = a.data  # tied: one storage
+    ra, rb = torch.nn.Parameter(torch.ones(N)), torch.nn.Parameter(torch.ones(N))
+    rb.data = ra.data
+    ours, ref = MLRAdamW([a, b], lr=0.1), torch.optim.AdamW([ra, rb], lr=0.1)
+    for _ in range(2):
+        a.grad, b.grad = torch.full((N,), 1.0), torch.full((N,), -0.5)
+        ra.grad, rb.grad = a.grad.clone(), b.grad.clone()
+        ours.step()
+        ref.step()
+    tied, good = b.data, a.grad
+    b.data = b.data.clone()  # untied for one step that fails
+    a.grad = torch.sparse_coo_tensor([[0]], [1.0], (N,))
+    with pytest.raises(RuntimeError, match="sparse"):
+        ours.step()
+    b.data, a.grad = tied, good  # back where the last completed check left them
+    for _ in range(3):
+        ours.step()
+        ref.step()
+    torch.testing.assert_close(a, ra)
+    torch.testing.assert_close(b, rb)
