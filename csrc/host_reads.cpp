@@ -2,7 +2,7 @@
 //
 // FlatBucket.sync reads, for every parameter at every step, its address, its .grad, whether the
 // gradient is present, dense and contiguous, and the gradient's address. In Python each read is a
-// call into torch (70-90 ns); here the four together cost 20-40 ns per parameter. This is the only
+// call into torch (70-90 ns); here the four together cost 20-100 ns per parameter (warm caches). This is the only
 // piece of the project built against torch's headers, so it is built only where torch is importable
 // at build time (pip install --no-build-isolation) and used only by the torch it was built for
 // (TORCH_VERSION); mlr_kernels/host_reads.py keeps the same reads in Python for everything else.

@@ -5,7 +5,7 @@ its address, its ``.grad``, and whether that gradient is a dense tensor in row-m
 which address. In Python each read is a call into torch of 70-90 ns, 0.35-0.55 µs per parameter
 in all right after a CPU step (bench/compare_optimizers.py): most of a step's host time with
 thousands of small parameters. ``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same
-reads in one C++ loop: about 20 ns per parameter with warm caches, 0.1 µs right after a CPU step
+reads in one C++ loop: 20-100 ns per parameter with warm caches, 0.1 µs right after a CPU step
 that streamed its state through them. In the steady state of a training loop (nothing moved since
 the last check, :class:`KeptReads`) it only compares addresses and builds nothing; it also
 compares the param groups' values with those read at the last step (:func:`same_group_values`).
