@@ -479,6 +479,8 @@ class FlatBucket:
         # told apart when this sync has nothing else to do and the kernel reads only the table.
         kept = (self._kept_reads if not (self._staged or self._spare_room or self._appended
                                          or self.backend.READS_TENSORS) else None)
+        if kept is None:  # nothing kept survives a sync that does not end by keeping its reads
+            self._kept_reads.forget()
         if self.sharding is None:
             reads = read_params(local, kept)
             if reads is None:
