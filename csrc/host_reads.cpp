@@ -18,16 +18,11 @@
 
 namespace {
 
-// Owns a new reference; releases it unless released to the caller.
+// Owns a new reference, released with it.
 struct Owned {
   PyObject* object;
   explicit Owned(PyObject* o) : object(o) {}
   ~Owned() { Py_XDECREF(object); }
-  PyObject* release() {
-    PyObject* o = object;
-    object = nullptr;
-    return o;
-  }
 };
 
 // A buffer view (of a bytearray), released with it.

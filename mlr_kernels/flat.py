@@ -514,13 +514,13 @@ class FlatBucket:
             for i in self._staged:
                 self._staged[i] = local[i] = self._in_layout(i, local[i].detach())
             data_ptrs = list(map(_data_ptr, local))
-        addresses = kept.addresses() if kept is not None and in_layout and not self._staged else None
-        self.table.point_at(local, grads, data_ptrs, grad_ptrs, addresses)
+        keeps = kept is not None and in_layout and not self._staged  # the table points at the reads
+        self.table.point_at(local, grads, data_ptrs, grad_ptrs, kept.addresses() if keeps else None)
         self.table.set_active(live)
         if self._spare_room and not self._appended:
             self._fit()
         self._appended = False
-        if kept is not None and in_layout and not self._staged:  # the table points at the reads
+        if keeps:
             kept.keep()
         else:
             self._kept_reads.forget()

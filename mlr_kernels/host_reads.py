@@ -115,10 +115,15 @@ class KeptReads:
         its gradient's or -1 for None), when the C++ reads made them; else None."""
         return np.frombuffer(self.pending, dtype=np.int64).reshape(-1, 2) if self.fresh else None
 
+    def returned(self, fresh: bool) -> None:
+        """:func:`read_params` returned reads (made in C++ into ``pending`` when ``fresh``):
+        nothing is kept until the owner has acted on them."""
+        self.seen, self.fresh = None, fresh
+
     def keep(self) -> None:
         """What the last :func:`read_params` found is where things are (acted on)."""
-        if self.fresh:
-            self.seen, self.pending = self.pending, self.seen or bytearray()
+        if self.fresh:  # the next reads go to a new buffer (16 bytes a parameter, once a step)
+            self.seen, self.pending = self.pending, bytearray(len(self.pending))
         else:
             self.seen = None
         self.fresh = False
@@ -139,11 +144,11 @@ def read_params(params: list[torch.Tensor], kept: KeptReads | None = None) -> Pa
         if reads is True:
             return None
         if reads is not None:
-            if kept is not None:  # nothing to compare with until the owner has acted on these reads
-                kept.seen, kept.fresh = None, True
+            if kept is not None:
+                kept.returned(fresh=True)
             return ParamReads(*reads)
     if kept is not None:
-        kept.seen, kept.fresh = None, False
+        kept.returned(fresh=False)
     return reads_of(list(map(_data_ptr, params)), list(map(_grad_of, params)))
 
 
