@@ -1,11 +1,12 @@
 // The per-parameter reads of MLRAdamW's per-step check (module mlr_kernels._host), in one C++ loop.
 //
-// FlatBucket.sync reads, for every parameter at every step, its address, its .grad, whether the
-// gradient is present, dense and contiguous, and the gradient's address. In Python each read is a
-// call into torch (70-90 ns); here the four together cost 20-100 ns per parameter (warm caches). This is the only
-// piece of the project built against torch's headers, so it is built only where torch is importable
-// at build time (pip install --no-build-isolation) and used only by the torch it was built for
-// (TORCH_VERSION); mlr_kernels/host_reads.py keeps the same reads in Python for everything else.
+// FlatBucket.sync reads, for every parameter at every step, its address and layout, its .grad,
+// whether the gradient is present, dense and contiguous, and the gradient's address. In Python each
+// read is a call into torch (70-140 ns); here they together cost 20-100 ns per parameter (warm
+// caches). This is the only piece of the project built against torch's headers, so it is built
+// only where torch is importable at build time (pip install --no-build-isolation) and used only by
+// the torch it was built for (TORCH_VERSION); mlr_kernels/host_reads.py keeps the same reads in
+// Python for everything else.
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -52,72 +53,81 @@ bool readable(PyObject* p, PyObject* plain_types) {
          (grad.layout() == c10::kStrided && grad.has_storage() && grad.is_contiguous());
 }
 
-// The addresses read() keeps of parameter ``p`` (readable): its own, and its gradient's or -1 for
-// None (no tensor's address; 0 is an empty tensor's).
+// splitmix64's finalizer: a bijection of 64-bit words that spreads every input bit over the output.
+uint64_t mix(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// A 64-bit hash of a tensor's sizes and strides. `p.data = p.data.t()` on a square parameter keeps
+// its address but not its layout: the check must see that as it sees a new address. Two layouts of
+// one parameter hash alike with a probability of about 2^-64.
+int64_t layout_hash(const at::Tensor& t) {
+  uint64_t h = mix(static_cast<uint64_t>(t.dim()));
+  const auto sizes = t.sizes(), strides = t.strides();
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    h = mix(h ^ static_cast<uint64_t>(sizes[d]));
+    h = mix(h ^ static_cast<uint64_t>(strides[d]));
+  }
+  return static_cast<int64_t>(h);
+}
+
+constexpr Py_ssize_t kWords = 3;  // what read() keeps per parameter, in int64 words
+
+// What read() keeps of parameter ``p`` (readable): its address, its gradient's or -1 for None (no
+// tensor's address; 0 is an empty tensor's), and its layout_hash.
 void addresses(PyObject* p, int64_t* out) {
   const at::Tensor& param = THPVariable_Unpack(p);
   const at::Tensor& grad = param.grad();
   out[0] = reinterpret_cast<int64_t>(param.const_data_ptr());
   out[1] = grad.defined() ? reinterpret_cast<int64_t>(grad.const_data_ptr()) : -1;
+  out[2] = layout_hash(param);
 }
 
-// read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs) or None.
+// read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs, layouts) or
+// None.
 //
 // params: a list of tensors. plain_types: a tuple of the types whose attributes no Python code
 // overrides (torch.Tensor, torch.nn.Parameter): a parameter or gradient of another type could
 // define .grad or data_ptr() through __torch_function__, so it is left to the Python reads.
-// pending: None, or a writable buffer of 16 bytes per parameter into which each parameter's
-// addresses are written as two int64 (its own, its gradient's or -1); seen: None, or what pending
-// held after the last check the caller completed.
+// pending: None, or a writable buffer of 24 bytes per parameter into which what addresses() keeps
+// of each parameter is written as three int64; seen: None, or what pending held after the last
+// check the caller completed.
 //
 // Returns None (the caller reads in Python, which also raises the right errors) unless every
-// parameter is readable (see readable()). Else True when pending now equals seen: every
-// parameter and gradient is where the last check found it, and nothing is built, the steady
-// state of a training loop. Else the four lists, as the Python reads make them (0 for the address
-// of a missing gradient), and pending filled. The first pass compares addresses only, up to the
-// first that moved (the first, when zero_grad() re-allocated every gradient), and the second
-// builds the lists: no parameter is read twice from memory unless the steady state broke at it.
+// parameter is readable (see readable()), or when torch threw (a C++ exception must not cross into
+// the interpreter; the Python reads then raise torch's error). Else True when pending now equals
+// seen: every parameter and gradient is where, and in the layout, the last check found it, and
+// nothing is built: the steady state of a training loop. Else four lists as the Python reads make
+// them (0 for the address of a missing gradient) and, for the layouts, a tuple of one list (each
+// parameter's layout_hash; the Python reads give two, shapes and strides), and pending filled. The first pass compares up to the first parameter that moved (the first, when
+// zero_grad() re-allocated every gradient), and the second builds the lists: no parameter is read
+// twice from memory unless the steady state broke at it.
 //
 // Raises TypeError for arguments of other types, ValueError for a pending of another size.
-PyObject* read(PyObject*, PyObject* args) {
-  PyObject *params, *plain_types, *seen_object, *pending_object;
-  if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &params, &PyTuple_Type, &plain_types,
-                        &seen_object, &pending_object)) {
+PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now) {
+  const Py_ssize_t n = PyList_GET_SIZE(params);
+  Owned data_ptrs(PyList_New(n)), grads(PyList_New(n)), live(PyList_New(n)), grad_ptrs(PyList_New(n)),
+      layouts(PyList_New(n));
+  if (!data_ptrs.object || !grads.object || !live.object || !grad_ptrs.object || !layouts.object) {
     return nullptr;
   }
-  const Py_ssize_t n = PyList_GET_SIZE(params);
-  const Py_ssize_t size = 2 * n * static_cast<Py_ssize_t>(sizeof(int64_t));
-  Buffer seen, pending;
-  if (pending_object != Py_None) {
-    if (!pending.get(pending_object, PyBUF_WRITABLE)) return nullptr;
-    if (pending.view.len != size) {
-      PyErr_SetString(PyExc_ValueError, "pending holds 16 bytes per parameter");
-      return nullptr;
-    }
-    if (seen_object != Py_None && !seen.get(seen_object, PyBUF_SIMPLE)) return nullptr;
-  }
-  int64_t* now = pending.view.obj ? static_cast<int64_t*>(pending.view.buf) : nullptr;
-  if (now && seen.view.obj && seen.view.len == size) {  // up to the first parameter that moved
-    const int64_t* before = static_cast<const int64_t*>(seen.view.buf);
-    Py_ssize_t i = 0;
-    for (; i < n; ++i) {
-      PyObject* p = PyList_GET_ITEM(params, i);
-      if (!readable(p, plain_types)) Py_RETURN_NONE;
-      addresses(p, now + 2 * i);
-      if (now[2 * i] != before[2 * i] || now[2 * i + 1] != before[2 * i + 1]) break;
-    }
-    if (i == n) Py_RETURN_TRUE;
-  }
-  Owned data_ptrs(PyList_New(n)), grads(PyList_New(n)), live(PyList_New(n)), grad_ptrs(PyList_New(n));
-  if (!data_ptrs.object || !grads.object || !live.object || !grad_ptrs.object) return nullptr;
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* p = PyList_GET_ITEM(params, i);
     if (!readable(p, plain_types)) Py_RETURN_NONE;
-    if (now) addresses(p, now + 2 * i);
     const at::Tensor& param = THPVariable_Unpack(p);
+    int64_t kept[kWords];
+    int64_t* words = now ? now + kWords * i : kept;
+    addresses(p, words);
     PyObject* data_ptr = PyLong_FromVoidPtr(const_cast<void*>(param.const_data_ptr()));
     if (!data_ptr) return nullptr;
     PyList_SET_ITEM(data_ptrs.object, i, data_ptr);
+    PyObject* layout = PyLong_FromLongLong(words[2]);
+    if (!layout) return nullptr;
+    PyList_SET_ITEM(layouts.object, i, layout);
     const at::Tensor& grad = param.grad();
     PyObject* grad_object = Py_None;
     std::uintptr_t grad_ptr = 0;
@@ -140,7 +150,47 @@ PyObject* read(PyObject*, PyObject* args) {
     if (!address) return nullptr;
     PyList_SET_ITEM(grad_ptrs.object, i, address);
   }
-  return PyTuple_Pack(4, data_ptrs.object, grads.object, live.object, grad_ptrs.object);
+  Owned columns(PyTuple_Pack(1, layouts.object));
+  if (!columns.object) return nullptr;
+  return PyTuple_Pack(5, data_ptrs.object, grads.object, live.object, grad_ptrs.object, columns.object);
+}
+
+PyObject* read(PyObject*, PyObject* args) {
+  PyObject *params, *plain_types, *seen_object, *pending_object;
+  if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &params, &PyTuple_Type, &plain_types,
+                        &seen_object, &pending_object)) {
+    return nullptr;
+  }
+  const Py_ssize_t n = PyList_GET_SIZE(params);
+  const Py_ssize_t size = kWords * n * static_cast<Py_ssize_t>(sizeof(int64_t));
+  Buffer seen, pending;
+  if (pending_object != Py_None) {
+    if (!pending.get(pending_object, PyBUF_WRITABLE)) return nullptr;
+    if (pending.view.len != size) {
+      PyErr_SetString(PyExc_ValueError, "pending holds 24 bytes per parameter");
+      return nullptr;
+    }
+    if (seen_object != Py_None && !seen.get(seen_object, PyBUF_SIMPLE)) return nullptr;
+  }
+  int64_t* now = pending.view.obj ? static_cast<int64_t*>(pending.view.buf) : nullptr;
+  try {
+    if (now && seen.view.obj && seen.view.len == size) {  // up to the first parameter that moved
+      const int64_t* before = static_cast<const int64_t*>(seen.view.buf);
+      Py_ssize_t i = 0;
+      for (; i < n; ++i) {
+        PyObject* p = PyList_GET_ITEM(params, i);
+        if (!readable(p, plain_types)) Py_RETURN_NONE;
+        int64_t* words = now + kWords * i;
+        addresses(p, words);
+        if (std::memcmp(words, before + kWords * i, sizeof(int64_t) * kWords) != 0) break;
+      }
+      if (i == n) Py_RETURN_TRUE;
+    }
+    return read_lists(params, plain_types, now);
+  } catch (const std::exception&) {
+    PyErr_Clear();  // a torch error may have carried a Python one: the Python reads raise it again
+    Py_RETURN_NONE;
+  }
 }
 
 // A float, int or bool, or a tuple of them: values whose == runs no Python code.
@@ -283,8 +333,8 @@ PyMethodDef methods[] = {
     {"same_group_values", same_group_values, METH_VARARGS,
      "same_group_values(groups, keys, optional_keys, seen) -> bool: see mlr_kernels/host_reads.py."},
     {"read", read, METH_VARARGS,
-     "read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs) or "
-     "None: see mlr_kernels/host_reads.py."},
+     "read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs, "
+     "layouts) or None: see mlr_kernels/host_reads.py."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -38,7 +38,8 @@ this module keeps it:
   parameter (or not dense)                    (one copy)
   ``p.data = t``, ``load_state_dict(assign)``  new address (the kernel re-reads a bf16 master)
   parameter not dense, or in another layout   stepped through a copy in its state's layout
-  than its state                              (two copies)
+  than its state (also at the same address:   (two copies)
+  ``p.data = p.data.t()``)
   ``optimizer.state`` entry replaced/cleared  moments zeroed or read from the new entry
   ``state[p][k] = t``, ``state[p][k].data =   ``t`` copied in, a view put back in its place
   t`` (offload and reload of the state)       (a buffer none of whose views is left in
@@ -197,6 +198,7 @@ class FlatBucket:
         count = len(self.params)
         # What the last sync saw, per segment.
         self._data_ptrs: list[int] = [-1] * count
+        self._layouts: tuple[list[Any], ...] = ()  # ParamReads.layouts
         self._grad_ptrs: list[int] = []
         self._grad_ids: list[int] = []
         self._states: list[dict[str, Any] | None] = [None] * count
@@ -485,13 +487,12 @@ class FlatBucket:
             reads = read_params(local, kept)
             if reads is None:
                 return
-            data_ptrs, grads, live, grad_ptrs = reads
+            data_ptrs, grads, live, grad_ptrs, layouts = reads
         else:
-            data_ptrs, grads, live, grad_ptrs = reads_of(
-                list(map(_data_ptr, local)),
-                [None if g is None else local_tensor(g) for g in map(_grad_of, self.params)])
-        if data_ptrs != self._data_ptrs:
-            self._adopt_params(local, data_ptrs)
+            data_ptrs, grads, live, grad_ptrs, layouts = reads_of(
+                local, [None if g is None else local_tensor(g) for g in map(_grad_of, self.params)])
+        if data_ptrs != self._data_ptrs or layouts != self._layouts:
+            self._adopt_params(local, data_ptrs, layouts)
         if self._all_contiguous:
             in_layout = grad_ptrs is not None
         else:
@@ -583,11 +584,14 @@ class FlatBucket:
         """The tensors the segments are: the parameters, or their local shards (DTensors)."""
         return self.params if self.sharding is None else list(map(local_tensor, self.params))
 
-    def _adopt_params(self, local: Sequence[torch.Tensor], data_ptrs: list[int]) -> None:
-        """Check the parameters whose storage changed (``p.data = t``, a load with ``assign``,
-        FSDP2 re-sharding, or all of them when the bucket is new)."""
+    def _adopt_params(self, local: Sequence[torch.Tensor], data_ptrs: list[int],
+                      layouts: tuple[list[Any], ...] | None = None) -> None:
+        """Check the parameters whose storage or layout changed (``p.data = t``, a load with
+        ``assign``, FSDP2 re-sharding, ``p.data = p.data.t()`` at the same address, or all of them
+        when the bucket is new); ``layouts`` as :class:`~mlr_kernels.host_reads.ParamReads` has them."""
+        relaid = [] if layouts is None else _relaid(layouts, self._layouts)
         for i, (p, now, seen) in enumerate(zip(local, data_ptrs, self._data_ptrs)):
-            if now == seen:
+            if now == seen and not (i < len(relaid) and relaid[i]):
                 continue
             if p.device != self.device or p.dtype != self.dtype:
                 raise Repack(f"parameter {i} moved from {self.device}/{self.dtype} to {p.device}/{p.dtype}")
@@ -600,6 +604,8 @@ class FlatBucket:
             else:
                 self._staged[i] = p
         self._data_ptrs = data_ptrs
+        if layouts is not None:
+            self._layouts = layouts
         # Empty parameters own no memory (and may all sit at address 0): they tie nothing.
         owned = [ptr if n else -1 - i for i, (ptr, n) in enumerate(zip(data_ptrs, self.table.numels))]
         self._passes = _launch_passes(owned, self.positions)
@@ -721,6 +727,18 @@ def _is_dense(t: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+def _relaid(now: tuple[list[Any], ...], before: tuple[list[Any], ...]) -> list[bool]:
+    """Per parameter, as far as both go (one appended since is checked for its new address),
+    whether its layout changed from ``before`` to ``now`` (the layouts of
+    :class:`~mlr_kernels.host_reads.ParamReads`); every one, when different reads made them."""
+    if len(now) != len(before):
+        return [True] * len(now[0])
+    changed = list(map(operator.ne, now[0], before[0]))
+    for column, old in zip(now[1:], before[1:]):
+        changed = list(map(operator.or_, changed, map(operator.ne, column, old)))
+    return changed
 
 
 def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:

@@ -1,8 +1,9 @@
 """The per-parameter reads of the optimizer's per-step check, in C++ where the build allows.
 
 At every step :meth:`FlatBucket.sync <mlr_kernels.flat.FlatBucket.sync>` reads, for each parameter,
-its address, its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
-which address. In Python each read is a call into torch of 70-90 ns, 0.35-0.55 µs per parameter
+its address and layout (shape and strides: ``p.data = p.data.t()`` keeps a square parameter's
+address), its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
+which address. In Python each read is a call into torch of 70-140 ns, 0.6-0.8 µs per parameter
 in all right after a CPU step (bench/compare_optimizers.py): most of a step's host time with
 thousands of small parameters. ``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same
 reads in one C++ loop: 20-100 ns per parameter with warm caches, 0.1 µs right after a CPU step
@@ -16,7 +17,8 @@ version it was built for. Everywhere else, and for whatever it does not read its
 in Python here; both give the same :class:`ParamReads` (tests/test_host_reads.py).
 
 ``MLR_HOST_READS=python`` forces the Python reads (to compare the two), ``MLR_HOST_READS=c++``
-the C++ ones (an error where they cannot run: scripts/test.sh sets it, so that CI checks the build).
+the C++ ones (an error where they cannot run: scripts/test.sh sets it, so that CI checks the build);
+``auto`` (or unset, or empty) uses the C++ reads where they can run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import operator
 import os
 import warnings
 from itertools import compress, repeat
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +47,8 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _grad_of = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
+_shape = operator.attrgetter("shape")
+_stride = torch.Tensor.stride
 
 
 class ParamReads(NamedTuple):
@@ -56,6 +60,10 @@ class ParamReads(NamedTuple):
     # Each gradient's data_ptr() (0 for None), when every gradient there is is dense and
     # contiguous; else None, and the caller reads the addresses of the copies it makes.
     grad_ptrs: list[int] | None
+    # The parameters' layouts, as columns with an entry per parameter: (a 64-bit hash of each
+    # one's shape and strides,) from C++, (shapes, strides) from Python. A parameter's entries
+    # are equal to what the same reads gave before exactly when its shape and strides are.
+    layouts: tuple[list[Any], ...]
 
 
 @functools.cache
@@ -65,32 +73,45 @@ def _native_reason() -> str | None:
         return ("mlr_kernels._host cannot be imported (not built where torch was not importable at "
                 f"build time: {_IMPORT_ERROR})")
     if _host.TORCH_VERSION != torch.__version__:
-        message = (f"mlr_kernels._host was built for torch {_host.TORCH_VERSION} but torch "
-                   f"{torch.__version__} is running; the optimizer reads its parameters in Python "
-                   "(slower per step) until it is rebuilt: pip install --no-build-isolation -e .")
-        warnings.warn(message, stacklevel=3)
-        return message
+        return (f"mlr_kernels._host was built for torch {_host.TORCH_VERSION} but torch "
+                f"{torch.__version__} is running; the optimizer reads its parameters in Python "
+                "(slower per step) until it is rebuilt: pip install --no-build-isolation -e .")
     return None
+
+
+@functools.cache
+def _warn_built_for_another_torch() -> None:
+    """Once per process, where ``auto`` falls back from an extension that was built but cannot be
+    used (a missing one is the isolated build's expected case: no warning)."""
+    if _host is not None:
+        warnings.warn(_native_reason(), stacklevel=4)
 
 
 def host_reads() -> str:
     """Which reads :func:`read_params` makes now: ``"c++"`` or ``"python"``. ``$MLR_HOST_READS``:
-    ``auto`` (default: C++ where built for this torch), ``c++`` (required) or ``python``.
+    ``auto`` (default, also when empty: C++ where built for this torch, else Python with a
+    warning once if the extension was built for another torch), ``c++`` (required) or ``python``.
 
     Raises:
         ValueError: another value of ``$MLR_HOST_READS``.
         RuntimeError: ``MLR_HOST_READS=c++`` where the C++ reads cannot run (saying why)."""
-    choice = os.environ.get(HOST_READS_ENV, "auto")
+    choice = os.environ.get(HOST_READS_ENV) or "auto"
     if choice not in ("auto", "c++", "python"):
         raise ValueError(f"{HOST_READS_ENV}={choice!r} is unknown; use auto, c++ or python")
-    reason = None if choice == "python" else _native_reason()
-    if choice == "c++" and reason is not None:
+    if choice == "python":
+        return "python"
+    reason = _native_reason()
+    if reason is None:
+        return "c++"
+    if choice == "c++":
         raise RuntimeError(f"{HOST_READS_ENV}=c++, but {reason}")
-    return "python" if choice == "python" or reason is not None else "c++"
+    _warn_built_for_another_torch()
+    return "python"
 
 
 # The reads this build can make (for tests and benchmarks to run each).
 HOST_READ_PATHS = ("c++", "python") if _native_reason() is None else ("python",)
+_KEPT_BYTES = 24  # what the C++ reads keep per parameter (csrc/host_reads.cpp: kWords int64)
 
 
 class KeptReads:
@@ -101,19 +122,22 @@ class KeptReads:
     :meth:`keep` once it has acted on them (and :meth:`forget` where it cannot vouch for them)."""
 
     def __init__(self) -> None:
-        self.seen: bytearray | None = None  # 16 bytes per parameter: its address, its gradient's
-        self.pending = bytearray()  # where the C++ reads write the addresses of this check
+        # 24 bytes per parameter: its address, its gradient's, and a hash of its layout
+        self.seen: bytearray | None = None
+        self.pending = bytearray()  # where the C++ reads write those of this check
         self.fresh = False  # pending holds the addresses of the reads just returned
 
     def pending_for(self, count: int) -> bytearray:
-        if len(self.pending) != 16 * count:
-            self.pending = bytearray(16 * count)
+        if len(self.pending) != _KEPT_BYTES * count:
+            self.pending = bytearray(_KEPT_BYTES * count)
         return self.pending
 
     def addresses(self) -> np.ndarray | None:
         """The addresses of the reads just returned, int64 ``[parameters, 2]`` (a parameter's,
         its gradient's or -1 for None), when the C++ reads made them; else None."""
-        return np.frombuffer(self.pending, dtype=np.int64).reshape(-1, 2) if self.fresh else None
+        if not self.fresh:
+            return None
+        return np.frombuffer(self.pending, dtype=np.int64).reshape(-1, _KEPT_BYTES // 8)[:, :2]
 
     def returned(self, fresh: bool) -> None:
         """:func:`read_params` returned reads (made in C++ into ``pending`` when ``fresh``):
@@ -122,7 +146,7 @@ class KeptReads:
 
     def keep(self) -> None:
         """What the last :func:`read_params` found is where things are (acted on)."""
-        if self.fresh:  # the next reads go to a new buffer (16 bytes a parameter, once a step)
+        if self.fresh:  # the next reads go to a new buffer (24 bytes a parameter, once a step)
             self.seen, self.pending = self.pending, bytearray(len(self.pending))
         else:
             self.seen = None
@@ -149,7 +173,7 @@ def read_params(params: list[torch.Tensor], kept: KeptReads | None = None) -> Pa
             return ParamReads(*reads)
     if kept is not None:
         kept.returned(fresh=False)
-    return reads_of(list(map(_data_ptr, params)), list(map(_grad_of, params)))
+    return reads_of(params, list(map(_grad_of, params)))
 
 
 def same_group_values(groups: list[dict], keys: tuple[str, ...],
@@ -175,8 +199,11 @@ def write_lr_column(lrs: list, group_index: np.ndarray, lr_mults: np.ndarray, ro
     return _host.write_lr_column(lrs, group_index, lr_mults, rows, column)
 
 
-def reads_of(data_ptrs: list[int], grads: list[torch.Tensor | None]) -> ParamReads:
-    """:class:`ParamReads` from the parameters' addresses and gradients, read by the caller."""
+def reads_of(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> ParamReads:
+    """:class:`ParamReads` of ``params`` (plain tensors, or DTensors' local shards) and their
+    gradients ``grads`` (read by the caller), in Python."""
+    data_ptrs = list(map(_data_ptr, params))
+    layouts = (list(map(_shape, params)), list(map(_stride, params)))
     live = list(map(operator.is_not, grads, repeat(None)))
     everywhere = all(live)
     try:
@@ -184,7 +211,7 @@ def reads_of(data_ptrs: list[int], grads: list[torch.Tensor | None]) -> ParamRea
     except RuntimeError:  # a sparse tensor has no strides
         dense = False
     if not dense:
-        return ParamReads(data_ptrs, grads, live, None)
+        return ParamReads(data_ptrs, grads, live, None, layouts)
     grad_ptrs = (list(map(_data_ptr, grads)) if everywhere
                  else [0 if g is None else g.data_ptr() for g in grads])
-    return ParamReads(data_ptrs, grads, live, grad_ptrs)
+    return ParamReads(data_ptrs, grads, live, grad_ptrs, layouts)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from itertools import chain, compress, repeat
 from typing import Any
 
+import numpy as np
 import torch
 from torch.optim import Optimizer
 
@@ -662,8 +663,9 @@ def _bucket_key(p: torch.Tensor) -> tuple[Any, ...]:
 
 
 def _snapshot(current: tuple[list, list, list]) -> tuple[tuple, bool]:
-    """The group values of ``current`` as values a later read cannot change (lists as tuples,
-    tensors as :class:`_TensorValue`), and whether any was mutable in place."""
+    """The group values of ``current`` as values a later read cannot change (lists and numpy
+    arrays as tuples or numbers, tensors as :class:`_TensorValue`), and whether any was mutable
+    in place."""
     mutable = False
 
     def frozen(value: Any) -> Any:
@@ -674,6 +676,9 @@ def _snapshot(current: tuple[list, list, list]) -> tuple[tuple, bool]:
         if isinstance(value, torch.Tensor):
             mutable = True
             return _TensorValue(value)
+        if isinstance(value, np.ndarray):  # betas=np.array([0.9, 0.999]), eps=np.array(1e-8)
+            mutable = True
+            return frozen(value.tolist())
         return value
 
     return tuple(tuple(map(frozen, part)) for part in current), mutable

@@ -18,7 +18,7 @@ needs_cpp = pytest.mark.skipif(not BUILT, reason="mlr_kernels._host is not built
 
 
 def python_reads(params: list[torch.Tensor]) -> ParamReads:
-    return reads_of([p.data_ptr() for p in params], [p.grad for p in params])
+    return reads_of(params, [p.grad for p in params])
 
 
 def cpp_reads(params: list[torch.Tensor]) -> ParamReads | None:
@@ -48,7 +48,37 @@ def test_cpp_reads_are_the_python_reads():
     for p in params:  # every gradient present: another branch of the Python reads
         p.grad = torch.randn_like(p)
     assert_same_reads(cpp_reads(params), python_reads(params))
-    assert cpp_reads([]) == ParamReads([], [], [], [])
+    assert cpp_reads([]) == ParamReads([], [], [], [], ([],))
+
+
+@needs_cpp
+def test_cpp_layouts_tell_apart_what_python_layouts_tell_apart():
+    """Each path's layouts are equal exactly where the parameters' shapes and strides are: the
+    C++ hashes of the same layout agree and those of different ones (of one parameter at one
+    address, as user code makes them) differ, as Python's (shape, stride) pairs do."""
+    base = torch.randn(24)
+    layouts = [base.view(4, 6), base.view(6, 4), base.view(4, 6).t(), base.view(24), base.view(2, 3, 4),
+               base.view(2, 3, 4).transpose(0, 2), base.view(2, 3, 4).permute(1, 0, 2), base.view(1, 24),
+               base.view(24, 1), base.view(2, 12), base.view(12, 2).t()]
+    params = [torch.nn.Parameter(t) for t in layouts] + [torch.nn.Parameter(base.view(4, 6))]
+    assert len({p.data_ptr() for p in params}) == 1
+    (cpp,), python = cpp_reads(params).layouts, list(zip(*python_reads(params).layouts))
+    for i in range(len(params)):
+        for j in range(len(params)):
+            assert (cpp[i] == cpp[j]) == (python[i] == python[j]), (layouts[i].shape, layouts[j].shape)
+    assert cpp[0] == cpp[-1] and len(set(cpp)) == len(layouts)
+
+
+@needs_cpp
+def test_a_torch_error_in_the_cpp_reads_leaves_them_to_python():
+    """A C++ exception from torch must not cross into the interpreter (it would abort it): the
+    C++ reads answer None, and the Python reads raise torch's error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested tensors are a prototype
+        nested = torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)])
+    assert cpp_reads([nested]) is None  # its sizes() throws
+    with pytest.raises(RuntimeError, match="NestedTensorImpl"):
+        python_reads([nested])
 
 
 @needs_cpp
@@ -112,15 +142,21 @@ def test_the_choice_of_reads_follows_the_environment(monkeypatch):
     monkeypatch.setenv(HOST_READS_ENV, "fast")
     with pytest.raises(ValueError, match="MLR_HOST_READS='fast' is unknown; use auto, c\\+\\+ or python"):
         host_reads.host_reads()
-    monkeypatch.setenv(HOST_READS_ENV, "auto")
-    assert host_reads.host_reads() == host_reads.HOST_READ_PATHS[0]
+    for default in ("auto", ""):  # empty as unset
+        monkeypatch.setenv(HOST_READS_ENV, default)
+        assert host_reads.host_reads() == host_reads.HOST_READ_PATHS[0]
 
 
 @needs_cpp
 def test_an_extension_built_for_another_torch_is_not_used(monkeypatch):
     monkeypatch.setattr(host_reads._host, "TORCH_VERSION", "1.0.0")
     host_reads._native_reason.cache_clear()
+    host_reads._warn_built_for_another_torch.cache_clear()
     try:
+        monkeypatch.setenv(HOST_READS_ENV, "python")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning where the Python reads were asked for
+            assert host_reads.host_reads() == "python"
         monkeypatch.setenv(HOST_READS_ENV, "auto")
         with pytest.warns(UserWarning, match="built for torch 1.0.0 but torch .* is running"):
             assert host_reads.host_reads() == "python"
@@ -131,6 +167,7 @@ def test_an_extension_built_for_another_torch_is_not_used(monkeypatch):
     finally:
         monkeypatch.undo()
         host_reads._native_reason.cache_clear()
+        host_reads._warn_built_for_another_torch.cache_clear()
     assert host_reads.host_reads() == "c++"
 
 
@@ -267,7 +304,8 @@ def test_kept_reads_tell_when_anything_moved():
     for change in (lambda: setattr(params[0], "grad", torch.randn_like(params[0])),  # a new gradient
                    lambda: setattr(params[1], "grad", torch.zeros(0)),  # an empty one, where None was
                    lambda: setattr(params[2], "grad", None),
-                   lambda: setattr(params[4], "data", torch.randn(7))):  # a new parameter address
+                   lambda: setattr(params[4], "data", torch.randn(7)),  # a new parameter address
+                   lambda: setattr(params[3], "data", params[3].data.transpose(0, 2))):  # the same one
         change()
         reads = read_params(params, kept)
         assert_same_reads(reads, python_reads(params))
@@ -277,7 +315,7 @@ def test_kept_reads_tell_when_anything_moved():
     assert read_params(params + [torch.nn.Parameter(torch.ones(1))], kept) is not None  # one added
     kept.forget()
     assert read_params(params, kept) is not None
-    with pytest.raises(ValueError, match="16 bytes per parameter"):
+    with pytest.raises(ValueError, match="24 bytes per parameter"):
         host_reads._host.read(params, host_reads._PLAIN_TYPES, None, bytearray(3))
 
 
@@ -297,14 +335,15 @@ def test_kept_reads_leave_to_python_what_read_leaves():
     kept.keep()  # after Python reads: nothing to compare with
     assert kept.seen is None
     odd = torch.nn.Parameter(torch.randn(3)).as_subclass(Subclass).requires_grad_()
-    assert host_reads._host.read([odd], host_reads._PLAIN_TYPES, None, bytearray(16)) is None
+    assert host_reads._host.read([odd], host_reads._PLAIN_TYPES, None, bytearray(24)) is None
 
 
 @pytest.mark.parametrize("path", host_reads.HOST_READ_PATHS)
 def test_the_steady_state_check_follows_what_user_code_does(path, monkeypatch):
     """Steps where nothing moved take the C++ steady-state check (no reads into lists); every
     change between them (a gradient written in place, re-allocated, transposed at the same address,
-    dropped; a parameter's .data replaced) steps as torch.optim.AdamW does."""
+    dropped; a parameter's .data replaced, or transposed at the same address) steps as
+    torch.optim.AdamW does."""
     monkeypatch.setenv(HOST_READS_ENV, path)
     answers = []
     if path == "c++":  # what each step's reads answered: nothing moved (True), reads, Python's
@@ -334,6 +373,10 @@ def test_the_steady_state_check_follows_what_user_code_does(path, monkeypatch):
         lambda ps: setattr(ps[1], "grad", torch.ones(5)),
         lambda ps: setattr(ps[0], "data", ps[0].detach() + 1),  # the parameter moved
         lambda ps: None,
+        lambda ps: setattr(ps[0], "data", ps[0].data.t()),  # relaid at the same address: staged
+        lambda ps: setattr(ps[0], "data", ps[0].data.t()),  # back in its state's layout
+        lambda ps: None,
+        lambda ps: None,
     ]
     for k, action in enumerate(actions):
         both(action)
@@ -343,7 +386,8 @@ def test_the_steady_state_check_follows_what_user_code_does(path, monkeypatch):
             torch.testing.assert_close(p, q, msg=lambda m, k=k: f"after action {k}: {m}")
     if path == "c++":  # the first step has no reads to compare with
         kinds = ["same" if a is True else "python" if a is None else "reads" for a in answers]
-        assert kinds == ["reads", "same", "python", "reads", "same", "reads", "reads", "reads", "same"]
+        assert kinds == ["reads", "same", "python", "reads", "same", "reads", "reads", "reads", "same",
+                         "reads", "reads", "reads", "same"]
 
 
 @needs_cpp

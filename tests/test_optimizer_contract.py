@@ -13,6 +13,7 @@ import weakref
 from collections import defaultdict
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import (
@@ -403,6 +404,17 @@ def test_reshaped_parameter_is_refused_in_one_line():
         opt.step()
 
 
+def test_parameter_viewed_in_another_shape_at_the_same_address_is_refused():
+    p = torch.nn.Parameter(torch.ones(4, 4))
+    opt = MLRAdamW([p], backend="reference")
+    p.grad = torch.ones(4, 4)
+    opt.step()
+    p.data = p.data.view(16)  # the same address and memory order: only the shape tells
+    p.grad = torch.ones(16)
+    with pytest.raises(ValueError, match=r"shape \(4, 4\) now has shape \(16,\)"):
+        opt.step()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_parameters_and_gradients(backend):
     """A transposed parameter and a transposed gradient step as torch steps them."""
@@ -418,6 +430,28 @@ def test_non_contiguous_parameters_and_gradients(backend):
         ours.step()
         ref.step()
     torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parameter_relaid_at_the_same_address(backend):
+    """``p.data = p.data.t()`` on a square weight keeps its address but not its layout (a GPT-2
+    Conv1D converted to Linear): it steps as torch steps it, its state indexed as the parameter
+    is, and again in place once transposed back."""
+    results = []
+    for kind in ("ours", "torch"):
+        gen = torch.Generator().manual_seed(23)
+        p = torch.nn.Parameter(torch.randn(4, 4, generator=gen))
+        opt = (MLRAdamW([p], lr=0.1, backend=backend) if kind == "ours"
+               else torch.optim.AdamW([p], lr=0.1))
+        for k in range(6):
+            if k in (2, 4):
+                address = p.data_ptr()
+                p.data = p.data.t()
+                assert p.data_ptr() == address
+            p.grad = torch.randn(4, 4, generator=gen)
+            opt.step()
+        results.append(p.detach().clone())
+    torch.testing.assert_close(*results)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -763,6 +797,31 @@ def test_tensor_hyperparameters_edited_in_place(backend):
             if k == 2:
                 eps.fill_(0.1)
                 betas[0].fill_(0.5)
+            p.grad = torch.tensor([1.0, -2.0, 3.0]) * (k + 1)
+            opt.step()
+        results.append(p.detach().clone())
+    torch.testing.assert_close(*results)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_numpy_hyperparameters_edited_in_place_or_replaced(backend):
+    """Group values held as numpy arrays (a 0-d ``weight_decay``, a ``betas`` array) are read
+    at every step as torch reads them: written in place or replaced. (torch refuses a 0-d array
+    ``eps``: a numpy scalar here.)"""
+    results = []
+    for kind in ("ours", "torch"):
+        p = torch.nn.Parameter(torch.ones(3))
+        group = {"params": [p], "weight_decay": np.array(0.01), "betas": np.array([0.9, 0.999])}
+        opt = (MLRAdamW([group], lr=0.1, backend=backend) if kind == "ours"
+               else torch.optim.AdamW([group], lr=0.1))
+        values = opt.param_groups[0]
+        for k in range(5):
+            if k == 1:
+                values["weight_decay"][()] = 0.5
+            if k == 2:
+                values["betas"][0] = 0.5
+            if k == 3:
+                values["betas"], values["eps"] = np.array([0.8, 0.99]), np.float64(0.1)
             p.grad = torch.tensor([1.0, -2.0, 3.0]) * (k + 1)
             opt.step()
         results.append(p.detach().clone())
