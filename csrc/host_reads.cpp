@@ -87,48 +87,41 @@ void addresses(PyObject* p, int64_t* out) {
   out[2] = layout_hash(param);
 }
 
-// read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs, layouts) or
-// None.
-//
-// params: a list of tensors. plain_types: a tuple of the types whose attributes no Python code
-// overrides (torch.Tensor, torch.nn.Parameter): a parameter or gradient of another type could
-// define .grad or data_ptr() through __torch_function__, so it is left to the Python reads.
-// pending: None, or a writable buffer of 24 bytes per parameter into which what addresses() keeps
-// of each parameter is written as three int64; seen: None, or what pending held after the last
-// check the caller completed.
-//
-// Returns None (the caller reads in Python, which also raises the right errors) unless every
-// parameter is readable (see readable()), or when torch threw (a C++ exception must not cross into
-// the interpreter; the Python reads then raise torch's error). Else True when pending now equals
-// seen: every parameter and gradient is where, and in the layout, the last check found it, and
-// nothing is built: the steady state of a training loop. Else four lists as the Python reads make
-// them (0 for the address of a missing gradient) and, for the layouts, a tuple of one list (each
-// parameter's layout_hash; the Python reads give two, shapes and strides), and pending filled. The first pass compares up to the first parameter that moved (the first, when
-// zero_grad() re-allocated every gradient), and the second builds the lists: no parameter is read
-// twice from memory unless the steady state broke at it.
-//
-// Raises TypeError for arguments of other types, ValueError for a pending of another size.
-PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now) {
+// The lists read() returns: see there. ``before``: what seen holds, when it can be compared with
+// (then ``now`` is not null either).
+PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now, const int64_t* before) {
   const Py_ssize_t n = PyList_GET_SIZE(params);
-  Owned data_ptrs(PyList_New(n)), grads(PyList_New(n)), live(PyList_New(n)), grad_ptrs(PyList_New(n)),
-      layouts(PyList_New(n));
-  if (!data_ptrs.object || !grads.object || !live.object || !grad_ptrs.object || !layouts.object) {
-    return nullptr;
-  }
+  Owned grads(PyList_New(n)), live(PyList_New(n)), grad_ptrs(PyList_New(n));
+  if (!grads.object || !live.object || !grad_ptrs.object) return nullptr;
+  // Without before, made at once; with it, at the first parameter that is not where and as it was
+  // there, the entries before it taken from ``now``.
+  Owned data_ptrs(before ? nullptr : PyList_New(n)), layouts(before ? nullptr : PyList_New(n));
+  if (!before && (!data_ptrs.object || !layouts.object)) return nullptr;
+  auto set_param_entries = [&](Py_ssize_t j, const int64_t* words) {
+    PyObject* data_ptr = PyLong_FromVoidPtr(reinterpret_cast<void*>(words[0]));
+    if (!data_ptr) return false;
+    PyList_SET_ITEM(data_ptrs.object, j, data_ptr);
+    PyObject* layout = PyLong_FromLongLong(words[2]);
+    if (!layout) return false;
+    PyList_SET_ITEM(layouts.object, j, layout);
+    return true;
+  };
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* p = PyList_GET_ITEM(params, i);
     if (!readable(p, plain_types)) Py_RETURN_NONE;
-    const at::Tensor& param = THPVariable_Unpack(p);
     int64_t kept[kWords];
     int64_t* words = now ? now + kWords * i : kept;
     addresses(p, words);
-    PyObject* data_ptr = PyLong_FromVoidPtr(const_cast<void*>(param.const_data_ptr()));
-    if (!data_ptr) return nullptr;
-    PyList_SET_ITEM(data_ptrs.object, i, data_ptr);
-    PyObject* layout = PyLong_FromLongLong(words[2]);
-    if (!layout) return nullptr;
-    PyList_SET_ITEM(layouts.object, i, layout);
-    const at::Tensor& grad = param.grad();
+    if (!data_ptrs.object && (words[0] != before[kWords * i] || words[2] != before[kWords * i + 2])) {
+      data_ptrs.object = PyList_New(n);
+      layouts.object = PyList_New(n);
+      if (!data_ptrs.object || !layouts.object) return nullptr;
+      for (Py_ssize_t j = 0; j < i; ++j) {
+        if (!set_param_entries(j, now + kWords * j)) return nullptr;
+      }
+    }
+    if (data_ptrs.object && !set_param_entries(i, words)) return nullptr;
+    const at::Tensor& grad = THPVariable_Unpack(p).grad();
     PyObject* grad_object = Py_None;
     std::uintptr_t grad_ptr = 0;
     if (grad.defined()) {
@@ -150,11 +143,38 @@ PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now) {
     if (!address) return nullptr;
     PyList_SET_ITEM(grad_ptrs.object, i, address);
   }
+  if (!data_ptrs.object) {  // every parameter as in before
+    return PyTuple_Pack(5, Py_None, grads.object, live.object, grad_ptrs.object, Py_None);
+  }
   Owned columns(PyTuple_Pack(1, layouts.object));
   if (!columns.object) return nullptr;
   return PyTuple_Pack(5, data_ptrs.object, grads.object, live.object, grad_ptrs.object, columns.object);
 }
 
+// read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs, layouts) or
+// None.
+//
+// params: a list of tensors. plain_types: a tuple of the types whose attributes no Python code
+// overrides (torch.Tensor, torch.nn.Parameter): a parameter or gradient of another type could
+// define .grad or data_ptr() through __torch_function__, so it is left to the Python reads.
+// pending: None, or a writable buffer of 24 bytes per parameter into which what addresses() keeps
+// of each parameter is written as three int64; seen: None, or what pending held after the last
+// check the caller completed.
+//
+// Returns None (the caller reads in Python, which also raises the right errors) unless every
+// parameter is readable (see readable()), or when torch threw (a C++ exception must not cross into
+// the interpreter; the Python reads then raise torch's error). Else True when pending now equals
+// seen: every parameter and gradient is where, and in the layout, the last check found it, and
+// nothing is built: the steady state of a training loop. Else four lists as the Python reads make
+// them (0 for the address of a missing gradient) and, for the layouts, a tuple of one list (each
+// parameter's layout_hash; the Python reads give two, shapes and strides), and pending filled;
+// data_ptrs and layouts are None when every parameter is where and as seen has it (the gradients
+// moved: after zero_grad() and backward), which saves comparing equal lists in Python. The first
+// pass compares up to the first parameter that moved (the first, when zero_grad() re-allocated
+// every gradient), and the second builds the lists: no parameter is read twice from memory
+// unless the steady state broke at it.
+//
+// Raises TypeError for arguments of other types, ValueError for a pending of another size.
 PyObject* read(PyObject*, PyObject* args) {
   PyObject *params, *plain_types, *seen_object, *pending_object;
   if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &params, &PyTuple_Type, &plain_types,
@@ -174,8 +194,9 @@ PyObject* read(PyObject*, PyObject* args) {
   }
   int64_t* now = pending.view.obj ? static_cast<int64_t*>(pending.view.buf) : nullptr;
   try {
+    const int64_t* before = nullptr;
     if (now && seen.view.obj && seen.view.len == size) {  // up to the first parameter that moved
-      const int64_t* before = static_cast<const int64_t*>(seen.view.buf);
+      before = static_cast<const int64_t*>(seen.view.buf);
       Py_ssize_t i = 0;
       for (; i < n; ++i) {
         PyObject* p = PyList_GET_ITEM(params, i);
@@ -186,7 +207,7 @@ PyObject* read(PyObject*, PyObject* args) {
       }
       if (i == n) Py_RETURN_TRUE;
     }
-    return read_lists(params, plain_types, now);
+    return read_lists(params, plain_types, now, before);
   } catch (const std::exception&) {
     PyErr_Clear();  // a torch error may have carried a Python one: the Python reads raise it again
     Py_RETURN_NONE;

@@ -488,6 +488,8 @@ class FlatBucket:
             if reads is None:
                 return
             data_ptrs, grads, live, grad_ptrs, layouts = reads
+            if data_ptrs is None:  # every parameter where and as the last kept check found it
+                data_ptrs, layouts = self._data_ptrs, self._layouts
         else:
             data_ptrs, grads, live, grad_ptrs, layouts = reads_of(
                 local, [None if g is None else local_tensor(g) for g in map(_grad_of, self.params)])

@@ -54,7 +54,9 @@ _stride = torch.Tensor.stride
 class ParamReads(NamedTuple):
     """What one step reads of a bucket's parameters (lists in segment order)."""
 
-    data_ptrs: list[int]  # each parameter's data_ptr()
+    # Each parameter's data_ptr(); None from the C++ reads when every parameter is where and as
+    # (shape, strides) the kept reads (KeptReads) had it: the caller's lists of then still hold.
+    data_ptrs: list[int] | None
     grads: list[torch.Tensor | None]  # each parameter's .grad
     live: list[bool]  # .grad is not None
     # Each gradient's data_ptr() (0 for None), when every gradient there is is dense and
@@ -63,7 +65,8 @@ class ParamReads(NamedTuple):
     # The parameters' layouts, as columns with an entry per parameter: (a 64-bit hash of each
     # one's shape and strides,) from C++, (shapes, strides) from Python. A parameter's entries
     # are equal to what the same reads gave before exactly when its shape and strides are.
-    layouts: tuple[list[Any], ...]
+    # None with data_ptrs.
+    layouts: tuple[list[Any], ...] | None
 
 
 @functools.cache
