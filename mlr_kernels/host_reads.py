@@ -3,13 +3,14 @@
 At every step :meth:`FlatBucket.sync <mlr_kernels.flat.FlatBucket.sync>` reads, for each parameter,
 its address and layout (shape and strides: ``p.data = p.data.t()`` keeps a square parameter's
 address), its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
-which address. In Python each read is a call into torch of 70-140 ns, 0.6-0.8 µs per parameter
-in all right after a CPU step (bench/compare_optimizers.py): most of a step's host time with
-thousands of small parameters. ``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same
-reads in one C++ loop: 20-100 ns per parameter with warm caches, 0.1 µs right after a CPU step
-that streamed its state through them. In the steady state of a training loop (nothing moved since
-the last check, :class:`KeptReads`) it only compares addresses and builds nothing; it also
-compares the param groups' values with those read at the last step (:func:`same_group_values`).
+which address. In Python each read is a call into torch of 70-150 ns with warm caches; right
+after a CPU step that streamed its state through them, the whole check then takes 1.0-1.8 µs per
+parameter (bench/RESULTS.md): most of a step's host time with thousands of small parameters.
+``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same reads in one C++ loop, and the
+whole check takes 0.2-0.4 µs per parameter there (0.4-0.8 µs with every gradient re-allocated).
+In the steady state of a training loop (nothing moved since the last check, :class:`KeptReads`)
+it only compares addresses and layouts and builds nothing; it also compares the param groups'
+values with those read at the last step (:func:`same_group_values`).
 
 It is built against torch's headers, so only where torch is importable at build time (``pip
 install --no-build-isolation``, as scripts/install.sh does), and it is used only by the torch
