@@ -429,7 +429,7 @@ class FlatBucket:
             self._watch_storages()
             self._hand_out_views_again(range(start))
         added = len(self.params) - start
-        self._data_ptrs += [-1] * added
+        self._data_ptrs = self._data_ptrs + [-1] * added  # a new list: the table may hold the old one
         self._states += [None] * added
         self._appended = True
         self._spare_room = self.table.length > self.table.used_length

@@ -261,10 +261,10 @@ class SegmentTable:
         The caller has checked that each is a dense tensor of the table's dtype and device with
         the segment's number of elements, each gradient in its parameter's memory order: the
         kernels trust these addresses. The host copy is written only when an address changed. The
-        lists are kept as given: the caller makes new ones for every call. ``addresses``: the
-        same addresses as int64 ``[segments, 2]`` (a gradient's -1 for None), when the caller has
-        them so (the C++ reads of :mod:`mlr_kernels.host_reads`): written from there, which
-        saves converting thousands of Python ints."""
+        lists are kept as given: the caller never changes one it has passed (it makes new ones).
+        ``addresses``: the same addresses as int64 ``[segments, 2]`` (a gradient's -1 for None),
+        when the caller has them so (the C++ reads of :mod:`mlr_kernels.host_reads`): written
+        from there, which saves converting thousands of Python ints."""
         moved = False
         for column, now, seen in ((PARAM_PTR, param_ptrs, self._param_ptrs),
                                   (GRAD_PTR, grad_ptrs, self._grad_ptrs)):
