@@ -2,8 +2,8 @@
 //
 // FlatBucket.sync reads, for every parameter at every step, its address and layout, its .grad,
 // whether the gradient is present, dense and contiguous, and the gradient's address. In Python each
-// read is a call into torch (70-150 ns with warm caches); here they are made in one loop, and the
-// whole check takes a fifth to a half of the time (bench/RESULTS.md). This is the only piece of
+// read is a call into torch (70-150 ns with warm caches); here they are made in one loop, and in
+// issue 18's setting the whole check takes a fifth to a half of the time (bench/RESULTS.md). This is the only piece of
 // the project built against torch's headers, so it is built only where torch is importable at
 // build time (pip install --no-build-isolation) and used only by the torch it was built for
 // (TORCH_VERSION); mlr_kernels/host_reads.py keeps the same reads in Python for everything else.
@@ -62,11 +62,13 @@ uint64_t mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// A 64-bit hash of a tensor's sizes and strides. `p.data = p.data.t()` on a square parameter keeps
-// its address but not its layout: the check must see that as it sees a new address. Two layouts of
-// one parameter hash alike with a probability of about 2^-64.
+// A 64-bit hash of a tensor's dtype, sizes and strides. `p.data = p.data.t()` on a square parameter
+// keeps its address but not its layout (`p.data = p.data.view(torch.float16)` of a bf16 one, its
+// dtype): the check must see that as it sees a new address. Two layouts of one parameter hash
+// alike with a probability of about 2^-64.
 int64_t layout_hash(const at::Tensor& t) {
-  uint64_t h = mix(static_cast<uint64_t>(t.dim()));
+  uint64_t h = mix(static_cast<uint64_t>(t.scalar_type()));
+  h = mix(h ^ static_cast<uint64_t>(t.dim()));
   const auto sizes = t.sizes(), strides = t.strides();
   for (size_t d = 0; d < sizes.size(); ++d) {
     h = mix(h ^ static_cast<uint64_t>(sizes[d]));

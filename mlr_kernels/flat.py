@@ -22,10 +22,10 @@ this module keeps it:
   reading the weight once more (2 bytes per element).
 * **One check per step** (:meth:`FlatBucket.sync`), in one C++ loop over the parameters where the
   build has it, else in C loops (:mod:`mlr_kernels.host_reads`): the gradient objects (None or
-  not) and their addresses, the parameters' addresses (when all are where the last check left
-  them, the check ends there), and, when the optimizer's ``state`` changed, its entries; per
-  bucket, how many tensors use each buffer's memory, which changes when user code replaces a
-  state tensor or its ``.data``. What changed is handled for that segment only:
+  not) and their addresses, the parameters' addresses, layouts and dtypes (when all are where and
+  as the last check left them, the check ends there), and, when the optimizer's ``state``
+  changed, its entries; per bucket, how many tensors use each buffer's memory, which changes when
+  user code replaces a state tensor or its ``.data``. What changed is handled for that segment only:
 
   ==========================================  ===============================================
   user action since the last step             what sync does (cost)
@@ -38,8 +38,8 @@ this module keeps it:
   parameter (or not dense)                    (one copy)
   ``p.data = t``, ``load_state_dict(assign)``  new address (the kernel re-reads a bf16 master)
   parameter not dense, or in another layout   stepped through a copy in its state's layout
-  than its state (also at the same address:   (two copies)
-  ``p.data = p.data.t()``)
+  than its state (also at the same address:   (two copies; with a tie, each copy is made and
+  ``p.data = p.data.t()``)                     written back around its own launch)
   ``optimizer.state`` entry replaced/cleared  moments zeroed or read from the new entry
   ``state[p][k] = t``, ``state[p][k].data =   ``t`` copied in, a view put back in its place
   t`` (offload and reload of the state)       (a buffer none of whose views is left in
@@ -592,6 +592,7 @@ class FlatBucket:
         ``assign``, FSDP2 re-sharding, ``p.data = p.data.t()`` at the same address, or all of them
         when the bucket is new); ``layouts`` as :class:`~mlr_kernels.host_reads.ParamReads` has them."""
         relaid = [] if layouts is None else _relaid(layouts, self._layouts)
+        fits = {}  # applied once every parameter passed its checks: a refused step changes nothing
         for i, (p, now, seen) in enumerate(zip(local, data_ptrs, self._data_ptrs)):
             if now == seen and not (i < len(relaid) and relaid[i]):
                 continue
@@ -601,10 +602,12 @@ class FlatBucket:
                 raise ValueError(f"a parameter of shape {tuple(self.shapes[i])} now has shape "
                                  f"{tuple(p.shape)}; MLRAdamW cannot step it with its old state: "
                                  "build a new optimizer after reshaping parameters")
-            if self._fits(i, p):
+            fits[i] = self._fits(i, p)
+        for i, fit in fits.items():
+            if fit:
                 self._staged.pop(i, None)
             else:
-                self._staged[i] = p
+                self._staged[i] = local[i]
         self._data_ptrs = data_ptrs
         if layouts is not None:
             self._layouts = layouts
@@ -657,11 +660,12 @@ class FlatBucket:
         # the exact isinstance test).
         elif not set(map(type, lrs)) <= PLAIN_NUMBERS and any(isinstance(lr, torch.Tensor) for lr in lrs):
             self._device_lrs, self._lr_signature = lrs, None
-        elif self._lr_signature != lrs:
+        else:  # numpy values, compared by value: a 0-d array may have been written in place
             group_lr = np.array(lrs, dtype=np.float64)
-            self.table.hyper_rows[:, LR] = group_lr[self._group_index] * self._lr_mults
-            self.table.mark_written()
-            self._device_lrs, self._lr_signature = None, lrs
+            if self._lr_signature is None or not np.array_equal(group_lr, self._lr_signature):
+                self.table.hyper_rows[:, LR] = group_lr[self._group_index] * self._lr_mults
+                self.table.mark_written()
+                self._device_lrs, self._lr_signature = None, group_lr
 
     def _write_device_lrs(self) -> None:
         """The LR column from tensor learning rates, on the device: after the upload, which
@@ -686,13 +690,18 @@ class FlatBucket:
         table.steps.add_(active if found_inf is None else active * (1 - found_inf))
         state = (self.master, self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq)
         tile_size = self.backend.TILE_SIZE
-        for segments in self._passes or [None]:  # a tie's master re-reads what the last pass wrote
+        local = self._local_params()
+        # A tie's master re-reads what the last pass wrote.
+        for k, segments in enumerate(self._passes or [None]):
+            staged = list(self._staged) if segments is None else [i for i in segments if i in self._staged]
+            if k:  # a tied segment stepped by an earlier pass may have written this copy's memory
+                for i in staged:
+                    self._staged[i].copy_(local[i].detach())
             self.backend.adamw_step(table, *state, table.tiles(tile_size, segments), grad_mult, found_inf,
                                     compensation=self.compensation)
-        local = self._local_params()
-        for i, staged in self._staged.items():
-            local[i].detach().copy_(staged)
-            self._staged[i] = local[i]
+            for i in staged:  # written back before a later pass reads the memory
+                local[i].detach().copy_(self._staged[i])
+                self._staged[i] = local[i]
         table.release()
 
 

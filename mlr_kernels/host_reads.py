@@ -1,13 +1,13 @@
 """The per-parameter reads of the optimizer's per-step check, in C++ where the build allows.
 
 At every step :meth:`FlatBucket.sync <mlr_kernels.flat.FlatBucket.sync>` reads, for each parameter,
-its address and layout (shape and strides: ``p.data = p.data.t()`` keeps a square parameter's
-address), its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
+its address and layout (shape, strides and dtype: ``p.data = p.data.t()`` keeps a square
+parameter's address), its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
 which address. In Python each read is a call into torch of 70-150 ns with warm caches; right
 after a CPU step that streamed its state through them, the whole check then takes 1.0-1.8 µs per
 parameter (bench/RESULTS.md): most of a step's host time with thousands of small parameters.
 ``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same reads in one C++ loop, and the
-whole check takes 0.2-0.4 µs per parameter there (0.4-0.8 µs with every gradient re-allocated).
+whole check takes 0.2-0.6 µs per parameter there (0.4-0.9 µs with every gradient re-allocated).
 In the steady state of a training loop (nothing moved since the last check, :class:`KeptReads`)
 it only compares addresses and layouts and builds nothing; it also compares the param groups'
 values with those read at the last step (:func:`same_group_values`).
@@ -50,6 +50,7 @@ _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
 _shape = operator.attrgetter("shape")
 _stride = torch.Tensor.stride
+_dtype = operator.attrgetter("dtype")
 
 
 class ParamReads(NamedTuple):
@@ -64,9 +65,9 @@ class ParamReads(NamedTuple):
     # contiguous; else None, and the caller reads the addresses of the copies it makes.
     grad_ptrs: list[int] | None
     # The parameters' layouts, as columns with an entry per parameter: (a 64-bit hash of each
-    # one's shape and strides,) from C++, (shapes, strides) from Python. A parameter's entries
-    # are equal to what the same reads gave before exactly when its shape and strides are.
-    # None with data_ptrs.
+    # one's dtype, shape and strides,) from C++, (shapes, strides, dtypes) from Python. A
+    # parameter's entries are equal to what the same reads gave before exactly when its dtype,
+    # shape and strides are. None with data_ptrs.
     layouts: tuple[list[Any], ...] | None
 
 
@@ -207,7 +208,7 @@ def reads_of(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> Pa
     """:class:`ParamReads` of ``params`` (plain tensors, or DTensors' local shards) and their
     gradients ``grads`` (read by the caller), in Python."""
     data_ptrs = list(map(_data_ptr, params))
-    layouts = (list(map(_shape, params)), list(map(_stride, params)))
+    layouts = (list(map(_shape, params)), list(map(_stride, params)), list(map(_dtype, params)))
     live = list(map(operator.is_not, grads, repeat(None)))
     everywhere = all(live)
     try:

@@ -416,7 +416,7 @@ class MLRAdamW(Optimizer):
         current = (list(map(_group_values, groups)),  # dict.get through map: 3x a methodcaller
                    *(list(map(dict.get, groups, repeat(key), repeat(default)))
                      for key, default in _OPTIONAL_GROUP_KEYS))
-        if not self._groups_mutable and current == self._groups_seen:
+        if not self._groups_mutable and _same_values(current, self._groups_seen):
             return self._groups_version
         snapshot, self._groups_mutable = _snapshot(current)
         if snapshot != self._groups_snapshot:
@@ -660,6 +660,15 @@ def _bucket_key(p: torch.Tensor) -> tuple[Any, ...]:
     """Parameters of one key share a bucket: (device, dtype, sharding) of the local tensor."""
     local = local_tensor(p)
     return local.device, local.dtype, sharding_key(p)
+
+
+def _same_values(current: Any, seen: Any) -> bool:
+    """``current == seen``, False where that has no truth value (a numpy array of two values
+    replacing a tuple compares elementwise)."""
+    try:
+        return bool(current == seen)
+    except (ValueError, TypeError):
+        return False
 
 
 def _snapshot(current: tuple[list, list, list]) -> tuple[tuple, bool]:

@@ -53,14 +53,14 @@ def test_cpp_reads_are_the_python_reads():
 
 @needs_cpp
 def test_cpp_layouts_tell_apart_what_python_layouts_tell_apart():
-    """Each path's layouts are equal exactly where the parameters' shapes and strides are: the
-    C++ hashes of the same layout agree and those of different ones (of one parameter at one
-    address, as user code makes them) differ, as Python's (shape, stride) pairs do."""
+    """Each path's layouts are equal exactly where the tensors' dtypes, shapes and strides are:
+    the C++ hashes of the same layout agree and those of different ones (of one storage at one
+    address, as user code makes them with ``p.data = ...``) differ, as Python's triples do."""
     base = torch.randn(24)
     layouts = [base.view(4, 6), base.view(6, 4), base.view(4, 6).t(), base.view(24), base.view(2, 3, 4),
                base.view(2, 3, 4).transpose(0, 2), base.view(2, 3, 4).permute(1, 0, 2), base.view(1, 24),
-               base.view(24, 1), base.view(2, 12), base.view(12, 2).t()]
-    params = [torch.nn.Parameter(t) for t in layouts] + [torch.nn.Parameter(base.view(4, 6))]
+               base.view(24, 1), base.view(2, 12), base.view(12, 2).t(), base.view(torch.int32).view(4, 6)]
+    params = layouts + [base.view(4, 6)]
     assert len({p.data_ptr() for p in params}) == 1
     (cpp,), python = cpp_reads(params).layouts, list(zip(*python_reads(params).layouts))
     for i in range(len(params)):
@@ -394,6 +394,33 @@ def test_the_steady_state_check_follows_what_user_code_does(path, monkeypatch):
         kinds = ["same" if a is True else "python" if a is None else "reads" for a in answers]
         assert kinds == ["reads", "same", "python", "reads", "same", "reads", "reads", "reads", "same",
                          "reads", "reads", "reads", "same"]
+
+
+@pytest.mark.parametrize("path", host_reads.HOST_READ_PATHS)
+def test_a_refused_step_leaves_nothing_staged(path, monkeypatch):
+    """A step refused for one parameter (viewed in another shape) changes nothing for another
+    relaid in the same step: once user code undoes both, the steps go back to the steady state
+    (no copies, and in C++ the check that compares addresses only)."""
+    monkeypatch.setenv(HOST_READS_ENV, path)
+    answers = []
+    if path == "c++":
+        read = host_reads._host.read
+        monkeypatch.setattr(host_reads._host, "read",
+                            lambda *args: answers.append(read(*args)) or answers[-1])
+    a, b = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4, 4))
+    opt = MLRAdamW([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(4, 4), torch.ones(4, 4)
+    opt.step()
+    whole = b.data
+    a.data, b.data = a.data.t(), b.data[:2]
+    with pytest.raises(ValueError, match="now has shape"):
+        opt.step()
+    a.data, b.data = a.data.t(), whole
+    for _ in range(2):
+        opt.step()
+    assert all(not bucket._staged for bucket in opt.buckets)
+    if path == "c++":
+        assert answers[-1] is True
 
 
 @needs_cpp

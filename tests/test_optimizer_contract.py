@@ -364,6 +364,23 @@ def test_clip_grad_norm_takes_torchs_keywords(foreach):
         opt.clip_grad_norm_(1.0, error_if_nonfinite=True)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dtype_reinterpreted_at_the_same_address_repacks(backend):
+    """``p.data = p.data.view(torch.float16)`` of a bf16 weight keeps its address, shape and
+    strides: the optimizer re-packs as for any change of dtype, and does not read the float16
+    bits as bfloat16."""
+    p = torch.nn.Parameter(torch.randn(8).to(torch.bfloat16))
+    opt = MLRAdamW([p], lr=0.1, backend=backend)
+    p.grad = torch.randn(8).to(torch.bfloat16)
+    opt.step()
+    address = p.data_ptr()
+    p.data = p.data.view(torch.float16)
+    assert p.data_ptr() == address
+    p.grad = torch.randn(8).to(torch.float16)
+    opt.step()
+    assert list(opt.backends) == ["cpu/torch.float16"]
+
+
 # ----------------------------------------------------------------------- past the rows
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cast_after_construction_repacks(backend):
@@ -455,6 +472,35 @@ def test_parameter_relaid_at_the_same_address(backend):
             p.grad = torch.randn(4, 4, generator=gen)
             opt.step()
         results.append(p.detach().clone())
+    torch.testing.assert_close(*results)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tie", ["relaid", "transposed", "transposed_inactive"])
+@pytest.mark.parametrize("copied_first", [False, True])
+def test_tied_parameter_stepped_through_a_copy(backend, tie, copied_first):
+    """A tie where one member is in another layout than its state (stepped through a copy):
+    tied to ``a`` and then relaid at the same address, or tied transposed, with a gradient or
+    without. torch steps the members one after the other, each from what the last wrote; so does
+    MLRAdamW, making and writing back each copy around its own launch."""
+    results = []
+    for kind in ("ours", "torch"):
+        gen = torch.Generator().manual_seed(9)
+        a, b = (torch.nn.Parameter(torch.randn(4, 4, generator=gen)) for _ in range(2))
+        params = [b, a] if copied_first else [a, b]
+        opt = (MLRAdamW(params, lr=0.1, backend=backend) if kind == "ours"
+               else torch.optim.AdamW(params, lr=0.1, foreach=False))
+        for k in range(4):
+            if k == 1:
+                b.data = a.data if tie == "relaid" else a.data.t()
+                if tie == "relaid":
+                    b.data = b.data.t()
+                assert b.data_ptr() == a.data_ptr() and not b.is_contiguous()
+            a.grad = torch.randn(4, 4, generator=gen)
+            g = torch.randn(4, 4, generator=gen)
+            b.grad = None if tie == "transposed_inactive" and k >= 1 else g
+            opt.step()
+        results.append(a.detach().clone())
     torch.testing.assert_close(*results)
 
 
@@ -809,22 +855,25 @@ def test_tensor_hyperparameters_edited_in_place(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_numpy_hyperparameters_edited_in_place_or_replaced(backend):
-    """Group values held as numpy arrays (a 0-d ``weight_decay``, a ``betas`` array) are read
-    at every step as torch reads them: written in place or replaced. (torch refuses a 0-d array
-    ``eps``: a numpy scalar here.)"""
+    """Group values held as numpy arrays (a 0-d ``lr`` or ``weight_decay``, a ``betas`` array)
+    are read at every step as torch reads them: replacing plain values, written in place or
+    replaced again. (torch refuses a 0-d array ``eps``: a numpy scalar here.)"""
     results = []
     for kind in ("ours", "torch"):
         p = torch.nn.Parameter(torch.ones(3))
-        group = {"params": [p], "weight_decay": np.array(0.01), "betas": np.array([0.9, 0.999])}
-        opt = (MLRAdamW([group], lr=0.1, backend=backend) if kind == "ours"
-               else torch.optim.AdamW([group], lr=0.1))
+        group = {"params": [p], "lr": np.array(0.1), "weight_decay": 0.01, "betas": (0.9, 0.999)}
+        opt = (MLRAdamW([group], backend=backend) if kind == "ours" else torch.optim.AdamW([group]))
         values = opt.param_groups[0]
-        for k in range(5):
-            if k == 1:
-                values["weight_decay"][()] = 0.5
+        for k in range(7):
+            if k == 1:  # arrays where a tuple and a float were
+                values["betas"], values["weight_decay"] = np.array([0.9, 0.999]), np.array(0.01)
             if k == 2:
-                values["betas"][0] = 0.5
+                values["weight_decay"][()] = 0.5
             if k == 3:
+                values["betas"][0] = 0.5
+            if k == 4:
+                values["lr"][()] = 0.05
+            if k == 5:
                 values["betas"], values["eps"] = np.array([0.8, 0.99]), np.float64(0.1)
             p.grad = torch.tensor([1.0, -2.0, 3.0]) * (k + 1)
             opt.step()
