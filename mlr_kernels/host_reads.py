@@ -4,7 +4,7 @@ At every step :meth:`FlatBucket.sync <mlr_kernels.flat.FlatBucket.sync>` reads, 
 its address and layout (shape, strides and dtype: ``p.data = p.data.t()`` keeps a square
 parameter's address), its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
 which address. In Python each read is a call into torch of 70-150 ns with warm caches; right
-after a CPU step that streamed its state through them, the whole check then takes 1.0-1.8 µs per
+after a CPU step that streamed its state through them, the whole check then takes 1.0-2.2 µs per
 parameter (bench/RESULTS.md): most of a step's host time with thousands of small parameters.
 ``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same reads in one C++ loop, and the
 whole check takes 0.2-0.6 µs per parameter there (0.4-0.9 µs with every gradient re-allocated).
