@@ -663,6 +663,45 @@ def random_write_pattern_run(backend: str, seed: int, dtype: torch.dtype, steps:
                 assert torch.equal(ours_params[name], got.to(dtype))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_random_ties_and_relayouts_match_torch(backend, seed):
+    """Ties (``b.data = a.data``, also transposed), relayouts at the same address, new storage,
+    dropped gradients and state resets, in random order on square weights: after every step the
+    weights are torch's single-tensor AdamW's (the order it steps tied parameters in)."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    start = [torch.randn(4, 4, generator=gen) for _ in range(4)]
+    ours_params = [torch.nn.Parameter(t.clone()) for t in start]
+    ref_params = [torch.nn.Parameter(t.clone()) for t in start]
+    ours = MLRAdamW(ours_params, lr=0.1, backend=backend)
+    ref = torch.optim.AdamW(ref_params, lr=0.1, foreach=False)
+    for step in range(8):
+        actions = rng.choices(("tie", "tie_transposed", "relay", "new_storage", "drop", "reset"),
+                              k=rng.randint(0, 2))
+        (a, b), i = rng.sample(range(4), 2), rng.randrange(4)
+        grads = [torch.randn(4, 4, generator=gen) for _ in range(4)]
+        for params, opt in ((ours_params, ours), (ref_params, ref)):
+            for action in actions:
+                if action == "tie":
+                    params[b].data = params[a].data
+                elif action == "tie_transposed":
+                    params[b].data = params[a].data.t()
+                elif action == "relay":
+                    params[i].data = params[i].data.t()
+                elif action == "new_storage":
+                    params[i].data = params[i].data.clone()
+                elif action == "reset":
+                    opt.state = defaultdict(dict)
+            for p, g in zip(params, grads):
+                p.grad = None if "drop" in actions and p is params[i] else g.clone()
+            opt.step()
+        where = f"step {step} after {actions}"
+        for k, (p, q) in enumerate(zip(ours_params, ref_params)):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, k=k, where=where: f"{where}, param {k}: {m}")
+
+
 def start_of_next_step(opt: MLRAdamW, p: torch.Tensor) -> torch.Tensor:
     """The fp32 weight a low-precision parameter's next step starts from: its master, where the
     weight is still the master rounded; what the weight holds where user code wrote it since (the
