@@ -3,10 +3,11 @@
 // FlatBucket.sync reads, for every parameter at every step, its address and layout, its .grad,
 // whether the gradient is present, dense and contiguous, and the gradient's address. In Python each
 // read is a call into torch (70-150 ns with warm caches); here they are made in one loop, and in
-// issue 18's setting the whole check takes a fifth to a half of the time (bench/RESULTS.md). This is the only piece of
-// the project built against torch's headers, so it is built only where torch is importable at
-// build time (pip install --no-build-isolation) and used only by the torch it was built for
-// (TORCH_VERSION); mlr_kernels/host_reads.py keeps the same reads in Python for everything else.
+// issue 18's setting the whole check takes a fifth to a half of the time (bench/RESULTS.md). This
+// is the only piece of the project built against torch's headers, so it is built only where torch
+// is importable at build time (pip install --no-build-isolation) and used only by the torch it was
+// built for (TORCH_VERSION); mlr_kernels/host_reads.py keeps the same reads in Python for
+// everything else.
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -169,7 +170,7 @@ PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now, cons
 // seen: every parameter and gradient is where, and in the layout, the last check found it, and
 // nothing is built: the steady state of a training loop. Else four lists as the Python reads make
 // them (0 for the address of a missing gradient) and, for the layouts, a tuple of one list (each
-// parameter's layout_hash; the Python reads give two, shapes and strides), and pending filled;
+// parameter's layout_hash; the Python reads give three: shapes, strides, dtypes), and pending filled;
 // data_ptrs and layouts are None when every parameter is where and as seen has it (the gradients
 // moved: after zero_grad() and backward), which saves comparing equal lists in Python. The first
 // pass compares up to the first parameter that moved (the first, when zero_grad() re-allocated

@@ -2,8 +2,8 @@
 
 At every step :meth:`FlatBucket.sync <mlr_kernels.flat.FlatBucket.sync>` reads, for each parameter,
 its address and layout (shape, strides and dtype: ``p.data = p.data.t()`` keeps a square
-parameter's address), its ``.grad``, and whether that gradient is a dense tensor in row-major order and at
-which address. In Python each read is a call into torch of 70-150 ns with warm caches; right
+parameter's address), its ``.grad``, and whether that gradient is a dense tensor in row-major
+order and at which address. In Python each read is a call into torch of 70-150 ns with warm caches; right
 after a CPU step that streamed its state through them, the whole check then takes 1.0-2.2 µs per
 parameter (bench/RESULTS.md): most of a step's host time with thousands of small parameters.
 ``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same reads in one C++ loop, and the
@@ -57,7 +57,7 @@ class ParamReads(NamedTuple):
     """What one step reads of a bucket's parameters (lists in segment order)."""
 
     # Each parameter's data_ptr(); None from the C++ reads when every parameter is where and as
-    # (shape, strides) the kept reads (KeptReads) had it: the caller's lists of then still hold.
+    # (dtype, shape, strides) the kept reads (KeptReads) had it: the caller's lists of then hold.
     data_ptrs: list[int] | None
     grads: list[torch.Tensor | None]  # each parameter's .grad
     live: list[bool]  # .grad is not None
