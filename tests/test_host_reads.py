@@ -21,6 +21,18 @@ def python_reads(params: list[torch.Tensor]) -> ParamReads:
     return reads_of(params, [p.grad for p in params])
 
 
+def reads_on(path: str, monkeypatch, function: str) -> list:
+    """Make the optimizer read on ``path``; return the list that records each answer of
+    ``mlr_kernels._host.<function>`` on the C++ path (left empty on the Python path)."""
+    monkeypatch.setenv(HOST_READS_ENV, path)
+    answers = []
+    if path == "c++":
+        real = getattr(host_reads._host, function)
+        monkeypatch.setattr(host_reads._host, function,
+                            lambda *args: answers.append(real(*args)) or answers[-1])
+    return answers
+
+
 def cpp_reads(params: list[torch.Tensor]) -> ParamReads | None:
     reads = host_reads._host.read(params, host_reads._PLAIN_TYPES, None, None)
     return None if reads is None else ParamReads(*reads)
@@ -259,12 +271,7 @@ def test_same_group_values_leaves_what_it_cannot_check_to_python():
 def test_group_values_changed_between_steps_are_followed(path, monkeypatch):
     """Each group value the hyper table holds, changed between steps to another immutable value
     (the values the C++ check compares), steps as torch.optim.AdamW with the same values."""
-    monkeypatch.setenv(HOST_READS_ENV, path)
-    answers = []
-    if path == "c++":
-        same = host_reads._host.same_group_values
-        monkeypatch.setattr(host_reads._host, "same_group_values",
-                            lambda *args: answers.append(same(*args)) or answers[-1])
+    answers = reads_on(path, monkeypatch, "same_group_values")
     torch.manual_seed(0)
     ours_params = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
     ref_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
@@ -350,12 +357,8 @@ def test_the_steady_state_check_follows_what_user_code_does(path, monkeypatch):
     change between them (a gradient written in place, re-allocated, transposed at the same address,
     dropped; a parameter's .data replaced, or transposed at the same address) steps as
     torch.optim.AdamW does."""
-    monkeypatch.setenv(HOST_READS_ENV, path)
-    answers = []
-    if path == "c++":  # what each step's reads answered: nothing moved (True), reads, Python's
-        read = host_reads._host.read
-        monkeypatch.setattr(host_reads._host, "read",
-                            lambda *args: answers.append(read(*args)) or answers[-1])
+    # What each step's C++ reads answered: nothing moved (True), reads, or left to Python (None).
+    answers = reads_on(path, monkeypatch, "read")
     torch.manual_seed(0)
     ours_params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(5))]
     ref_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
@@ -401,12 +404,7 @@ def test_a_refused_step_leaves_nothing_staged(path, monkeypatch):
     """A step refused for one parameter (viewed in another shape) changes nothing for another
     relaid in the same step: once user code undoes both, the steps go back to the steady state
     (no copies, and in C++ the check that compares addresses only)."""
-    monkeypatch.setenv(HOST_READS_ENV, path)
-    answers = []
-    if path == "c++":
-        read = host_reads._host.read
-        monkeypatch.setattr(host_reads._host, "read",
-                            lambda *args: answers.append(read(*args)) or answers[-1])
+    answers = reads_on(path, monkeypatch, "read")
     a, b = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4, 4))
     opt = MLRAdamW([a, b], lr=0.1)
     a.grad, b.grad = torch.ones(4, 4), torch.ones(4, 4)
