@@ -1,11 +1,12 @@
 // The per-parameter reads of MLRAdamW's per-step check (module mlr_kernels._host), in one C++ loop.
 //
 // FlatBucket.sync reads, for every parameter at every step, its address and layout, its .grad,
-// whether the gradient is present, dense and contiguous, and the gradient's address. In Python each
-// read is a call into torch (70-150 ns with warm caches); here they are made in one loop, and in
-// issue 18's setting the whole check takes a fifth to a half of the time (bench/RESULTS.md). This
-// is the only piece of the project built against torch's headers, so it is built only where torch
-// is importable at build time (pip install --no-build-isolation) and used only by the torch it was
+// whether the gradient is present, dense and contiguous, and the gradient's address (for a DTensor
+// parameter under FSDP2, those of its local shard and its gradient's). In Python each read is a
+// call into torch (70-150 ns with warm caches); here they are made in one loop, and in issue 18's
+// setting the whole check takes a fifth to a half of the time (bench/RESULTS.md). This is the only
+// piece of the project built against torch's headers, so it is built only where torch is
+// importable at build time (pip install --no-build-isolation) and used only by the torch it was
 // built for (TORCH_VERSION); mlr_kernels/host_reads.py keeps the same reads in Python for
 // everything else.
 #include <Python.h>
@@ -23,7 +24,9 @@ namespace {
 // Owns a new reference, released with it.
 struct Owned {
   PyObject* object;
-  explicit Owned(PyObject* o) : object(o) {}
+  explicit Owned(PyObject* o = nullptr) : object(o) {}
+  Owned(const Owned&) = delete;
+  Owned& operator=(const Owned&) = delete;
   ~Owned() { Py_XDECREF(object); }
 };
 
@@ -43,13 +46,67 @@ bool is_plain(PyObject* o, PyObject* plain_types) {
   return false;
 }
 
-// Whether read() reads a tensor itself: a parameter of a plain type, with storage, whose gradient is
-// None or a strided, contiguous tensor with storage. Else the Python reads do.
-bool readable(PyObject* p, PyObject* plain_types) {
-  if (!is_plain(p, plain_types)) return false;
-  const at::Tensor& param = THPVariable_Unpack(p);
-  if (!param.has_storage()) return false;
-  const at::Tensor& grad = param.grad();
+// torch.Tensor or a subclass of it.
+bool is_tensor_type(PyObject* o) {
+  return PyType_Check(o) && PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(o),
+                                             reinterpret_cast<PyTypeObject*>(THPVariableClass));
+}
+
+PyObject* local_tensor_name = nullptr;  // "_local_tensor", interned when the module is made
+
+// The local shard of DTensor ``o`` (a new reference) when ``o`` is of type ``shard_type`` exactly
+// (a subclass may override what a read returns) and its shard of a plain type; else null, no
+// error set.
+PyObject* local_shard(PyObject* o, PyObject* shard_type, PyObject* plain_types) {
+  if (reinterpret_cast<PyObject*>(Py_TYPE(o)) != shard_type) return nullptr;
+  PyObject* local = PyObject_GetAttr(o, local_tensor_name);
+  if (!local) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  if (!is_plain(local, plain_types)) {
+    Py_DECREF(local);
+    return nullptr;
+  }
+  return local;
+}
+
+// What read() reads of one parameter: the tensor the segment is and its gradient (undefined for
+// None). For a DTensor parameter (FSDP2), the local shards of both, whose Python objects it holds.
+struct Reading {
+  const at::Tensor* param = nullptr;
+  const at::Tensor* grad = nullptr;
+  Owned local, local_grad;
+};
+
+// Fills ``r`` for parameter ``p``, and returns whether read() reads it itself: a parameter of a
+// plain type (with ``shard_type``, a DTensor of exactly that type whose shard is), with storage,
+// whose gradient is None or a strided, contiguous tensor with storage (with ``shard_type``, a
+// DTensor whose shard is one). Else the Python reads do.
+bool resolve(PyObject* p, PyObject* plain_types, PyObject* shard_type, Reading& r) {
+  if (shard_type == Py_None) {
+    if (!is_plain(p, plain_types)) return false;
+    r.param = &THPVariable_Unpack(p);
+    r.grad = &r.param->grad();
+  } else {
+    r.local.object = local_shard(p, shard_type, plain_types);
+    if (!r.local.object) return false;
+    r.param = &THPVariable_Unpack(r.local.object);
+    r.grad = &THPVariable_Unpack(p).grad();
+    if (r.grad->defined()) {
+      // A DTensor's gradient is a DTensor, whose Python object exists: wrapping makes none.
+      Owned grad_object(THPVariable_Wrap(*r.grad));
+      if (!grad_object.object) {
+        PyErr_Clear();
+        return false;
+      }
+      r.local_grad.object = local_shard(grad_object.object, shard_type, plain_types);
+      if (!r.local_grad.object) return false;
+      r.grad = &THPVariable_Unpack(r.local_grad.object);
+    }
+  }
+  if (!r.param->has_storage()) return false;
+  const at::Tensor& grad = *r.grad;
   return !grad.defined() ||
          (grad.layout() == c10::kStrided && grad.has_storage() && grad.is_contiguous());
 }
@@ -80,19 +137,18 @@ int64_t layout_hash(const at::Tensor& t) {
 
 constexpr Py_ssize_t kWords = 3;  // what read() keeps per parameter, in int64 words
 
-// What read() keeps of parameter ``p`` (readable): its address, its gradient's or -1 for None (no
+// What read() keeps of a parameter (resolved): its address, its gradient's or -1 for None (no
 // tensor's address; 0 is an empty tensor's), and its layout_hash.
-void addresses(PyObject* p, int64_t* out) {
-  const at::Tensor& param = THPVariable_Unpack(p);
-  const at::Tensor& grad = param.grad();
-  out[0] = reinterpret_cast<int64_t>(param.const_data_ptr());
-  out[1] = grad.defined() ? reinterpret_cast<int64_t>(grad.const_data_ptr()) : -1;
-  out[2] = layout_hash(param);
+void addresses(const Reading& r, int64_t* out) {
+  out[0] = reinterpret_cast<int64_t>(r.param->const_data_ptr());
+  out[1] = r.grad->defined() ? reinterpret_cast<int64_t>(r.grad->const_data_ptr()) : -1;
+  out[2] = layout_hash(*r.param);
 }
 
 // The lists read() returns: see there. ``before``: what seen holds, when it can be compared with
 // (then ``now`` is not null either).
-PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now, const int64_t* before) {
+PyObject* read_lists(PyObject* params, PyObject* plain_types, PyObject* shard_type, int64_t* now,
+                     const int64_t* before) {
   const Py_ssize_t n = PyList_GET_SIZE(params);
   Owned grads(PyList_New(n)), live(PyList_New(n)), grad_ptrs(PyList_New(n));
   if (!grads.object || !live.object || !grad_ptrs.object) return nullptr;
@@ -110,11 +166,11 @@ PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now, cons
     return true;
   };
   for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* p = PyList_GET_ITEM(params, i);
-    if (!readable(p, plain_types)) Py_RETURN_NONE;
+    Reading r;
+    if (!resolve(PyList_GET_ITEM(params, i), plain_types, shard_type, r)) Py_RETURN_NONE;
     int64_t kept[kWords];
     int64_t* words = now ? now + kWords * i : kept;
-    addresses(p, words);
+    addresses(r, words);
     if (!data_ptrs.object && (words[0] != before[kWords * i] || words[2] != before[kWords * i + 2])) {
       data_ptrs.object = PyList_New(n);
       layouts.object = PyList_New(n);
@@ -124,20 +180,23 @@ PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now, cons
       }
     }
     if (data_ptrs.object && !set_param_entries(i, words)) return nullptr;
-    const at::Tensor& grad = THPVariable_Unpack(p).grad();
+    const at::Tensor& grad = *r.grad;
     PyObject* grad_object = Py_None;
     std::uintptr_t grad_ptr = 0;
-    if (grad.defined()) {
+    if (r.local_grad.object) {  // a DTensor's gradient: its local shard, of a plain type
+      grad_object = r.local_grad.object;
+      Py_INCREF(grad_object);
+    } else if (grad.defined()) {
       grad_object = THPVariable_Wrap(grad);  // the gradient's Python object (made if it has none)
       if (!grad_object) return nullptr;
       if (!is_plain(grad_object, plain_types)) {
         Py_DECREF(grad_object);
         Py_RETURN_NONE;
       }
-      grad_ptr = reinterpret_cast<std::uintptr_t>(grad.const_data_ptr());
     } else {
       Py_INCREF(Py_None);
     }
+    if (grad.defined()) grad_ptr = reinterpret_cast<std::uintptr_t>(grad.const_data_ptr());
     PyList_SET_ITEM(grads.object, i, grad_object);
     PyObject* present = grad.defined() ? Py_True : Py_False;
     Py_INCREF(present);
@@ -154,19 +213,21 @@ PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now, cons
   return PyTuple_Pack(5, data_ptrs.object, grads.object, live.object, grad_ptrs.object, columns.object);
 }
 
-// read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs, layouts) or
-// None.
+// read(params, plain_types, seen, pending, shard_type) -> True, (data_ptrs, grads, live, grad_ptrs,
+// layouts) or None.
 //
 // params: a list of tensors. plain_types: a tuple of the types whose attributes no Python code
 // overrides (torch.Tensor, torch.nn.Parameter): a parameter or gradient of another type could
 // define .grad or data_ptr() through __torch_function__, so it is left to the Python reads.
+// shard_type: None, or DTensor: then every parameter is a DTensor, and what is read is its local
+// shard (``_local_tensor``) and its gradient's local shard, as the Python reads read them.
 // pending: None, or a writable buffer of 24 bytes per parameter into which what addresses() keeps
 // of each parameter is written as three int64; seen: None, or what pending held after the last
 // check the caller completed.
 //
 // Returns None (the caller reads in Python, which also raises the right errors) unless every
-// parameter is readable (see readable()), or when torch threw (a C++ exception must not cross into
-// the interpreter; the Python reads then raise torch's error). Else True when pending now equals
+// parameter is one it reads itself (see resolve()), or when torch threw (a C++ exception must not
+// cross into the interpreter; the Python reads then raise torch's error). Else True when pending now equals
 // seen: every parameter and gradient is where, and in the layout, the last check found it, and
 // nothing is built: the steady state of a training loop. Else four lists as the Python reads make
 // them (0 for the address of a missing gradient) and, for the layouts, a tuple of one list (each
@@ -177,11 +238,23 @@ PyObject* read_lists(PyObject* params, PyObject* plain_types, int64_t* now, cons
 // every gradient), and the second builds the lists: no parameter is read twice from memory
 // unless the steady state broke at it.
 //
-// Raises TypeError for arguments of other types, ValueError for a pending of another size.
+// Raises TypeError for arguments of other types (types that are not tensor types too), ValueError for
+// a pending of another size.
 PyObject* read(PyObject*, PyObject* args) {
-  PyObject *params, *plain_types, *seen_object, *pending_object;
-  if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &params, &PyTuple_Type, &plain_types,
-                        &seen_object, &pending_object)) {
+  PyObject *params, *plain_types, *seen_object, *pending_object, *shard_type;
+  if (!PyArg_ParseTuple(args, "O!O!OOO", &PyList_Type, &params, &PyTuple_Type, &plain_types,
+                        &seen_object, &pending_object, &shard_type)) {
+    return nullptr;
+  }
+  // The reads unpack whatever has one of these types as a tensor: each must be a tensor type.
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(plain_types); ++k) {
+    if (!is_tensor_type(PyTuple_GET_ITEM(plain_types, k))) {
+      PyErr_SetString(PyExc_TypeError, "plain_types holds tensor types");
+      return nullptr;
+    }
+  }
+  if (shard_type != Py_None && !is_tensor_type(shard_type)) {
+    PyErr_SetString(PyExc_TypeError, "shard_type is None or a tensor type");
     return nullptr;
   }
   const Py_ssize_t n = PyList_GET_SIZE(params);
@@ -202,15 +275,15 @@ PyObject* read(PyObject*, PyObject* args) {
       before = static_cast<const int64_t*>(seen.view.buf);
       Py_ssize_t i = 0;
       for (; i < n; ++i) {
-        PyObject* p = PyList_GET_ITEM(params, i);
-        if (!readable(p, plain_types)) Py_RETURN_NONE;
+        Reading r;
+        if (!resolve(PyList_GET_ITEM(params, i), plain_types, shard_type, r)) Py_RETURN_NONE;
         int64_t* words = now + kWords * i;
-        addresses(p, words);
+        addresses(r, words);
         if (std::memcmp(words, before + kWords * i, sizeof(int64_t) * kWords) != 0) break;
       }
       if (i == n) Py_RETURN_TRUE;
     }
-    return read_lists(params, plain_types, now, before);
+    return read_lists(params, plain_types, shard_type, now, before);
   } catch (const std::exception&) {
     PyErr_Clear();  // a torch error may have carried a Python one: the Python reads raise it again
     Py_RETURN_NONE;
@@ -357,8 +430,8 @@ PyMethodDef methods[] = {
     {"same_group_values", same_group_values, METH_VARARGS,
      "same_group_values(groups, keys, optional_keys, seen) -> bool: see mlr_kernels/host_reads.py."},
     {"read", read, METH_VARARGS,
-     "read(params, plain_types, seen, pending) -> True, (data_ptrs, grads, live, grad_ptrs, "
-     "layouts) or None: see mlr_kernels/host_reads.py."},
+     "read(params, plain_types, seen, pending, shard_type) -> True, (data_ptrs, grads, live, "
+     "grad_ptrs, layouts) or None: see mlr_kernels/host_reads.py."},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -370,6 +443,8 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_host",
 }  // namespace
 
 PyMODINIT_FUNC PyInit__host() {
+  local_tensor_name = PyUnicode_InternFromString("_local_tensor");
+  if (!local_tensor_name) return nullptr;
   PyObject* m = PyModule_Create(&module);
   if (m && PyModule_AddStringConstant(m, "TORCH_VERSION", MLR_TORCH_VERSION) < 0) {
     Py_DECREF(m);

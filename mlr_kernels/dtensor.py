@@ -10,6 +10,7 @@ buffers, so ``torch.distributed.checkpoint`` saves and loads it in place.
 
 from __future__ import annotations
 
+import operator
 import sys
 from typing import Any
 
@@ -17,13 +18,27 @@ import torch
 
 
 def is_dtensor(tensor: torch.Tensor) -> bool:
+    cls = dtensor_type()
+    return cls is not None and isinstance(tensor, cls)
+
+
+def dtensor_type() -> type | None:
+    """The DTensor class, or None where ``torch.distributed.tensor`` was never imported."""
     module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(tensor, module.DTensor)
+    return None if module is None else module.DTensor
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The rank's local shard of a DTensor (the storage itself, not a copy); other tensors as is."""
     return tensor._local_tensor if is_dtensor(tensor) else tensor
+
+
+_local_of = operator.attrgetter("_local_tensor")
+
+
+def local_tensors(dtensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`local_tensor` of each of ``dtensors``, every one a DTensor (one attribute read each)."""
+    return list(map(_local_of, dtensors))
 
 
 @torch.no_grad()

@@ -68,8 +68,8 @@ import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from mlr_kernels.dtensor import dtensor_like, local_tensor, sharding_key
-from mlr_kernels.host_reads import KeptReads, read_params, reads_of, write_lr_column
+from mlr_kernels.dtensor import dtensor_like, local_tensor, local_tensors, sharding_key
+from mlr_kernels.host_reads import KeptReads, read_params, write_lr_column
 from mlr_kernels.rounding import stream_of
 from mlr_kernels.segments import (
     ACTIVE,
@@ -93,7 +93,6 @@ _FLAT_KEYS = frozenset(key for key, _ in FLAT_STATE)
 
 # Types of hyperparameter values read as plain numbers; anything else (a tensor) is read by value.
 PLAIN_NUMBERS = frozenset({float, int, bool})
-_grad_of = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 _stride = torch.Tensor.stride
 _numel = torch.Tensor.numel
@@ -476,23 +475,19 @@ class FlatBucket:
         """
         if entries_changed or self._storage_users() != self._users_seen:
             self._follow_state(state, entries_changed, extra_state)
-        local = self._local_params()
         # The steady state (nothing moved since the last sync: the table points at it all) is
         # told apart when this sync has nothing else to do and the kernel reads only the table.
         kept = (self._kept_reads if not (self._staged or self._spare_room or self._appended
                                          or self.backend.READS_TENSORS) else None)
         if kept is None:  # nothing kept survives a sync that does not end by keeping its reads
             self._kept_reads.forget()
-        if self.sharding is None:
-            reads = read_params(local, kept)
-            if reads is None:
-                return
-            data_ptrs, grads, live, grad_ptrs, layouts = reads
-            if data_ptrs is None:  # every parameter where and as the last kept check found it
-                data_ptrs, layouts = self._data_ptrs, self._layouts
-        else:
-            data_ptrs, grads, live, grad_ptrs, layouts = reads_of(
-                local, [None if g is None else local_tensor(g) for g in map(_grad_of, self.params)])
+        reads = read_params(self.params, kept, sharded=self.sharding is not None)
+        if reads is None:
+            return
+        data_ptrs, grads, live, grad_ptrs, layouts = reads
+        if data_ptrs is None:  # every parameter where and as the last kept check found it
+            data_ptrs, layouts = self._data_ptrs, self._layouts
+        local = self._local_params()
         if data_ptrs != self._data_ptrs or layouts != self._layouts:
             self._adopt_params(local, data_ptrs, layouts)
         if self._all_contiguous:
@@ -584,7 +579,7 @@ class FlatBucket:
 
     def _local_params(self) -> list[torch.Tensor]:
         """The tensors the segments are: the parameters, or their local shards (DTensors)."""
-        return self.params if self.sharding is None else list(map(local_tensor, self.params))
+        return self.params if self.sharding is None else local_tensors(self.params)
 
     def _adopt_params(self, local: Sequence[torch.Tensor], data_ptrs: list[int],
                       layouts: tuple[list[Any], ...] | None = None) -> None:

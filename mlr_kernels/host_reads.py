@@ -3,7 +3,8 @@
 At every step :meth:`FlatBucket.sync <mlr_kernels.flat.FlatBucket.sync>` reads, for each parameter,
 its address and layout (shape, strides and dtype: ``p.data = p.data.t()`` keeps a square
 parameter's address), its ``.grad``, and whether that gradient is a dense tensor in row-major
-order and at which address. In Python each read is a call into torch of 70-150 ns with warm caches; right
+order and at which address; of a DTensor parameter (FSDP2), of its local shard and its gradient's
+local shard. In Python each read is a call into torch of 70-150 ns with warm caches; right
 after a CPU step that streamed its state through them, the whole check then takes 1.0-2.2 µs per
 parameter (bench/RESULTS.md): most of a step's host time with thousands of small parameters.
 ``mlr_kernels._host`` (``csrc/host_reads.cpp``) makes the same reads in one C++ loop, and the
@@ -33,6 +34,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from mlr_kernels.dtensor import dtensor_type, local_tensor, local_tensors
 
 _IMPORT_ERROR = ""
 try:
@@ -161,15 +164,19 @@ class KeptReads:
         self.seen, self.fresh = None, False
 
 
-def read_params(params: list[torch.Tensor], kept: KeptReads | None = None) -> ParamReads | None:
-    """The reads of ``params`` (plain tensors, not DTensors): in C++ when :func:`host_reads`
-    says so, no torch function mode is active (a mode may change what a read returns) and every
-    tensor is one the C++ reads take (plain types; gradients dense and contiguous); else in
-    Python. None when ``kept`` (see :class:`KeptReads`) shows that every parameter and gradient
-    is where the last completed check found it: nothing moved, nothing to read."""
+def read_params(params: list[torch.Tensor], kept: KeptReads | None = None,
+                sharded: bool = False) -> ParamReads | None:
+    """The reads of ``params``: plain tensors or, when ``sharded``, DTensors (FSDP2), every one,
+    whose local shards and their gradients' local shards are read. In C++ when
+    :func:`host_reads` says so, no torch function mode is active (a mode may change what a read
+    returns) and every tensor is one the C++ reads take (plain types, or DTensors whose shards
+    are; gradients dense and contiguous); else in Python. None when ``kept`` (see
+    :class:`KeptReads`) shows that every parameter and gradient is where the last completed check
+    found it: nothing moved, nothing to read."""
     if host_reads() == "c++" and not torch._C._is_torch_function_mode_enabled():
         pending = None if kept is None else kept.pending_for(len(params))
-        reads = _host.read(params, _PLAIN_TYPES, None if kept is None else kept.seen, pending)
+        reads = _host.read(params, _PLAIN_TYPES, None if kept is None else kept.seen, pending,
+                           dtensor_type() if sharded else None)
         if reads is True:
             return None
         if reads is not None:
@@ -178,7 +185,10 @@ def read_params(params: list[torch.Tensor], kept: KeptReads | None = None) -> Pa
             return ParamReads(*reads)
     if kept is not None:
         kept.returned(fresh=False)
-    return reads_of(params, list(map(_grad_of, params)))
+    grads = list(map(_grad_of, params))
+    if sharded:
+        return reads_of(local_tensors(params), [None if g is None else local_tensor(g) for g in grads])
+    return reads_of(params, grads)
 
 
 def same_group_values(groups: list[dict], keys: tuple[str, ...],

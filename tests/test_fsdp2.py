@@ -1,19 +1,23 @@
 """MLRAdamW under FSDP2 (``fully_shard``), 2 CPU ranks (gloo): each rank steps its local shards
 and matches torch AdamW under FSDP2, clipping included, and with its state moved away and back
 between steps; its DTensor state goes through ``torch.distributed.checkpoint`` and training
-resumes identically."""
+resumes identically. The per-step check reads each rank's local shards, in C++ as in Python."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from mlr.tuning.distributed import DistributedContext, wrap_model
 from torch.distributed.tensor import DTensor
 
-from mlr_kernels import MLRAdamW
-from tests.dist_cases import Net, global_batches, resume_training, run_ranks, save_training, train
+from mlr_kernels import MLRAdamW, host_reads
+from mlr_kernels.dtensor import local_tensors
+from mlr_kernels.host_reads import HOST_READS_ENV, KeptReads, ParamReads, read_params, reads_of
+from tests.dist_cases import Net, global_batches, rank_slice, resume_training, run_ranks, save_training, train
 from tests.optim_cases import build_pair, move_state, random_groups
+from tests.test_host_reads import assert_same_reads
 
 
 def _sharded_net(seed: int) -> Net:
@@ -86,3 +90,78 @@ def _fsdp2_bfloat16_state_resumes(ctx: DistributedContext, checkpoints: str) -> 
 
 def test_fsdp2_with_bfloat16_state_resumes_bit_for_bit(tmp_path):
     run_ranks(_fsdp2_bfloat16_state_resumes, 2, str(tmp_path / "checkpoints"))
+
+
+def _local_reads_in_python(params: list[DTensor]) -> ParamReads:
+    return reads_of(local_tensors(params), [None if p.grad is None else p.grad._local_tensor for p in params])
+
+
+def _cpp_reads_of_local_shards(ctx: DistributedContext) -> None:
+    """The C++ reads of DTensor parameters are the Python reads of their local shards (a gradient
+    None too), leave to those what they do not read, and tell in the steady state whether a
+    gradient or a local shard moved."""
+    net = _sharded_net(3)
+    net(torch.randn(4, 7)).sum().backward()
+    params = list(net.parameters())
+    params[1].grad = None
+
+    def read(params, shard_type):
+        return host_reads._host.read(params, host_reads._PLAIN_TYPES, None, None, shard_type)
+
+    reads = ParamReads(*read(params, DTensor))
+    assert_same_reads(reads, _local_reads_in_python(params))
+    assert all(type(g) is torch.Tensor for g in reads.grads if g is not None)
+    # What the C++ reads do not read themselves is left to the Python reads.
+    assert read(params + [torch.nn.Parameter(torch.ones(2))], DTensor) is None
+    assert read(params, None) is None  # DTensors are not read as plain tensors
+    kept = KeptReads()
+    read_params(params, kept, sharded=True)
+    kept.keep()
+    assert read_params(params, kept, sharded=True) is None  # nothing moved
+    params[0].grad._local_tensor.mul_(2)  # in place
+    assert read_params(params, kept, sharded=True) is None
+    old = params[0].grad  # kept alive: its copy gets another address
+    params[0].grad = old.detach().clone()  # a new gradient: the parameters' lists still hold
+    reads = read_params(params, kept, sharded=True)
+    assert reads.data_ptrs is None and reads.grad_ptrs == _local_reads_in_python(params).grad_ptrs
+    kept.keep()
+    params[2]._local_tensor = params[2]._local_tensor.clone()  # a new local shard
+    reads = read_params(params, kept, sharded=True)
+    assert_same_reads(reads, _local_reads_in_python(params))
+
+
+def test_cpp_reads_read_the_local_shards():
+    if "c++" not in host_reads.HOST_READ_PATHS:
+        pytest.skip("mlr_kernels._host is not built for this torch")
+    run_ranks(_cpp_reads_of_local_shards, 2)
+
+
+def _fsdp2_scheduled_steps(ctx: DistributedContext, path: str) -> None:
+    """A scheduled lr, gradients re-allocated (zero_grad), accumulated (no zero_grad) and set to
+    None by the model: the cpu kernel against torch AdamW, both under FSDP2."""
+    answers = []  # the C++ reads' answers: True in the steady state, None where left to Python
+    if path == "c++":
+        real = host_reads._host.read
+        host_reads._host.read = lambda *args: answers.append(real(*args)) or answers[-1]
+    groups = random_groups(Net(0).model, random.Random(4), base_lr=3e-2)
+    net, torch_net = _sharded_net(5), _sharded_net(5)
+    ours, ref = build_pair(groups, net.model, torch_net.model, "cpu")
+    batches = global_batches(8, seed=6)
+    for step, batch in enumerate(batches):
+        x = rank_slice(batch, ctx)
+        for model, opt in ((net, ours), (torch_net, ref)):
+            if step % 3 != 2:  # every third step accumulates onto the last step's gradients
+                (model if step == 4 else opt).zero_grad()
+            model(x).pow(2).mean().backward()
+            for group in opt.param_groups:
+                group["lr"] *= 0.9
+            opt.step()
+        _assert_same(_full_params(net), _full_params(torch_net), rtol=1e-5, atol=1e-6)
+    if path == "c++":
+        assert None not in answers and True in answers
+
+
+@pytest.mark.parametrize("path", host_reads.HOST_READ_PATHS)
+def test_fsdp2_scheduled_steps_match_torch_with_each_read_path(path, monkeypatch):
+    monkeypatch.setenv(HOST_READS_ENV, path)  # the spawned ranks inherit it
+    run_ranks(_fsdp2_scheduled_steps, 2, path)

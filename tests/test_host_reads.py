@@ -34,7 +34,7 @@ def reads_on(path: str, monkeypatch, function: str) -> list:
 
 
 def cpp_reads(params: list[torch.Tensor]) -> ParamReads | None:
-    reads = host_reads._host.read(params, host_reads._PLAIN_TYPES, None, None)
+    reads = host_reads._host.read(params, host_reads._PLAIN_TYPES, None, None, None)
     return None if reads is None else ParamReads(*reads)
 
 
@@ -329,7 +329,18 @@ def test_kept_reads_tell_when_anything_moved():
     kept.forget()
     assert read_params(params, kept) is not None
     with pytest.raises(ValueError, match="24 bytes per parameter"):
-        host_reads._host.read(params, host_reads._PLAIN_TYPES, None, bytearray(3))
+        host_reads._host.read(params, host_reads._PLAIN_TYPES, None, bytearray(3), None)
+
+
+@needs_cpp
+def test_cpp_reads_take_only_tensor_types():
+    """What has one of the types given is unpacked as a tensor: a type that is not a tensor type
+    would be read as one, so it is refused."""
+    read = host_reads._host.read
+    with pytest.raises(TypeError, match="plain_types holds tensor types"):
+        read([1], (int,), None, None, None)
+    with pytest.raises(TypeError, match="shard_type is None or a tensor type"):
+        read([1], host_reads._PLAIN_TYPES, None, None, int)
 
 
 @needs_cpp
@@ -348,7 +359,7 @@ def test_kept_reads_leave_to_python_what_read_leaves():
     kept.keep()  # after Python reads: nothing to compare with
     assert kept.seen is None
     odd = torch.nn.Parameter(torch.randn(3)).as_subclass(Subclass).requires_grad_()
-    assert host_reads._host.read([odd], host_reads._PLAIN_TYPES, None, bytearray(24)) is None
+    assert host_reads._host.read([odd], host_reads._PLAIN_TYPES, None, bytearray(24), None) is None
 
 
 @pytest.mark.parametrize("path", host_reads.HOST_READ_PATHS)
