@@ -52,7 +52,9 @@ bool is_tensor_type(PyObject* o) {
                                              reinterpret_cast<PyTypeObject*>(THPVariableClass));
 }
 
-PyObject* local_tensor_name = nullptr;  // "_local_tensor", interned when the module is made
+// "_local_tensor" and "_spec", interned when the module is made.
+PyObject* local_tensor_name = nullptr;
+PyObject* spec_name = nullptr;
 
 // The local shard of DTensor ``o`` (a new reference) when ``o`` is of type ``shard_type`` exactly
 // (a subclass may override what a read returns) and its shard of a plain type; else null, no
@@ -71,6 +73,15 @@ PyObject* local_shard(PyObject* o, PyObject* shard_type, PyObject* plain_types) 
   return local;
 }
 
+// Whether DTensors ``a`` and ``b`` hold the same spec object (mesh, placements, global shape), as a
+// gradient FSDP2 made and its parameter do. Anything else, even an equal spec, is left to the
+// Python reads, which compare the placements.
+bool same_spec(PyObject* a, PyObject* b) {
+  Owned spec_a(PyObject_GetAttr(a, spec_name)), spec_b(PyObject_GetAttr(b, spec_name));
+  if (!spec_a.object || !spec_b.object) PyErr_Clear();
+  return spec_a.object && spec_a.object == spec_b.object;
+}
+
 // What read() reads of one parameter: the tensor the segment is and its gradient (undefined for
 // None). For a DTensor parameter (FSDP2), the local shards of both, whose Python objects it holds.
 struct Reading {
@@ -82,7 +93,8 @@ struct Reading {
 // Fills ``r`` for parameter ``p``, and returns whether read() reads it itself: a parameter of a
 // plain type (with ``shard_type``, a DTensor of exactly that type whose shard is), with storage,
 // whose gradient is None or a strided, contiguous tensor with storage (with ``shard_type``, a
-// DTensor whose shard is one). Else the Python reads do.
+// DTensor with the parameter's spec whose shard is one, of the shape, dtype and device of the
+// parameter's shard). Else the Python reads do.
 bool resolve(PyObject* p, PyObject* plain_types, PyObject* shard_type, Reading& r) {
   if (shard_type == Py_None) {
     if (!is_plain(p, plain_types)) return false;
@@ -100,9 +112,17 @@ bool resolve(PyObject* p, PyObject* plain_types, PyObject* shard_type, Reading& 
         PyErr_Clear();
         return false;
       }
+      // torch checks a DTensor gradient against its parameter as DTensors, never their shards,
+      // which the kernel steps one with the other: another placement (or a shard replaced) would
+      // be stepped silently. The Python reads refuse it.
+      if (!same_spec(p, grad_object.object)) return false;
       r.local_grad.object = local_shard(grad_object.object, shard_type, plain_types);
       if (!r.local_grad.object) return false;
       r.grad = &THPVariable_Unpack(r.local_grad.object);
+      if (r.grad->sizes() != r.param->sizes() || r.grad->scalar_type() != r.param->scalar_type() ||
+          r.grad->device() != r.param->device()) {
+        return false;
+      }
     }
   }
   if (!r.param->has_storage()) return false;
@@ -444,7 +464,8 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_host",
 
 PyMODINIT_FUNC PyInit__host() {
   local_tensor_name = PyUnicode_InternFromString("_local_tensor");
-  if (!local_tensor_name) return nullptr;
+  spec_name = PyUnicode_InternFromString("_spec");
+  if (!local_tensor_name || !spec_name) return nullptr;
   PyObject* m = PyModule_Create(&module);
   if (m && PyModule_AddStringConstant(m, "TORCH_VERSION", MLR_TORCH_VERSION) < 0) {
     Py_DECREF(m);

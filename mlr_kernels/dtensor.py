@@ -41,6 +41,35 @@ def local_tensors(dtensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(map(_local_of, dtensors))
 
 
+def local_grad(param: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor | None:
+    """The local shard of DTensor ``param``'s gradient ``grad`` (None stays None).
+
+    torch checks a DTensor gradient against its parameter as DTensors, never their local shards,
+    and the kernel steps one shard with the other: they must be sharded alike.
+
+    Raises:
+        RuntimeError: ``grad`` is not a DTensor (``torch.optim.AdamW`` refuses the mix too), is
+            sharded otherwise (placements or mesh), or its shard is not of the shape, dtype and
+            device of the parameter's.
+    """
+    if grad is None:
+        return None
+    if not is_dtensor(grad):
+        raise RuntimeError("a DTensor parameter has a gradient that is not a DTensor: assign one "
+                           "sharded like the parameter")
+    if grad._spec is not param._spec and (grad.placements != param.placements
+                                          or grad.device_mesh != param.device_mesh):
+        raise RuntimeError(f"a DTensor parameter's gradient is sharded otherwise ({grad.placements} "
+                           f"against the parameter's {param.placements}): MLRAdamW steps each "
+                           "shard with the gradient's same shard")
+    local, local_param = grad._local_tensor, param._local_tensor
+    if (local.shape, local.dtype, local.device) != (local_param.shape, local_param.dtype, local_param.device):
+        raise RuntimeError(f"a DTensor gradient's local shard is {local.dtype} {tuple(local.shape)} on "
+                           f"{local.device}, its parameter's {local_param.dtype} "
+                           f"{tuple(local_param.shape)} on {local_param.device}")
+    return local
+
+
 @torch.no_grad()
 def dtensor_like(param: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     """``local`` as a DTensor sharded like ``param`` (sharing ``local``'s memory)."""

@@ -556,9 +556,11 @@ class FlatBucket:
         """Raise ``RuntimeError`` unless every gradient that may have changed its data since the
         last step has its parameter's dtype, device and number of elements. A gradient object
         new since then needs no check: torch checked it when it was assigned (``p.grad = g``) or
-        autograd made it. One seen before that moved may have had its ``.data`` replaced, which
-        torch does not check. So in steady state (new gradients after ``zero_grad()``, or the same
-        ones) nothing is checked here."""
+        autograd made it (a DTensor's local shard, which torch does not check, was checked
+        against its parameter's by the reads: :func:`~mlr_kernels.dtensor.local_grad`). One seen
+        before that moved may have had its ``.data`` replaced, which torch does not check. So in
+        steady state (new gradients after ``zero_grad()``, or the same ones) nothing is checked
+        here."""
         if len(grad_ids) != len(self._grad_ids):  # a new bucket: every gradient
             suspects = range(len(grads))
         else:

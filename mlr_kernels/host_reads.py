@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from mlr_kernels.dtensor import dtensor_type, local_tensor, local_tensors
+from mlr_kernels.dtensor import dtensor_type, local_grad, local_tensors
 
 _IMPORT_ERROR = ""
 try:
@@ -172,7 +172,11 @@ def read_params(params: list[torch.Tensor], kept: KeptReads | None = None,
     returns) and every tensor is one the C++ reads take (plain types, or DTensors whose shards
     are; gradients dense and contiguous); else in Python. None when ``kept`` (see
     :class:`KeptReads`) shows that every parameter and gradient is where the last completed check
-    found it: nothing moved, nothing to read."""
+    found it: nothing moved, nothing to read.
+
+    Raises:
+        RuntimeError: with ``sharded``, a gradient that is not sharded like its parameter (see
+            :func:`~mlr_kernels.dtensor.local_grad`)."""
     if host_reads() == "c++" and not torch._C._is_torch_function_mode_enabled():
         pending = None if kept is None else kept.pending_for(len(params))
         reads = _host.read(params, _PLAIN_TYPES, None if kept is None else kept.seen, pending,
@@ -187,7 +191,7 @@ def read_params(params: list[torch.Tensor], kept: KeptReads | None = None,
         kept.returned(fresh=False)
     grads = list(map(_grad_of, params))
     if sharded:
-        return reads_of(local_tensors(params), [None if g is None else local_tensor(g) for g in grads])
+        return reads_of(local_tensors(params), list(map(local_grad, params, grads)))
     return reads_of(params, grads)
 
 

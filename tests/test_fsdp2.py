@@ -5,12 +5,14 @@ resumes identically. The per-step check reads each rank's local shards, in C++ a
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 import torch
 from mlr.tuning.distributed import DistributedContext, wrap_model
-from torch.distributed.tensor import DTensor
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 from mlr_kernels import MLRAdamW, host_reads
 from mlr_kernels.dtensor import local_tensors
@@ -120,20 +122,69 @@ def _cpp_reads_of_local_shards(ctx: DistributedContext) -> None:
     assert read_params(params, kept, sharded=True) is None  # nothing moved
     params[0].grad._local_tensor.mul_(2)  # in place
     assert read_params(params, kept, sharded=True) is None
-    old = params[0].grad  # kept alive: its copy gets another address
-    params[0].grad = old.detach().clone()  # a new gradient: the parameters' lists still hold
+    old = [p.grad for p in params]  # kept alive: the new gradients get other addresses
+    net.zero_grad()
+    net(torch.randn(4, 7)).sum().backward()  # new gradients, FSDP2's: the parameters' lists hold
     reads = read_params(params, kept, sharded=True)
     assert reads.data_ptrs is None and reads.grad_ptrs == _local_reads_in_python(params).grad_ptrs
     kept.keep()
+    assert read_params(params, kept, sharded=True) is None
+    del old
     params[2]._local_tensor = params[2]._local_tensor.clone()  # a new local shard
     reads = read_params(params, kept, sharded=True)
+    assert kept.fresh and reads.data_ptrs is not None  # read in C++, the parameters' lists made
     assert_same_reads(reads, _local_reads_in_python(params))
+    # A gradient with an equal spec but not its parameter's (FSDP2 gives the parameter's): the
+    # placements are compared in Python.
+    params[0].grad = params[0].grad.detach().clone()
+    assert read(params, DTensor) is None
+    assert_same_reads(read_params(params, kept, sharded=True), _local_reads_in_python(params))
 
 
-def test_cpp_reads_read_the_local_shards():
+def test_cpp_reads_read_the_local_shards(monkeypatch):
     if "c++" not in host_reads.HOST_READ_PATHS:
         pytest.skip("mlr_kernels._host is not built for this torch")
+    monkeypatch.setenv(HOST_READS_ENV, "c++")  # the spawned ranks inherit it
     run_ranks(_cpp_reads_of_local_shards, 2)
+
+
+def _with_double_shard(p: DTensor) -> DTensor:
+    grad = torch.zeros_like(p)
+    grad._local_tensor = grad._local_tensor.double()
+    return grad
+
+
+def _gradients_sharded_otherwise_are_refused(ctx: DistributedContext) -> None:
+    """A DTensor gradient that is not sharded like its parameter: torch checks a gradient against
+    its parameter as DTensors, never their local shards, which the kernel steps one with the
+    other. Each is refused, on the first step and in the steady state after good steps."""
+    mesh = init_device_mesh("cpu", (ctx.world_size,))
+    full = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    replicated = distribute_tensor(full, mesh, [Replicate()])
+    cases = {
+        "sharded otherwise": lambda p: replicated,  # rank 1's shard would be stepped with rows 0-31
+        "not a DTensor": lambda p: full,  # torch allows it; torch.optim.AdamW refuses the mix
+        "local shard is": _with_double_shard,  # the shard replaced after torch's checks
+    }
+    for path in host_reads.HOST_READ_PATHS:
+        os.environ[HOST_READS_ENV] = path
+        for message, bad_grad in cases.items():
+            for good_steps in (0, 2):
+                p = torch.nn.Parameter(distribute_tensor(torch.zeros(64, 16), mesh, [Shard(0)]))
+                opt = MLRAdamW([p], lr=0.1, backend="cpu")
+                good = distribute_tensor(full, mesh, [Shard(0)])
+                for _ in range(good_steps):
+                    p.grad = good  # the same gradient: the second step is the steady state
+                    opt.step()
+                before = p.detach().full_tensor()
+                p.grad = bad_grad(p)
+                with pytest.raises(RuntimeError, match=message):
+                    opt.step()
+                assert torch.equal(p.detach().full_tensor(), before)
+
+
+def test_gradients_sharded_otherwise_are_refused():
+    run_ranks(_gradients_sharded_otherwise_are_refused, 2)
 
 
 def _fsdp2_scheduled_steps(ctx: DistributedContext, path: str) -> None:
