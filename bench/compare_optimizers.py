@@ -127,7 +127,8 @@ def build_variants(workload: Workload, device: str, dtype: torch.dtype, backends
     return variants
 
 
-def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> dict[str, tuple[float, float]]:
+def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30,
+                            new_grads: list[torch.Tensor] | None = None) -> dict[str, tuple[float, float]]:
     """Median host time of what a step does before its launches (``MLRAdamW._prepare``: the
     contract check and the host copy of the hyper table, a new lr in every group as a scheduler
     writes it), in µs per parameter, with the gradients unchanged since the last step and with
@@ -136,9 +137,11 @@ def host_check_us_per_param(opt: MLRAdamW, rounds: int = 30) -> dict[str, tuple[
     mlr_kernels/host_reads.py). Each is timed right after a step, as in training, when the step
     has pushed the parameters' Python and C++ objects out of the caches. Timed as this thread's
     CPU time (``time.thread_time``), which the other processes of a shared machine do not
-    inflate."""
+    inflate. ``new_grads``: the gradients that replace the parameters' (in their order) every other
+    round, made as the training loop would make them (default: clones)."""
     params = [p for g in opt.param_groups for p in g["params"]]
-    spare = [[p.grad, p.grad.clone()] for p in params]
+    new_grads = [p.grad.clone() for p in params] if new_grads is None else new_grads
+    spare = [[p.grad, g] for p, g in zip(params, new_grads)]
     times = {(path, new): [] for path in HOST_READ_PATHS for new in (False, True)}
     replaced = 0
     for k in range(rounds):

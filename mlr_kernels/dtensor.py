@@ -57,13 +57,15 @@ def local_grad(param: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor |
     if not is_dtensor(grad):
         raise RuntimeError("a DTensor parameter has a gradient that is not a DTensor: assign one "
                            "sharded like the parameter")
-    if grad._spec is not param._spec and (grad.placements != param.placements
-                                          or grad.device_mesh != param.device_mesh):
-        raise RuntimeError(f"a DTensor parameter's gradient is sharded otherwise ({grad.placements} "
-                           f"against the parameter's {param.placements}): MLRAdamW steps each "
+    spec, param_spec = grad._spec, param._spec
+    if spec is not param_spec and (spec.placements != param_spec.placements
+                                   or (spec.mesh is not param_spec.mesh and spec.mesh != param_spec.mesh)):
+        raise RuntimeError(f"a DTensor parameter's gradient is sharded otherwise ({spec.placements} "
+                           f"against the parameter's {param_spec.placements}): MLRAdamW steps each "
                            "shard with the gradient's same shard")
     local, local_param = grad._local_tensor, param._local_tensor
-    if (local.shape, local.dtype, local.device) != (local_param.shape, local_param.dtype, local_param.device):
+    if (local.dtype != local_param.dtype or local.shape != local_param.shape
+            or local.device != local_param.device):
         raise RuntimeError(f"a DTensor gradient's local shard is {local.dtype} {tuple(local.shape)} on "
                            f"{local.device}, its parameter's {local_param.dtype} "
                            f"{tuple(local_param.shape)} on {local_param.device}")
