@@ -112,12 +112,12 @@ bool resolve(PyObject* p, PyObject* plain_types, PyObject* shard_type, Reading& 
         PyErr_Clear();
         return false;
       }
+      r.local_grad.object = local_shard(grad_object.object, shard_type, plain_types);
+      if (!r.local_grad.object) return false;
       // torch checks a DTensor gradient against its parameter as DTensors, never their shards,
       // which the kernel steps one with the other: another placement (or a shard replaced) would
       // be stepped silently. The Python reads refuse it.
       if (!same_spec(p, grad_object.object)) return false;
-      r.local_grad.object = local_shard(grad_object.object, shard_type, plain_types);
-      if (!r.local_grad.object) return false;
       r.grad = &THPVariable_Unpack(r.local_grad.object);
       if (r.grad->sizes() != r.param->sizes() || r.grad->scalar_type() != r.param->scalar_type() ||
           r.grad->device() != r.param->device()) {
