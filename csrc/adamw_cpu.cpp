@@ -123,12 +123,12 @@ struct BFloat16State {
 enum class WeightMode { kPlain, kMaster, kCompensated };
 
 // Software prefetch into L1, kPrefetchAhead elements ahead of the loop, one round per block of
-// kPrefetchBlock elements. With the hardware prefetchers alone the float32 step stayed at 85-92 %
-// of the in-run stream ceiling on the 2-core machine of bench/RESULTS.md: the loop's square root
-// and two divisions fill the reorder buffer before enough cache misses are in flight. With it the
-// step runs at 94-98 % of the ceiling there. The ceiling's own loop, stream_4r3w, prefetches the
-// same way, so that it stays the same loop without the math. Distances of 128 to 1024 elements did
-// about equally well; 256 is 1 KiB of a float32 stream.
+// kPrefetchBlock elements. With the hardware prefetchers alone the float32 step reached 85-96 % of
+// the in-run stream ceiling on the Llama shape of bench/RESULTS.md (2 cores), most likely because
+// the loop's square root and two divisions fill the reorder buffer before enough cache misses are
+// in flight; with the prefetch it reaches 94 % and more. The ceiling's own loop, stream_4r3w,
+// prefetches the same way, so that it stays the same loop without the math. 256 elements is 1 KiB
+// of a float32 stream.
 constexpr int64_t kPrefetchBlock = 64;
 constexpr int64_t kPrefetchAhead = 256;
 
