@@ -132,8 +132,9 @@ enum class WeightMode { kPlain, kMaster, kCompensated };
 constexpr int64_t kPrefetchBlock = 64;
 constexpr int64_t kPrefetchAhead = 256;
 
-// Prefetches the cache lines of elements [from + kPrefetchAhead, + kPrefetchBlock) of `base`,
-// stopping at `n` (the tile's end: the next tile may belong to another tensor).
+// Prefetches the cache lines of `base`'s elements from + kPrefetchAhead up to kPrefetchBlock
+// further, none at or past `n`: the end of the tile (or chunk), after which the memory may belong
+// to another tensor or to nothing.
 template <bool kWrite, class X>
 MLR_INLINE void prefetch_ahead(const X* base, int64_t from, int64_t n) {
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(X));
